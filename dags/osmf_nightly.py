@@ -1,0 +1,77 @@
+"""osmf_nightly: click logs in, group-targeted creatives out, once per day.
+
+Wiring only. Every task is a job in jobs/ over a module in osmf_lib/; this file decides order,
+retries, timeouts and pools, and imports nothing heavier than the Config (no pyspark, torch or
+mlflow at parse time).
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime, timedelta
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import DAG, CronDataIntervalTimetable
+
+from osmf_lib.config import PROJECT_ROOT, load_config
+from osmf_lib.spark import delta_jars, session_conf
+
+CFG = load_config()
+JOBS = PROJECT_ROOT / "jobs"
+# Every job receives the day it works on and the run it reports to; none ever reads now().
+JOB_ARGS = ["--ds", "{{ ds }}", "--dag-run-id", "{{ run_id }}"]
+
+DOC = """
+### OSMF nightly
+
+Turns the day's ad click logs into one background per user group and product
+([design](https://arxiv.org/abs/2602.02033)). Each run processes the calendar day `ds`
+(its data interval) and writes only that day's partitions, so a rerun or a backfill of a
+day gives the same tables.
+
+| task | what it does |
+|---|---|
+| `preflight` | Spark + Delta, MLflow and the lakehouse root work; fails with the fix otherwise |
+
+Configuration: `conf/osmf.yaml`, `OSMF_<SECTION>__<KEY>` variables. The Spark master comes
+from the `spark_default` connection; GPU jobs queue in the `gpu` pool.
+"""
+
+
+def spark_job(task_id: str, timeout: timedelta) -> SparkSubmitOperator:
+    """A Spark stage submitted with the same Delta jars and session settings the CLI uses."""
+    return SparkSubmitOperator(
+        task_id=task_id,
+        application=str(JOBS / f"{task_id}.py"),
+        application_args=JOB_ARGS,
+        conn_id="spark_default",
+        name=f"osmf-{task_id}",
+        conf=session_conf(CFG),
+        jars=",".join(delta_jars(CFG)),
+        # The driver and executors must run the interpreter that has osmf_lib installed.
+        env_vars={"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable},
+        execution_timeout=timeout,
+    )
+
+
+with DAG(
+    dag_id="osmf_nightly",
+    description="Group-targeted ad creatives from the day's click logs (OSMF)",
+    doc_md=DOC,
+    # One run per calendar day, started at midnight UTC once that day's logs are complete.
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=datetime(2026, 11, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=12),
+    default_args={
+        "owner": "osmf",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=2),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=30),
+        "execution_timeout": timedelta(hours=1),
+    },
+    tags=["osmf"],
+) as dag:
+    preflight = spark_job("preflight", timeout=timedelta(minutes=10))

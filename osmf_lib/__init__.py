@@ -1,0 +1,1 @@
+"""OSMF: One Size, Many Fits. Group-targeted ad creatives on a nightly data platform."""

@@ -1,0 +1,153 @@
+"""`osmf`: the command line for data engineers and analysts.
+
+osmf config show            the resolved Config (all layers applied)
+osmf config get spark.master
+osmf sql "SELECT ..."       Spark SQL over the lakehouse tables and views
+osmf check                  Spark + Delta, MLflow and the lakehouse root work here
+osmf where                  where outputs land and how to look at them
+osmf tables ddl             regenerate sql/tables/*.sql from the table contracts
+osmf spark resolve-jars     fetch Delta's jars from Maven Central once
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from osmf_lib.config import PROJECT_ROOT, Config, ConfigError, load_config
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="OSMF: group-targeted ad creatives, nightly.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the resolved configuration.")
+tables_app = typer.Typer(no_args_is_help=True, help="Table contracts.")
+spark_app = typer.Typer(no_args_is_help=True, help="Spark and Delta setup.")
+app.add_typer(config_app, name="config")
+app.add_typer(tables_app, name="tables")
+app.add_typer(spark_app, name="spark")
+
+DDL_FOLDER = PROJECT_ROOT / "sql" / "tables"
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML layered over conf/osmf.yaml")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="override a key: section.key=value")] = [],  # noqa: B006
+) -> None:
+    try:
+        ctx.obj = load_config(config, set_)
+    except ConfigError as err:
+        typer.echo(f"osmf: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"osmf: {message}", err=True)
+    raise typer.Exit(1)
+
+
+@config_app.command("show")
+def config_show(ctx: typer.Context) -> None:
+    """Print the resolved configuration as YAML."""
+    typer.echo(ctx.obj.to_yaml(), nl=False)
+
+
+@config_app.command("get")
+def config_get(ctx: typer.Context, key: str) -> None:
+    """Print one resolved value, e.g. `osmf config get spark.master`."""
+    try:
+        value = ctx.obj.get(key)
+    except ConfigError as err:
+        _fail(str(err))
+    typer.echo(value.model_dump_json() if hasattr(value, "model_dump_json") else value)
+
+
+@app.command()
+def sql(
+    ctx: typer.Context,
+    query: str,
+    limit: Annotated[int, typer.Option(help="rows to print at most")] = 50,
+) -> None:
+    """Run Spark SQL over every lakehouse table and analyst view, and print the result."""
+    from pyspark.errors import PySparkException
+
+    from osmf_lib.spark import SparkSetupError, get_spark
+    from osmf_lib.tables import register_views
+
+    cfg: Config = ctx.obj
+    try:
+        spark = get_spark(cfg, app_name="osmf-sql")
+    except SparkSetupError as err:
+        _fail(str(err))
+    register_views(spark, cfg)
+    try:
+        result = spark.sql(query)
+        rows = result.limit(limit + 1).toPandas()
+    except PySparkException as err:
+        _fail(f"query failed: {str(err).splitlines()[0]}")
+    shown = rows.head(limit)
+    typer.echo(shown.to_string(index=False) if len(shown.columns) else "(no columns)")
+    more = " (more not shown; raise --limit)" if len(rows) > limit else ""
+    typer.echo(f"({len(shown)} row{'s' if len(shown) != 1 else ''}{more})")
+
+
+@app.command()
+def check(ctx: typer.Context) -> None:
+    """Verify that Spark can open a Delta table, MLflow answers and the lakehouse root is writable."""
+    from osmf_lib.job import StageError
+    from osmf_lib.preflight import run_checks
+    from osmf_lib.spark import SparkSetupError, get_spark
+    from osmf_lib.tracking import TrackingError
+
+    cfg: Config = ctx.obj
+    try:
+        checks = run_checks(get_spark(cfg, app_name="osmf-check"), cfg)
+    except (SparkSetupError, StageError, TrackingError) as err:
+        _fail(str(err))
+    for item in checks:
+        typer.echo(f"ok  {item.name:<15} {item.detail}")
+
+
+@app.command()
+def where(ctx: typer.Context) -> None:
+    """Say where the platform writes and how to look at it."""
+    from osmf_lib.tables import TABLES
+
+    cfg: Config = ctx.obj
+    root = Path(cfg.lakehouse.root)
+    present = [name for name in TABLES if (root / name / "_delta_log").exists()]
+    typer.echo(f"lakehouse   {cfg.lakehouse.root}  tables: {', '.join(present) or 'none yet'}")
+    typer.echo(f"landing     {cfg.lakehouse.landing}")
+    typer.echo(f"mlflow      {cfg.mlflow.tracking_uri}  (UI: make mlflow-ui -> http://localhost:5000)")
+    typer.echo(f"artifacts   {cfg.mlflow.artifact_root}")
+    typer.echo("airflow     var/airflow  (UI: make airflow-ui -> http://localhost:8080)")
+    typer.echo('query       osmf sql "show tables"')
+
+
+@tables_app.command("ddl")
+def tables_ddl(out: Annotated[Path, typer.Option(help="folder for the .sql files")] = DDL_FOLDER) -> None:
+    """Write one CREATE TABLE file per contract (commit them; a test checks they agree)."""
+    from osmf_lib.tables import write_ddl
+
+    for path in write_ddl(out):
+        typer.echo(f"wrote {path}")
+
+
+@tables_app.command("list")
+def tables_list(ctx: typer.Context) -> None:
+    """Every table contract with its key, partitioning and location."""
+    from osmf_lib.tables import TABLES
+
+    for table in TABLES.values():
+        partition = "ds" if table.partitioned else "-"
+        typer.echo(f"{table.name:<24} key=({', '.join(table.keys)})  partition={partition}  {table.location(ctx.obj)}")
+
+
+@spark_app.command("resolve-jars")
+def resolve_jars(ctx: typer.Context) -> None:
+    """Download Delta Lake's jars (and spark.packages) from Maven Central into spark.jars_dir, once."""
+    from osmf_lib.spark import maven_packages, resolve_jars
+
+    jars = resolve_jars(ctx.obj)
+    typer.echo(f"{', '.join(maven_packages(ctx.obj))}: {len(jars)} jars in {ctx.obj.spark.jars_dir}")

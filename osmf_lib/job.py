@@ -1,0 +1,69 @@
+"""The shared command line of every job in jobs/: parse, load Config, track, run, exit.
+
+A job is `python jobs/<stage>.py --ds 2026-11-01 [--config FILE] [--set key=value ...]`.
+It exits 0 on success, 1 on a failure it can explain (printed as one line naming the cause),
+2 on bad arguments. The same stage runs under spark-submit, a GPU pod or by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from osmf_lib.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+class StageError(RuntimeError):
+    """A stage found its input or output unacceptable; the message says what and where."""
+
+
+@dataclass
+class JobContext:
+    stage: str
+    cfg: Config
+    ds: date
+    dag_run_id: str
+
+    @cached_property
+    def spark(self) -> SparkSession:
+        from osmf_lib.spark import get_spark
+
+        return get_spark(self.cfg, app_name=f"osmf-{self.stage}")
+
+
+def _parse(stage: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"jobs/{stage}.py", description=f"OSMF stage '{stage}' for one ds")
+    parser.add_argument("--ds", required=True, type=date.fromisoformat, help="logical date, e.g. 2026-11-01")
+    parser.add_argument("--config", help="YAML file layered over conf/osmf.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument("--dag-run-id", help="Airflow run id; defaults to manual__<ds>")
+    return parser.parse_args(argv)
+
+
+def main(stage: str, body: Callable[[JobContext], None], argv: Sequence[str] | None = None) -> None:
+    from osmf_lib.spark import SparkSetupError
+    from osmf_lib.tables import TableError
+    from osmf_lib.tracking import TrackingError, stage_run
+
+    args = _parse(stage, argv)
+    try:
+        cfg = load_config(args.config, args.set)
+        ctx = JobContext(stage, cfg, args.ds, args.dag_run_id or f"manual__{args.ds.isoformat()}")
+        with stage_run(cfg, stage, ctx.ds, ctx.dag_run_id):
+            body(ctx)
+    except (ConfigError, SparkSetupError, TableError, TrackingError, StageError) as err:
+        print(f"osmf {stage} failed for ds={args.ds}: {err}", file=sys.stderr)
+        sys.exit(1)
+    except Exception:
+        traceback.print_exc()
+        print(f"osmf {stage} failed for ds={args.ds} with an unexpected error (traceback above)", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,146 @@
+"""The only SparkSession builder: Delta Lake configured, local or cluster master from Config.
+
+Delta's JVM jars are resolved from Maven Central once (`make setup` -> `osmf spark resolve-jars`)
+into `spark.jars_dir`; after that every session, test and spark-submit reads them offline.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from osmf_lib.config import Config
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+ARTIFACT_FILE = "ARTIFACT"
+
+
+class SparkSetupError(RuntimeError):
+    """Spark cannot start here; the message says which command fixes it."""
+
+
+def delta_artifact() -> str:
+    """The Maven coordinate of the Delta jar matching the installed delta-spark and pyspark.
+
+    Since Delta 4.0 the artifact name carries Spark's major.minor (delta-spark_4.2_2.13).
+    """
+    spark_minor = ".".join(version("pyspark").split(".")[:2])
+    return f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta-spark')}"
+
+
+def maven_packages(cfg: Config) -> list[str]:
+    return [delta_artifact(), *cfg.spark.packages]
+
+
+def delta_jars(cfg: Config) -> list[str]:
+    """The resolved jars for Delta and `spark.packages`; fails with the fixing command if stale."""
+    jars_dir = Path(cfg.spark.jars_dir)
+    marker = jars_dir / ARTIFACT_FILE
+    if not marker.exists():
+        raise SparkSetupError(
+            f"Delta Lake jars were never resolved into {jars_dir}; run `make setup` "
+            "(or `osmf spark resolve-jars`) once with access to Maven Central"
+        )
+    held, wanted = marker.read_text().split(), maven_packages(cfg)
+    if held != wanted:
+        raise SparkSetupError(
+            f"{jars_dir} holds jars for {held} but this configuration needs {wanted}; "
+            "run `osmf spark resolve-jars` to refresh them"
+        )
+    return sorted(str(p) for p in jars_dir.glob("*.jar"))
+
+
+def session_conf(cfg: Config) -> dict[str, str]:
+    """Spark properties every OSMF session needs; spark-submit gets the same ones from the DAG."""
+    conf = {
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.memory": cfg.spark.driver_memory,
+        "spark.ui.showConsoleProgress": str(cfg.spark.show_progress).lower(),
+        # Small nightly batches: Arrow makes the pandas UDF and toPandas paths usable.
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        # Delta rebuilds table state with 50 partitions by default; far too many for nightly
+        # partitions of this size, and a visible cost on every small read.
+        "spark.databricks.delta.snapshotPartitions": str(cfg.spark.shuffle_partitions),
+    }
+    conf.update(cfg.spark.conf)
+    return conf
+
+
+def _check_java() -> None:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return
+    if shutil.which("java"):
+        return
+    raise SparkSetupError(
+        "Spark needs Java 17 but none was found (JAVA_HOME unset and no `java` on PATH); "
+        "install it, e.g. `apt-get install openjdk-17-jre-headless`, then rerun"
+    )
+
+
+def _launched_by_spark_submit() -> bool:
+    # spark-submit starts the JVM first and hands Python the gateway port; master and jars
+    # are then fixed by the submit command (the Airflow connection), not by this builder.
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def get_spark(cfg: Config, app_name: str | None = None) -> SparkSession:
+    """Return the process's SparkSession, creating it from Config on first use."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name or cfg.spark.app_name)
+    if not _launched_by_spark_submit():
+        _check_java()
+        builder = builder.master(cfg.spark.master).config("spark.jars", ",".join(delta_jars(cfg)))
+    for key, value in session_conf(cfg).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(cfg.spark.log_level)
+    return spark
+
+
+def resolve_jars(cfg: Config) -> list[Path]:
+    """Download Delta's jar, `spark.packages` and their dependencies with Spark's own resolver.
+
+    Idempotent: a jars_dir already holding the wanted packages is left as it is.
+    """
+    from pyspark.sql import SparkSession
+
+    jars_dir = Path(cfg.spark.jars_dir)
+    wanted = maven_packages(cfg)
+    marker = jars_dir / ARTIFACT_FILE
+    if marker.exists() and marker.read_text().split() == wanted:
+        return sorted(jars_dir.glob("*.jar"))
+    _check_java()
+    with tempfile.TemporaryDirectory(prefix="osmf-ivy-") as ivy:
+        spark = (
+            SparkSession.builder.master("local[1]")
+            .appName("osmf-resolve-jars")
+            .config("spark.jars.packages", ",".join(wanted))
+            .config("spark.jars.ivy", ivy)
+            .getOrCreate()
+        )
+        spark.stop()
+        resolved = sorted(Path(ivy, "jars").glob("*.jar"))
+        if not resolved:
+            raise SparkSetupError(f"Spark resolved no jars for {wanted}; is Maven Central reachable?")
+        # Write to a fresh folder and swap it in, so an interrupted run never leaves half a set.
+        jars_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".jars-", dir=jars_dir.parent))
+        for jar in resolved:
+            shutil.copy2(jar, staging / jar.name)
+        (staging / ARTIFACT_FILE).write_text("\n".join(wanted) + "\n")
+    if jars_dir.exists():
+        shutil.rmtree(jars_dir)
+    staging.rename(jars_dir)
+    return sorted(jars_dir.glob("*.jar"))

@@ -1,0 +1,153 @@
+"""MLflow: one parent run per DAG run, a nested run per stage, lineage and the model registry.
+
+Jobs run as separate processes, so the parent run is found by its `osmf.dag_run_id` tag and
+created by whichever stage gets there first (preflight, in the DAG). Models move between the
+aliases `challenger` and `champion`; consumers load `models:/NAME@champion`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+
+from osmf_lib.config import PROJECT_ROOT, Config
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from osmf_lib.tables import Table
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+TAG_DAG_RUN = "osmf.dag_run_id"
+TAG_DS = "osmf.ds"
+TAG_STAGE = "osmf.stage"
+# Stage runs carry the dag_run_id too; only the parent carries this tag.
+TAG_DAG_RUN_PARENT = "osmf.dag_run_parent"
+
+
+class TrackingError(RuntimeError):
+    """MLflow cannot be reached or a registry lookup failed."""
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def configure(cfg: Config) -> str:
+    """Point MLflow at the configured store and return the experiment id (created on first use)."""
+    uri = cfg.mlflow.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient()
+    try:
+        experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+        if experiment is None:
+            artifact_root = cfg.mlflow.artifact_root
+            if ":" not in artifact_root:
+                artifact_root = Path(artifact_root).as_uri()
+            experiment_id = client.create_experiment(cfg.mlflow.experiment, artifact_location=artifact_root)
+        else:
+            experiment_id = experiment.experiment_id
+        # Runs started without an explicit experiment (nested ones) must land here, not in Default.
+        mlflow.set_experiment(experiment_id=experiment_id)
+    except MlflowException as err:
+        raise TrackingError(f"MLflow tracking at {uri} is not usable: {err.message}") from err
+    return experiment_id
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def parent_run(cfg: Config, dag_run_id: str, ds: date) -> Run:
+    """The run of this DAG run, created on first use."""
+    experiment_id = configure(cfg)
+    client = MlflowClient()
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_DAG_RUN}` = '{dag_run_id}' AND tags.`{TAG_DAG_RUN_PARENT}` = 'true'",
+        max_results=1,
+    )
+    if found:
+        return found[0]
+    return client.create_run(
+        experiment_id,
+        run_name=f"osmf_nightly {ds.isoformat()}",
+        tags={
+            TAG_DAG_RUN: dag_run_id,
+            TAG_DAG_RUN_PARENT: "true",
+            TAG_DS: ds.isoformat(),
+            "mlflow.source.git.commit": git_commit(),
+        },
+    )
+
+
+@contextmanager
+def stage_run(cfg: Config, stage: str, ds: date, dag_run_id: str) -> Iterator[mlflow.ActiveRun]:
+    """A nested run for one stage under the DAG run's parent; config and commit are logged."""
+    parent = parent_run(cfg, dag_run_id, ds)
+    tags = {TAG_STAGE: stage, TAG_DS: ds.isoformat(), TAG_DAG_RUN: dag_run_id, "mlflow.source.git.commit": git_commit()}
+    with (
+        mlflow.start_run(run_id=parent.info.run_id),
+        mlflow.start_run(run_name=stage, nested=True, tags=tags) as run,
+    ):
+        resolved = cfg.model_dump(mode="json")
+        mlflow.log_params(flatten(resolved))
+        mlflow.log_dict(resolved, "config.json")
+        yield run
+
+
+def log_table_input(spark: SparkSession, table: Table, cfg: Config, context: str = "input") -> int:
+    """Record a Delta table at its current version as an input of the active run."""
+    from osmf_lib.tables import latest_version
+
+    table_version = latest_version(spark, table, cfg)
+    dataset = mlflow.data.load_delta(
+        path=table.location(cfg), version=str(table_version), name=f"{table.name}@v{table_version}"
+    )
+    mlflow.log_input(dataset, context=context)
+    return table_version
+
+
+def register(model_uri: str, name: str, alias: str = CHALLENGER) -> str:
+    """Register a logged model as a new version of `name` and point `alias` at it."""
+    version = mlflow.register_model(model_uri, name).version
+    MlflowClient().set_registered_model_alias(name, alias, version)
+    return str(version)
+
+
+def promote(name: str, version: str) -> None:
+    MlflowClient().set_registered_model_alias(name, CHAMPION, version)
+
+
+def alias_version(name: str, alias: str = CHAMPION) -> str | None:
+    """The version `alias` points at, or None when the model or alias does not exist yet."""
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None

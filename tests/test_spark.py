@@ -1,0 +1,44 @@
+import pytest
+
+from osmf_lib import spark as spark_setup
+from osmf_lib.config import Config
+from osmf_lib.spark import ARTIFACT_FILE, SparkSetupError, delta_artifact, delta_jars, session_conf
+
+
+def test_session_has_delta_and_machine_sized_shuffles(spark, cfg):
+    assert spark.conf.get("spark.sql.extensions") == "io.delta.sql.DeltaSparkSessionExtension"
+    assert spark.conf.get("spark.sql.shuffle.partitions") == "2"
+    assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
+
+
+def test_artifact_matches_installed_spark_and_delta():
+    from importlib.metadata import version
+
+    spark_minor = ".".join(version("pyspark").split(".")[:2])
+    assert delta_artifact() == f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta-spark')}"
+
+
+def test_missing_jars_say_which_command_fixes_it(make_cfg, tmp_path):
+    cfg = make_cfg(f"spark.jars_dir={tmp_path / 'none'}")
+    with pytest.raises(SparkSetupError, match="never resolved .* run `make setup`"):
+        delta_jars(cfg)
+
+
+def test_jars_for_another_delta_version_are_refused(make_cfg, tmp_path):
+    (tmp_path / ARTIFACT_FILE).write_text("io.delta:delta-spark_4.0_2.13:4.0.0\n")
+    cfg = make_cfg(f"spark.jars_dir={tmp_path}")
+    with pytest.raises(SparkSetupError, match="run `osmf spark resolve-jars`"):
+        delta_jars(cfg)
+
+
+def test_missing_java_is_named(monkeypatch):
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(SparkSetupError, match="Spark needs Java 17 but none was found"):
+        spark_setup.get_spark(Config())
+
+
+def test_user_conf_extends_the_session_conf(make_cfg):
+    conf = session_conf(make_cfg('spark.conf={"spark.sql.ansi.enabled": "true"}'))
+    assert conf["spark.sql.ansi.enabled"] == "true"
+    assert conf["spark.sql.catalog.spark_catalog"].endswith("DeltaCatalog")

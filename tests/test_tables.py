@@ -1,0 +1,160 @@
+import datetime as dt
+
+import pytest
+from pyspark.sql import Row
+
+from osmf_lib import tables
+from osmf_lib.cli import DDL_FOLDER
+from osmf_lib.tables import TABLES, Column, Table, TableError
+
+D1 = dt.date(2026, 11, 1)
+D2 = dt.date(2026, 11, 2)
+
+
+def _events(spark, ds, *rows):
+    return spark.createDataFrame(
+        [
+            Row(
+                event_id=e,
+                ts=dt.datetime(ds.year, ds.month, ds.day, 12),
+                user_id=u,
+                product_id="p1",
+                creative_id="c1",
+                position=1,
+                clicked=c,
+                source_file="f.jsonl",
+                ds=ds,
+            )
+            for e, u, c in rows
+        ]
+    )
+
+
+def _rows(df):
+    return sorted(tuple(r) for r in df.drop("ts").collect())
+
+
+def test_contracts_match_the_design():
+    assert set(TABLES) == {
+        "impressions",
+        "rejected_events",
+        "users",
+        "products",
+        "creatives",
+        "paag_embeddings",
+        "user_groups",
+        "group_profiles",
+        "group_creative_ctr",
+        "group_preference_pairs",
+        "generated_creatives",
+        "serving_creatives",
+        "eval_metrics",
+    }
+    assert not TABLES["users"].partitioned and TABLES["impressions"].partitioned
+    for table in TABLES.values():
+        key_columns = [c for c in table.columns if c.name in table.keys]
+        assert all(not c.nullable for c in key_columns), f"{table.name}: key columns must be NOT NULL"
+
+
+def test_a_contract_rejects_keys_outside_its_schema():
+    with pytest.raises(TableError, match="key columns \\['nope'\\] are not in its schema"):
+        Table("t", "d", (Column("a", "INT"),), keys=("nope",), partitioned=False, producer="x")
+    with pytest.raises(TableError, match="partitioned tables need a 'ds' column"):
+        Table("t", "d", (Column("a", "INT"),), keys=("a",), partitioned=True, producer="x")
+
+
+def test_sql_folder_holds_one_ddl_per_contract():
+    assert {p.stem for p in DDL_FOLDER.glob("*.sql")} == set(TABLES)
+
+
+def test_sql_ddl_creates_exactly_the_contract(spark, tmp_path):
+    """Run every committed DDL file through Spark and compare the tables it makes with tables.py."""
+    spark.sql(f"SET lakehouse_root={tmp_path}")
+    for table in TABLES.values():
+        spark.sql(f"DROP TABLE IF EXISTS {table.name}")
+        spark.sql((DDL_FOLDER / f"{table.name}.sql").read_text().rstrip().rstrip(";"))
+        created = spark.table(table.name).schema
+        assert [(f.name, f.dataType, f.nullable) for f in created] == [
+            (f.name, f.dataType, f.nullable) for f in table.schema()
+        ], table.name
+        detail = spark.sql(f"DESCRIBE DETAIL {table.name}").first()
+        assert detail["partitionColumns"] == table.partition_columns, table.name
+        assert detail["location"].rstrip("/").endswith(f"{tmp_path}/{table.name}")
+        spark.sql(f"DROP TABLE {table.name}")
+
+
+def test_delta_round_trip(spark, cfg):
+    impressions = TABLES["impressions"]
+    v0 = tables.overwrite_partition(
+        spark, _events(spark, D1, ("e1", "u1", False), ("e2", "u2", True)), impressions, cfg, D1
+    )
+    tables.overwrite_partition(spark, _events(spark, D2, ("e3", "u3", False)), impressions, cfg, D2)
+
+    # MERGE inserts unseen keys and, with update_existing, rewrites seen ones.
+    tables.merge(spark, _events(spark, D2, ("e3", "u3", True), ("e4", "u4", False)), impressions, cfg)
+    assert _rows(tables.read(spark, impressions, cfg, ds=D2)) == [
+        ("e3", "u3", "p1", "c1", 1, True, "f.jsonl", D2),
+        ("e4", "u4", "p1", "c1", 1, False, "f.jsonl", D2),
+    ]
+    tables.merge(spark, _events(spark, D2, ("e3", "u9", False)), impressions, cfg, update_existing=False)
+    assert tables.read(spark, impressions, cfg, ds=D2).where("event_id = 'e3'").first()["user_id"] == "u3"
+
+    # Rerunning a ds replaces exactly that partition and gives the same rows.
+    before = _rows(tables.read(spark, impressions, cfg))
+    tables.overwrite_partition(spark, _events(spark, D1, ("e1", "u1", False), ("e2", "u2", True)), impressions, cfg, D1)
+    assert _rows(tables.read(spark, impressions, cfg)) == before
+
+    # Time travel: the first version holds only the first day.
+    first = tables.read(spark, impressions, cfg, version=v0)
+    assert [r["event_id"] for r in first.orderBy("event_id").collect()] == ["e1", "e2"]
+    assert tables.latest_version(spark, impressions, cfg) > v0
+
+
+def test_replace_where_refuses_rows_of_another_day(spark, cfg):
+    with pytest.raises(Exception, match="(?i)replaceWhere|DELTA_REPLACE_WHERE_MISMATCH"):
+        tables.overwrite_partition(spark, _events(spark, D2, ("e1", "u1", False)), TABLES["impressions"], cfg, D1)
+
+
+def test_not_null_keys_are_enforced(spark, cfg):
+    with pytest.raises(Exception, match="(?i)NOT NULL"):
+        tables.overwrite_partition(
+            spark, _events(spark, D1, ("e2", "u2", True), (None, "u1", False)), TABLES["impressions"], cfg, D1
+        )
+
+
+def test_conform_names_missing_and_unexpected_columns(spark):
+    df = _events(spark, D1, ("e1", "u1", False)).drop("clicked").withColumnRenamed("position", "slot")
+    with pytest.raises(TableError, match=r"missing columns \['position', 'clicked'\], unexpected columns \['slot'\]"):
+        tables.conform(df, TABLES["impressions"])
+
+
+def test_conform_orders_and_casts(spark):
+    df = _events(spark, D1, ("e1", "u1", False))
+    shuffled = df.select(*reversed(df.columns)).withColumn("position", df["position"].cast("bigint"))
+    conformed = tables.conform(shuffled, TABLES["impressions"])
+    assert [(f.name, f.dataType) for f in conformed.schema] == [
+        (f.name, f.dataType) for f in TABLES["impressions"].schema()
+    ]
+
+
+def test_reading_a_missing_table_names_its_producer(spark, cfg):
+    with pytest.raises(TableError, match="table 'user_groups' does not exist .* written by the 'group_users' stage"):
+        tables.read(spark, TABLES["user_groups"], cfg)
+
+
+def test_unpartitioned_tables_refuse_partition_overwrite(spark, cfg):
+    with pytest.raises(TableError, match="has no ds partition; use merge"):
+        tables.overwrite_partition(spark, spark.range(1), TABLES["users"], cfg, D1)
+
+
+def test_bad_ds_is_named(spark, cfg):
+    with pytest.raises(TableError, match="ds must be an ISO date like 2026-11-01, got 'yesterday'"):
+        tables.overwrite_partition(
+            spark, _events(spark, D1, ("e1", "u1", False)), TABLES["impressions"], cfg, "yesterday"
+        )
+
+
+def test_register_views_exposes_existing_tables(spark, cfg):
+    tables.overwrite_partition(spark, _events(spark, D1, ("e1", "u1", False)), TABLES["impressions"], cfg, D1)
+    assert tables.register_views(spark, cfg) == ["impressions"]
+    assert spark.sql("SELECT count(*) AS n FROM impressions").first()["n"] == 1
