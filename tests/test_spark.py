@@ -5,10 +5,15 @@ from osmf_lib.config import Config
 from osmf_lib.spark import ARTIFACT_FILE, SparkSetupError, delta_artifact, delta_jars, session_conf
 
 
-def test_session_has_delta_and_machine_sized_shuffles(spark, cfg):
+def test_session_has_delta_and_configured_shuffles(spark, make_cfg):
+    # The process keeps one session; a later Config's runtime settings apply to it.
+    session = spark_setup.get_spark(make_cfg("spark.shuffle_partitions=3"))
+    assert session is spark
     assert spark.conf.get("spark.sql.extensions") == "io.delta.sql.DeltaSparkSessionExtension"
-    assert spark.conf.get("spark.sql.shuffle.partitions") == "2"
+    assert spark.conf.get("spark.sql.shuffle.partitions") == "3"
     assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
+    spark_setup.get_spark(make_cfg())
+    assert spark.conf.get("spark.sql.shuffle.partitions") == "2"
 
 
 def test_artifact_matches_installed_spark_and_delta():

@@ -90,15 +90,12 @@ def test_delta_round_trip(spark, cfg):
     )
     tables.overwrite_partition(spark, _events(spark, D2, ("e3", "u3", False)), impressions, cfg, D2)
 
-    # MERGE inserts unseen keys and, with update_existing, rewrites seen ones.
+    # MERGE inserts unseen keys and rewrites seen ones.
     tables.merge(spark, _events(spark, D2, ("e3", "u3", True), ("e4", "u4", False)), impressions, cfg)
     assert _rows(tables.read(spark, impressions, cfg, ds=D2)) == [
         ("e3", "u3", "p1", "c1", 1, True, "f.jsonl", D2),
         ("e4", "u4", "p1", "c1", 1, False, "f.jsonl", D2),
     ]
-    tables.merge(spark, _events(spark, D2, ("e3", "u9", False)), impressions, cfg, update_existing=False)
-    assert tables.read(spark, impressions, cfg, ds=D2).where("event_id = 'e3'").first()["user_id"] == "u3"
-
     # Rerunning a ds replaces exactly that partition and gives the same rows.
     before = _rows(tables.read(spark, impressions, cfg))
     tables.overwrite_partition(spark, _events(spark, D1, ("e1", "u1", False), ("e2", "u2", True)), impressions, cfg, D1)
@@ -158,3 +155,29 @@ def test_register_views_exposes_existing_tables(spark, cfg):
     tables.overwrite_partition(spark, _events(spark, D1, ("e1", "u1", False)), TABLES["impressions"], cfg, D1)
     assert tables.register_views(spark, cfg) == ["impressions"]
     assert spark.sql("SELECT count(*) AS n FROM impressions").first()["n"] == 1
+
+
+def test_merge_unless_newer_never_rolls_a_dimension_back(spark, cfg):
+    def user(city, updated):
+        return spark.createDataFrame(
+            [
+                Row(
+                    user_id="u1",
+                    age_band="25-34",
+                    gender="f",
+                    city_tier=city,
+                    purchase_power="high",
+                    occupation="engineer",
+                    device="ios",
+                    interests=["books"],
+                    updated_ds=updated,
+                )
+            ]
+        )
+
+    users = TABLES["users"]
+    tables.merge(spark, user("tier-1", D2), users, cfg, unless_newer="updated_ds")
+    tables.merge(spark, user("tier-3", D1), users, cfg, unless_newer="updated_ds")  # a backfill of an older day
+    assert tables.read(spark, users, cfg).first()["city_tier"] == "tier-1"
+    tables.merge(spark, user("tier-2", D2), users, cfg, unless_newer="updated_ds")  # a rerun of the newest day
+    assert tables.read(spark, users, cfg).first()["city_tier"] == "tier-2"

@@ -1,0 +1,466 @@
+"""Ingest one day of landing files into the lakehouse (DESIGN §6.1).
+
+    {landing}/{ds}/events/...        impressions (JSON lines by default; CSV, TSV or Parquet by mapping)
+    {landing}/{ds}/dims/...          users, products, creatives: upserts, each file optional
+
+Every line read ends up in exactly one place: `impressions`, `rejected_events` (with its file,
+line and reason) or the duplicate count. The job checks `read = accepted + rejected + duplicates`
+and fails if it does not hold. An external log in another schema comes in through
+`ingest.<source>.columns` (and buckets, timestamp format, click threshold) in the config.
+
+Transforms are pure DataFrame functions; `run` is the only place that reads and writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from functools import reduce
+from typing import TYPE_CHECKING
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from osmf_lib import tables
+from osmf_lib.config import Config, IngestConfig, Source
+from osmf_lib.job import JobContext, StageError
+from osmf_lib.spark import path_exists
+from osmf_lib.tables import CREATIVES, DS, IMPRESSIONS, PRODUCTS, REJECTED_EVENTS, USERS, Table
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+# Columns every read source carries next to its data, for lineage and rejects.
+FILE, LINE, RAW, KEYS = "source_file", "line_number", "raw", "_keys"
+REASON, STATUS, LATE = "reason", "_status", "_late"
+ACCEPTED, REJECTED, DUPLICATE = "accepted", "rejected", "duplicate"
+
+EVENT_FIELDS = ("event_id", "ts", "user_id", "product_id", "creative_id", "position", "clicked")
+# What a source that lacks a column gets (documented in the README's bring-your-own-logs section).
+DEFAULT_POSITION = 1
+ORIGINAL_CREATIVE_SUFFIX = "-original"
+ORIGINAL_CREATIVE_PROMPT = "original product image"
+
+
+@dataclass(frozen=True)
+class Dimension:
+    table: Table
+    source_attr: str  # the IngestConfig field describing its landing file
+    required: tuple[str, ...]
+
+
+DIMENSIONS = (
+    Dimension(USERS, "users", ("user_id",)),
+    Dimension(PRODUCTS, "products", ("product_id", "title", "category")),
+    Dimension(CREATIVES, "creatives", ("creative_id", "product_id", "prompt")),
+)
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    read: int
+    accepted: int
+    rejected: int
+    duplicates: int
+
+    @property
+    def balanced(self) -> bool:
+        return self.read == self.accepted + self.rejected + self.duplicates
+
+    def line(self, what: str) -> str:
+        verdict = "ok" if self.balanced else "DOES NOT ADD UP"
+        return (
+            f"{what}: read {self.read} = accepted {self.accepted} + rejected {self.rejected} "
+            f"+ duplicates {self.duplicates} ({verdict})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading: any source format -> one row per line with our column names, all as text.
+
+
+def _location(cfg: Config, ds: date, source: Source) -> str:
+    return f"{cfg.lakehouse.landing.rstrip('/')}/{ds.isoformat()}/{source.path}"
+
+
+def _target_columns(source: Source, fields: Iterable[str]) -> dict[str, str]:
+    """Our column -> the source's column, for the fields the source has (null-mapped are absent)."""
+    mapped = {}
+    for field in fields:
+        name = source.buckets[field].column if field in source.buckets else source.columns.get(field, field)
+        if name is not None:
+            mapped[field] = name
+    return mapped
+
+
+def _numbered(df: DataFrame) -> DataFrame:
+    """Add the 1-based line (row) number within each file, exact even when a file is split."""
+    order = Window.partitionBy(FILE).orderBy(F.col("_block"), F.col("_row"))
+    return df.withColumn(LINE, F.row_number().over(order).cast("long")).drop("_block", "_row")
+
+
+def _with_file_position(df: DataFrame) -> DataFrame:
+    return df.select(
+        "*",
+        F.col("_metadata.file_path").alias(FILE),
+        F.col("_metadata.file_block_start").alias("_block"),
+        F.monotonically_increasing_id().alias("_row"),
+    )
+
+
+def read_source(spark: SparkSession, location: str, source: Source, fields: Iterable[str]) -> DataFrame:
+    """Read a landing source into (source_file, line_number, raw, _keys, <our fields as STRING>).
+
+    `_keys` lists the fields a JSON line really has (NULL when the line is not a JSON object), so
+    missing, extra and malformed input can be told apart later.
+    """
+    mapped = _target_columns(source, fields)
+    if source.format == "jsonl":
+        lines = _numbered(_with_file_position(spark.read.text(location)))
+        schema = ", ".join(f"`{src}` STRING" for src in mapped.values())
+        parsed = F.from_json(F.col("value"), schema)
+        return lines.select(
+            FILE,
+            LINE,
+            F.col("value").alias(RAW),
+            F.json_object_keys("value").alias(KEYS),
+            *[parsed[src].alias(ours) for ours, src in mapped.items()],
+        )
+    if source.format in ("csv", "tsv"):
+        separator = source.separator or ("\t" if source.format == "tsv" else ",")
+        frame = spark.read.option("header", source.header).option("sep", separator).csv(location)
+        header_lines = 1 if source.header else 0
+    else:
+        frame = spark.read.parquet(location)
+        header_lines = 0
+    missing = sorted(set(mapped.values()) - set(frame.columns))
+    if missing:
+        raise StageError(
+            f"{location}: the mapping names columns {missing} that the file does not have "
+            f"(it has {sorted(frame.columns)}); fix ingest.<source>.columns"
+        )
+    data_columns = frame.columns
+    rows = _numbered(_with_file_position(frame))
+    return rows.select(
+        FILE,
+        (F.col(LINE) + header_lines).alias(LINE),
+        F.to_json(F.struct(*[F.col(f"`{c}`") for c in data_columns])).alias(RAW),
+        F.array(*[F.lit(src) for src in mapped.values()]).alias(KEYS),
+        *[F.col(f"`{src}`").cast("string").alias(ours) for ours, src in mapped.items()],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: pure transforms that add a reason (NULL when the row is fine).
+
+
+def _first_reason(*checks: tuple[Column, Column | str]) -> Column:
+    """The reason of the first failing check, so each rejected row states one clear cause."""
+    return F.coalesce(
+        *[F.when(failed, reason if isinstance(reason, Column) else F.lit(reason)) for failed, reason in checks]
+    )
+
+
+def _shape_checks(source: Source, fields: Iterable[str], required: Iterable[str]) -> list[tuple[Column, Column | str]]:
+    """Malformed lines, fields outside the mapping (JSON only) and missing required fields."""
+    mapped = _target_columns(source, fields)
+    expected = F.array(*[F.lit(src) for src in mapped.values()])
+    unexpected = F.array_except(F.col(KEYS), expected)
+    checks: list[tuple[Column, Column | str]] = [
+        (F.trim(F.col(RAW)) == "", "empty line"),
+        (F.col(KEYS).isNull(), "malformed JSON: not a JSON object"),
+    ]
+    if source.format == "jsonl":
+        checks.append(
+            (F.size(unexpected) > 0, F.concat(F.lit("unexpected fields: "), F.array_join(unexpected, ", ")))
+        )
+    for field in required:
+        if field in mapped:
+            checks.append((F.col(field).isNull(), f"missing field: {mapped[field]}"))
+    return checks
+
+
+def _timestamp(raw: Column, fmt: str) -> Column:
+    if fmt == "epoch_seconds":
+        return F.timestamp_seconds(raw.try_cast("double"))
+    if fmt == "epoch_millis":
+        return F.timestamp_millis(raw.try_cast("long"))
+    return F.try_to_timestamp(raw)
+
+
+def _clicked(raw: Column, threshold: float | None) -> Column:
+    if threshold is not None:
+        return raw.try_cast("double") >= F.lit(threshold)
+    text = F.lower(F.trim(raw))
+    return F.when(text.isin("true", "1"), True).when(text.isin("false", "0"), False)
+
+
+def _wrong_type(column: str, what: str) -> tuple[Column, Column]:
+    """Text was there but did not convert: type_events keeps the text as `_text_<column>`."""
+    text = F.col(f"_text_{column}")
+    reason = F.concat(F.lit(f"wrong type: {column}='"), text, F.lit(f"' is not {what}"))
+    return (text.isNotNull() & F.col(column).isNull(), reason)
+
+
+def type_events(raw: DataFrame, ingest: IngestConfig) -> DataFrame:
+    """Give events their types; a source lacking creative_id or position gets the defaults."""
+    has = set(raw.columns)
+    creative = (
+        F.col("creative_id") if "creative_id" in has else F.concat(F.col("product_id"), F.lit(ORIGINAL_CREATIVE_SUFFIX))
+    )
+    position = F.col("position").try_cast("int") if "position" in has else F.lit(DEFAULT_POSITION)
+    return raw.select(
+        *[c for c in raw.columns if c not in EVENT_FIELDS],
+        *[F.col(c).alias(f"_text_{c}") for c in ("ts", "position", "clicked") if c in has],
+        "event_id",
+        _timestamp(F.col("ts"), ingest.timestamp).alias("ts"),
+        "user_id",
+        "product_id",
+        creative.alias("creative_id"),
+        position.alias("position"),
+        _clicked(F.col("clicked"), ingest.click_threshold).alias("clicked"),
+    )
+
+
+def validate_events(
+    raw: DataFrame,
+    users: DataFrame,
+    products: DataFrame,
+    creatives: DataFrame,
+    ds: date,
+    ingest: IngestConfig,
+) -> DataFrame:
+    """Add `reason` to every event line: NULL for a valid event, else the first problem found."""
+    # Shape is judged on the text as read, before typing turns a bad value into NULL.
+    shaped = raw.withColumn("_shape", _first_reason(*_shape_checks(ingest.events, EVENT_FIELDS, EVENT_FIELDS)))
+    typed = type_events(shaped, ingest)
+    start = datetime.combine(ds, time(), tzinfo=UTC)
+    latest = start + timedelta(days=1, minutes=ingest.max_future_skew_minutes)
+    earliest = start - timedelta(days=ingest.max_late_days)
+    known_users = users.select(F.col("user_id").alias("_user"))
+    known_products = products.select(F.col("product_id").alias("_product"))
+    known_creatives = creatives.select(
+        F.col("creative_id").alias("_creative"), F.col("product_id").alias("_creative_product")
+    )
+    joined = (
+        typed.join(F.broadcast(known_users), typed["user_id"] == F.col("_user"), "left")
+        .join(F.broadcast(known_products), typed["product_id"] == F.col("_product"), "left")
+        .join(F.broadcast(known_creatives), typed["creative_id"] == F.col("_creative"), "left")
+    )
+    type_checks = [
+        _wrong_type(column, what)
+        for column, what in (("ts", "a timestamp"), ("position", "an integer"), ("clicked", "a click label"))
+        if f"_text_{column}" in typed.columns
+    ]
+    reason = _first_reason(
+        (F.col("_shape").isNotNull(), F.col("_shape")),
+        *type_checks,
+        (F.col("ts") >= F.lit(latest), F.lit(f"future timestamp: after {latest.isoformat()}")),
+        (F.col("_user").isNull(), F.concat(F.lit("unknown user_id: "), F.col("user_id"))),
+        (F.col("_product").isNull(), F.concat(F.lit("unknown product_id: "), F.col("product_id"))),
+        (F.col("_creative").isNull(), F.concat(F.lit("unknown creative_id: "), F.col("creative_id"))),
+        (
+            F.col("_creative_product") != F.col("product_id"),
+            F.concat(
+                F.lit("creative "), F.col("creative_id"), F.lit(" belongs to product "), F.col("_creative_product")
+            ),
+        ),
+    )
+    # Lateness is kept apart from the other reasons: a late line that repeats a stored event is
+    # a redelivery, counted as a duplicate, not a rejected line (see classify_events).
+    too_late = F.when(F.col("ts") < F.lit(earliest), F.lit(f"late event: before {earliest.isoformat()}"))
+    return joined.select(
+        FILE, LINE, RAW, *[c for c in typed.columns if c in EVENT_FIELDS], reason.alias(REASON), too_late.alias(LATE)
+    )
+
+
+def classify_events(validated: DataFrame, stored_elsewhere: DataFrame) -> DataFrame:
+    """Mark each line accepted, rejected or duplicate, and settle its final reason.
+
+    A line with a problem is rejected. Otherwise it is a duplicate when an earlier line of the
+    day has its id, or when the id is already stored under another ds (a redelivery, however
+    late). What is left is rejected if it is too late, else accepted. A rerun of a ds does not
+    count its own stored rows, so it classifies every line the same way again.
+    """
+    # Valid lines rank first, so a rejected line never makes a valid one with its id a duplicate.
+    first_seen = Window.partitionBy("event_id").orderBy(F.col(REASON).isNotNull(), FILE, LINE)
+    stored = stored_elsewhere.select(F.col("event_id").alias("_stored")).distinct()
+    ranked = validated.withColumn("_rank", F.when(F.col(REASON).isNull(), F.row_number().over(first_seen))).join(
+        stored, F.col("event_id") == F.col("_stored"), "left"
+    )
+    is_duplicate = (F.col("_rank") > 1) | F.col("_stored").isNotNull()
+    status = (
+        F.when(F.col(REASON).isNotNull(), REJECTED)
+        .when(is_duplicate, DUPLICATE)
+        .when(F.col(LATE).isNotNull(), REJECTED)
+        .otherwise(ACCEPTED)
+    )
+    return (
+        ranked.withColumn(STATUS, status)
+        .withColumn(REASON, F.when(F.col(STATUS) == REJECTED, F.coalesce(REASON, LATE)))
+        .drop("_rank", "_stored", LATE)
+    )
+
+
+def impressions_of(classified: DataFrame, ds: date) -> DataFrame:
+    return classified.where(F.col(STATUS) == ACCEPTED).select(*EVENT_FIELDS, FILE, F.lit(ds).alias(DS))
+
+
+def rejects_of(classified: DataFrame, ds: date) -> DataFrame:
+    return classified.where(F.col(STATUS) == REJECTED).select(FILE, LINE, RAW, REASON, F.lit(ds).alias(DS))
+
+
+def reconcile(classified: DataFrame, read: int) -> Reconciliation:
+    counts = {row[STATUS]: row["n"] for row in classified.groupBy(STATUS).agg(F.count("*").alias("n")).collect()}
+    return Reconciliation(read, counts.get(ACCEPTED, 0), counts.get(REJECTED, 0), counts.get(DUPLICATE, 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dimensions
+
+
+def _bucketed(text: Column, edges: list[float], labels: list[str]) -> Column:
+    value = text.try_cast("double")
+    banded = reduce(
+        lambda acc, i: acc.when(value < edges[i], labels[i]), range(len(edges)), F.when(value.isNull(), None)
+    )
+    return banded.otherwise(labels[-1])
+
+
+def validate_dimension(raw: DataFrame, dim: Dimension, source: Source, ds: date) -> DataFrame:
+    """Type a dimension file to its table and classify each line; the last valid line of a key wins."""
+    columns = [c for c in dim.table.column_names if c != "updated_ds"]
+    values = {}
+    for column in columns:
+        text = F.col(column) if column in raw.columns else F.lit(None).cast("string")
+        if column in source.buckets:
+            values[column] = _bucketed(text, source.buckets[column].edges, source.buckets[column].labels)
+        elif column == "interests":
+            # JSON lists arrive as '["a","b"]'; flat files write "a|b".
+            values[column] = F.when(text.startswith("["), F.from_json(text, "ARRAY<STRING>")).otherwise(
+                F.split(text, r"\|")
+            )
+        elif column == "origin":
+            values[column] = F.coalesce(text, F.lit("logged"))
+        else:
+            values[column] = text
+    key = dim.table.keys[0]
+    latest_first = Window.partitionBy(key).orderBy(F.col(REASON).isNotNull(), F.col(FILE).desc(), F.col(LINE).desc())
+    status = (
+        F.when(F.col(REASON).isNotNull(), REJECTED)
+        .when(F.row_number().over(latest_first) > 1, DUPLICATE)
+        .otherwise(ACCEPTED)
+    )
+    return (
+        raw.select("*", _first_reason(*_shape_checks(source, columns, dim.required)).alias(REASON))
+        .select(FILE, LINE, RAW, REASON, *[v.alias(k) for k, v in values.items()], F.lit(ds).alias("updated_ds"))
+        .withColumn(STATUS, status)
+    )
+
+
+def original_creatives(events: DataFrame, ds: date) -> DataFrame:
+    """One creative per product for sources that log no creative (see DEFAULT_* above)."""
+    return (
+        events.select("product_id", "creative_id")
+        .distinct()
+        .select(
+            "creative_id",
+            "product_id",
+            F.lit(ORIGINAL_CREATIVE_PROMPT).alias("prompt"),
+            F.lit(None).cast("string").alias("image_uri"),
+            F.lit("logged").alias("origin"),
+            F.lit(ds).alias("updated_ds"),
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage: the only place that reads landing files and writes tables.
+
+
+def _ingest_dimension(spark: SparkSession, cfg: Config, ds: date, dim: Dimension) -> DataFrame | None:
+    """Upsert one dimension file if the day has it; return its rejected lines."""
+    source: Source = getattr(cfg.ingest, dim.source_attr)
+    location = _location(cfg, ds, source)
+    if not path_exists(spark, location):
+        print(f"ingest {dim.table.name}: no file at {location}, nothing to upsert")
+        return None
+    columns = [c for c in dim.table.column_names if c != "updated_ds"]
+    rows = validate_dimension(read_source(spark, location, source, columns), dim, source, ds).cache()
+    counts = {r[STATUS]: r["n"] for r in rows.groupBy(STATUS).agg(F.count("*").alias("n")).collect()}
+    accepted = rows.where(F.col(STATUS) == ACCEPTED).select(*dim.table.column_names)
+    tables.merge(spark, accepted, dim.table, cfg, unless_newer="updated_ds")
+    print(
+        f"ingest {dim.table.name}: upserted {counts.get(ACCEPTED, 0)}, rejected {counts.get(REJECTED, 0)}, "
+        f"superseded {counts.get(DUPLICATE, 0)} from {location}"
+    )
+    return rows.where(F.col(STATUS) == REJECTED).select(FILE, LINE, RAW, REASON, F.lit(ds).alias(DS))
+
+
+def ingest_day(spark: SparkSession, cfg: Config, ds: date) -> Reconciliation:
+    """Ingest `{landing}/{ds}`: dimensions first (a new user's first events land the same day)."""
+    day = f"{cfg.lakehouse.landing.rstrip('/')}/{ds.isoformat()}"
+    if not path_exists(spark, day):
+        raise StageError(f"no landing folder for ds={ds}: {day} does not exist (has the log shipper run?)")
+    events_location = _location(cfg, ds, cfg.ingest.events)
+    if not path_exists(spark, events_location):
+        raise StageError(f"no events for ds={ds}: {events_location} does not exist")
+
+    rejected = [r for dim in DIMENSIONS if (r := _ingest_dimension(spark, cfg, ds, dim)) is not None]
+    raw = read_source(spark, events_location, cfg.ingest.events, EVENT_FIELDS)
+    read = raw.count()
+    if read == 0:
+        print(f"ingest events: {events_location} holds no events for ds={ds}; impressions left as they are")
+        if rejected:
+            tables.overwrite_partition(spark, reduce(DataFrame.unionByName, rejected), REJECTED_EVENTS, cfg, ds)
+        return Reconciliation(0, 0, 0, 0)
+
+    if cfg.ingest.events.columns.get("creative_id", "creative_id") is None:
+        known = tables.read_or_empty(spark, PRODUCTS, cfg).select("product_id")
+        originals = original_creatives(type_events(raw, cfg.ingest).join(known, "product_id", "left_semi"), ds)
+        tables.merge(spark, originals, CREATIVES, cfg, unless_newer="updated_ds")
+
+    dims = {t.name: tables.read_or_empty(spark, t, cfg) for t in (USERS, PRODUCTS, CREATIVES)}
+    validated = validate_events(raw, dims["users"], dims["products"], dims["creatives"], ds, cfg.ingest)
+    stored = tables.read_or_empty(spark, IMPRESSIONS, cfg)
+    classified = classify_events(validated, stored.where(F.col(DS) != F.lit(ds))).cache()
+    counts = reconcile(classified, read)
+    print(counts.line(f"ingest events {ds}"))
+    if not counts.balanced:
+        raise StageError(counts.line(f"reconciliation failed for ds={ds}") + "; nothing was written")
+
+    tables.overwrite_partition(spark, impressions_of(classified, ds), IMPRESSIONS, cfg, ds)
+    tables.overwrite_partition(
+        spark, reduce(DataFrame.unionByName, [rejects_of(classified, ds), *rejected]), REJECTED_EVENTS, cfg, ds
+    )
+    classified.unpersist()
+    return counts
+
+
+def reject_reasons(spark: SparkSession, cfg: Config, ds: date) -> dict[str, int]:
+    """Rejected lines of the day per kind of reason (the text before the first colon)."""
+    rows = (
+        tables.read(spark, REJECTED_EVENTS, cfg, ds=ds).groupBy(F.substring_index(REASON, ":", 1).alias("kind")).count()
+    )
+    return {r["kind"]: r["count"] for r in rows.collect()}
+
+
+def run(ctx: JobContext) -> None:
+    import mlflow
+
+    counts = ingest_day(ctx.spark, ctx.cfg, ctx.ds)
+    mlflow.log_metrics(
+        {
+            "events_read": counts.read,
+            "events_accepted": counts.accepted,
+            "events_rejected": counts.rejected,
+            "events_duplicates": counts.duplicates,
+        }
+    )
+    mlflow.set_tag("osmf.reconciliation", counts.line("events"))
+    if counts.read:
+        reasons = reject_reasons(ctx.spark, ctx.cfg, ctx.ds)
+        mlflow.log_metrics({f"rejected.{kind.replace(' ', '_')}": n for kind, n in reasons.items()})
+    for table in (IMPRESSIONS, REJECTED_EVENTS, USERS, PRODUCTS, CREATIVES):
+        if tables.exists(ctx.spark, table, ctx.cfg):
+            mlflow.log_param(f"output.{table.name}.version", tables.latest_version(ctx.spark, table, ctx.cfg))

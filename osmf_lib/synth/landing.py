@@ -1,0 +1,395 @@
+"""Landing files as a log shipper and a dimension export would leave them, faults included.
+
+    {landing}/{ds}/events/part-00000.jsonl ...    impressions, one JSON object per line
+    {landing}/{ds}/dims/users.jsonl, products.jsonl, creatives.jsonl
+                                                  day 1: every row; later days: new and changed rows
+    {landing}/images/products/{product_id}.png    written on the day the product first lands
+
+Ingestion (DESIGN 6.1) depends on this layout exactly. Every file is written under a hidden
+temporary name and renamed into place, so a reader never sees half a file, and a rerun with the
+same arguments rewrites the same bytes. Events are generated and written one file at a time,
+so memory stays bounded at any scale. The returned LandingSummary counts every injected fault,
+so ingestion tests can reconcile exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from osmf_lib.config import SYNTH_LINE_FAULTS, Config, FaultRates
+from osmf_lib.synth.images import product_png
+from osmf_lib.synth.world import Change, Impressions, Stream, World, build_world, rng_for
+
+EVENT_KEYS = ("event_id", "ts", "user_id", "product_id", "creative_id", "position", "clicked")
+FAULT_CLASSES = (*SYNTH_LINE_FAULTS, "duplicate_same_day", "duplicate_previous_day")
+USER_KEYS = ("user_id", "age_band", "gender", "city_tier", "purchase_power", "occupation", "device", "interests")
+PRODUCT_KEYS = ("product_id", "title", "category", "price_band", "image_uri")
+TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # ISO-8601, UTC, whole seconds
+CREATIVE_KEYS = ("creative_id", "product_id", "prompt", "image_uri", "origin")
+
+# The same bytes json.dumps(record, separators=(",", ":")) gives, at a fraction of the cost.
+_EVENT_LINE = (
+    '{"event_id":"%s","ts":"%s","user_id":"%s","product_id":"%s","creative_id":"%s","position":%d,"clicked":%s}\n'
+)
+
+
+def _json_line(record: Mapping) -> str:
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime(TS_FORMAT)
+
+
+# --- summary -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DaySummary:
+    ds: date
+    files: int
+    lines: int  # every event line written, faulty and duplicate ones included
+    faults: Mapping[str, int]  # lines injected per fault class (FAULT_CLASSES, zeros included)
+    empty: bool  # the day's events were lost: its folder holds one empty file
+
+    @property
+    def clean_lines(self) -> int:
+        return self.lines - sum(self.faults.values())
+
+    def as_dict(self) -> dict:
+        return {
+            "ds": self.ds.isoformat(),
+            "files": self.files,
+            "lines": self.lines,
+            "clean_lines": self.clean_lines,
+            "empty": self.empty,
+            "faults": dict(self.faults),
+        }
+
+
+@dataclass(frozen=True)
+class LandingSummary:
+    root: Path
+    seed: int
+    scale: str
+    days: tuple[DaySummary, ...]
+
+    @property
+    def lines(self) -> int:
+        return sum(day.lines for day in self.days)
+
+    def day(self, ds: date) -> DaySummary:
+        return next(day for day in self.days if day.ds == ds)
+
+    def as_dict(self) -> dict:
+        return {
+            "root": str(self.root),
+            "seed": self.seed,
+            "scale": self.scale,
+            "lines": self.lines,
+            "days": [day.as_dict() for day in self.days],
+        }
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write to a hidden temporary name in the same folder, then rename over `path`.
+
+    Spark and most readers skip names starting with '.', so a crash leaves no half file behind.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def _write_lines(path: Path, lines: Sequence[str]) -> None:
+    write_atomically(path, "".join(lines).encode())
+
+
+def _part_name(part: int) -> str:
+    return f"part-{part:05d}.jsonl"
+
+
+def _remove_stale_parts(folder: Path, keep: int) -> None:
+    """A rerun with fewer files per day must not leave an earlier run's extra parts behind."""
+    current = {_part_name(part) for part in range(keep)}
+    for path in folder.glob("part-*.jsonl"):
+        if path.name not in current:
+            path.unlink()
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """Simulated impressions of one events file, as the JSON fields they land with."""
+
+    ds: date
+    part: int
+    impressions: Impressions
+    world: World
+
+    def __len__(self) -> int:
+        return len(self.impressions)
+
+    @cached_property
+    def columns(self) -> dict[str, list]:
+        imp = self.impressions
+        moments = np.datetime64(self.ds, "s") + imp.second.astype("timedelta64[s]")
+        prefix = f"ev-{self.ds:%Y%m%d}-{self.part:03d}-"
+        return {
+            "event_id": [f"{prefix}{i:07d}" for i in range(len(imp))],
+            "ts": [f"{moment}Z" for moment in np.datetime_as_string(moments, unit="s")],
+            "user_id": _ids(self.world.users["user_id"])[imp.user].tolist(),
+            "product_id": _ids(self.world.products["product_id"])[imp.product].tolist(),
+            "creative_id": _ids(self.world.creatives["creative_id"])[imp.creative].tolist(),
+            "position": imp.position.tolist(),
+            "clicked": imp.clicked.tolist(),
+        }
+
+    def lines(self) -> list[str]:
+        c = self.columns
+        flags = ["true" if clicked else "false" for clicked in c["clicked"]]
+        rows = zip(*(c[key] for key in EVENT_KEYS[:-1]), flags, strict=True)
+        return [_EVENT_LINE % row for row in rows]
+
+    def record(self, i: int) -> dict:
+        return {key: self.columns[key][i] for key in EVENT_KEYS}
+
+
+def _ids(column: pd.Series) -> np.ndarray:
+    return column.to_numpy(dtype=str)
+
+
+# --- faults ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FaultContext:
+    ds: date
+    world: World
+
+    def unknown_id(self, key: str, rng: np.random.Generator) -> str:
+        """An id in the world's own format that no dimension file, on any day, will ever hold."""
+        known = {"user_id": self.world.users, "product_id": self.world.products, "creative_id": self.world.creatives}
+        existing = known[key][key].iloc[-1]
+        width = len(existing) - 1
+        return f"{existing[0]}{rng.integers(int(existing[1:]) + 1, 10**width):0{width}d}"
+
+
+Fault = Callable[[dict, np.random.Generator, FaultContext], str]
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
+
+
+def _malformed_json(record: dict, rng: np.random.Generator, ctx: FaultContext) -> str:
+    """Cut mid-line, as a shipper killed mid-write leaves it; no prefix of an object is valid JSON."""
+    line = _json_line(record).rstrip("\n")
+    return line[: rng.integers(1, len(line))] + "\n"
+
+
+def _missing_field(record: dict, rng: np.random.Generator, ctx: FaultContext) -> str:
+    dropped = EVENT_KEYS[rng.integers(len(EVENT_KEYS))]
+    return _json_line({key: value for key, value in record.items() if key != dropped})
+
+
+def _extra_field(record: dict, rng: np.random.Generator, ctx: FaultContext) -> str:
+    return _json_line({**record, "session_id": f"s{rng.integers(10**9):09d}"})
+
+
+def _wrong_type(record: dict, rng: np.random.Generator, ctx: FaultContext) -> str:
+    if rng.random() < 0.5:
+        return _json_line({**record, "position": NUMBER_WORDS[record["position"]]})
+    return _json_line({**record, "clicked": "yes" if record["clicked"] else "no"})
+
+
+def _unknown_id(record: dict, rng: np.random.Generator, ctx: FaultContext) -> str:
+    key = ("user_id", "product_id", "creative_id")[rng.integers(3)]
+    return _json_line({**record, key: ctx.unknown_id(key, rng)})
+
+
+def _late(record: dict, rng: np.random.Generator, ctx: FaultContext) -> str:
+    """An event that happened one or two days earlier, shipped only now."""
+    moment = datetime.strptime(record["ts"], TS_FORMAT) - timedelta(days=int(rng.integers(1, 3)))
+    return _json_line({**record, "ts": _iso(moment)})
+
+
+def _future(record: dict, rng: np.random.Generator, ctx: FaultContext) -> str:
+    """A clock far ahead: later than the end of the day after ds."""
+    day_after_next = datetime.combine(ctx.ds + timedelta(days=2), time())
+    return _json_line({**record, "ts": _iso(day_after_next + timedelta(seconds=int(rng.integers(86_400))))})
+
+
+LINE_FAULTS: Mapping[str, Fault] = {
+    "malformed_json": _malformed_json,
+    "missing_field": _missing_field,
+    "extra_field": _extra_field,
+    "wrong_type": _wrong_type,
+    "unknown_id": _unknown_id,
+    "late": _late,
+    "future": _future,
+}
+assert tuple(LINE_FAULTS) == SYNTH_LINE_FAULTS, "every configured line fault needs an injector"
+
+
+@dataclass(frozen=True)
+class FaultedFile:
+    lines: list[str]
+    faults: Counter
+    redelivered_tomorrow: list[str]
+
+
+def _inject_faults(batch: EventBatch, rates: FaultRates, rng: np.random.Generator) -> FaultedFile:
+    """Corrupt some lines (at most one fault each) and repeat some clean ones.
+
+    Only clean lines are repeated or kept for tomorrow's redelivery, so a duplicate is always
+    an exact copy of a line ingestion accepts: in = accepted + rejected + duplicates.
+    """
+    n = len(batch)
+    line_rates = [getattr(rates, name) for name in SYNTH_LINE_FAULTS]
+    clean_kind = len(SYNTH_LINE_FAULTS)
+    kind = rng.choice(clean_kind + 1, size=n, p=[*line_rates, max(0.0, 1.0 - sum(line_rates))])
+    lines = batch.lines()
+    ctx = FaultContext(batch.ds, batch.world)
+    faults: Counter = Counter()
+    for i in np.flatnonzero(kind != clean_kind):
+        name = SYNTH_LINE_FAULTS[kind[i]]
+        lines[i] = LINE_FAULTS[name](batch.record(i), rng, ctx)
+        faults[name] += 1
+    clean = kind == clean_kind
+    repeated = np.flatnonzero(clean & (rng.random(n) < rates.duplicate_same_day))
+    faults["duplicate_same_day"] = len(repeated)
+    redelivered = np.flatnonzero(clean & (rng.random(n) < rates.duplicate_previous_day))
+    return FaultedFile(_with_repeats(lines, repeated, rng), faults, [lines[i] for i in redelivered])
+
+
+def _with_repeats(lines: list[str], repeated: np.ndarray, rng: np.random.Generator) -> list[str]:
+    """Each repeated line i appears a second time, right after some line j >= i."""
+    n = len(lines)
+    after = rng.integers(repeated, n) if len(repeated) else repeated
+    # Sort keys: 2i for the originals, 2j + 1 for the repeats.
+    order = np.argsort(np.concatenate([2 * np.arange(n), 2 * after + 1]), kind="stable")
+    everything = lines + [lines[i] for i in repeated]
+    return [everything[k] for k in order]
+
+
+# --- the writer --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LandingWriter:
+    world: World
+    root: Path
+    rates: FaultRates
+
+    def _rng(self, stream: Stream, *keys: int) -> np.random.Generator:
+        return rng_for(self.world.seed, self.world.scale_name, stream, *keys)
+
+    def image_path(self, product_id: str) -> Path:
+        return self.root / "images" / "products" / f"{product_id}.png"
+
+    def write_day(self, day: int, ds: date, redelivered: Sequence[str]) -> tuple[DaySummary, list[str]]:
+        """Write one ds; return its summary and the lines to redeliver at the start of the next."""
+        self._write_images(day)
+        self._write_dims(day, ds)
+        return self._write_events(day, ds, redelivered)
+
+    def _write_images(self, day: int) -> None:
+        products = self.world.products
+        for row in np.flatnonzero(products["since"].to_numpy() == day):
+            png = product_png(products["category"].iat[row], self._rng(Stream.IMAGES, int(row)))
+            write_atomically(self.image_path(products["product_id"].iat[row]), png)
+
+    def _write_dims(self, day: int, ds: date) -> None:
+        """Day 0: every row. Later days: rows that arrive that day and rows that changed, as upserts."""
+        world = self.world
+        folder = self.root / ds.isoformat() / "dims"
+        users = _landed_rows(world.users_on(day), day, world.user_changes(day))
+        products = _landed_rows(world.products_on(day), day, world.product_changes(day))
+        products["image_uri"] = [str(self.image_path(pid)) for pid in products["product_id"]]
+        creatives = world.creatives[world.creatives["since"] == day].assign(image_uri=None, origin="logged")
+        for name, frame, keys in (
+            ("users", users, USER_KEYS),
+            ("products", products, PRODUCT_KEYS),
+            ("creatives", creatives, CREATIVE_KEYS),
+        ):
+            records = frame[list(keys)].to_dict("records")
+            _write_lines(folder / f"{name}.jsonl", [_json_line(_plain(record)) for record in records])
+
+    def _write_events(self, day: int, ds: date, redelivered: Sequence[str]) -> tuple[DaySummary, list[str]]:
+        folder = self.root / ds.isoformat() / "events"
+        faults = Counter(dict.fromkeys(FAULT_CLASSES, 0))
+        if self._rng(Stream.EMPTY_DAYS, ds.toordinal()).random() < self.rates.empty_day:
+            # The shipper created the day's file and then lost every event; yesterday's
+            # redeliveries are lost with them.
+            _write_lines(folder / _part_name(0), [])
+            _remove_stale_parts(folder, keep=1)
+            return DaySummary(ds, files=1, lines=0, faults=dict(faults), empty=True), []
+
+        traffic = self.world.traffic(day)
+        files = self.world.scale.files_per_day
+        sizes = np.diff(np.linspace(0, self.world.scale.impressions_per_day, files + 1).astype(int))
+        written, tomorrow = 0, []
+        for part, size in enumerate(sizes):
+            window = (part / files, (part + 1) / files)
+            impressions = traffic.draw(int(size), self._rng(Stream.TRAFFIC, ds.toordinal(), part), window)
+            batch = EventBatch(ds, part, impressions, self.world)
+            faulted = _inject_faults(batch, self.rates, self._rng(Stream.FAULTS, ds.toordinal(), part))
+            # The shipper re-sends what it was unsure of yesterday before anything new.
+            lines = [*redelivered, *faulted.lines] if part == 0 else faulted.lines
+            _write_lines(folder / _part_name(part), lines)
+            written += len(lines)
+            faults.update(faulted.faults)
+            tomorrow += faulted.redelivered_tomorrow
+        faults["duplicate_previous_day"] = len(redelivered)
+        _remove_stale_parts(folder, keep=files)
+        return DaySummary(ds, files=files, lines=written, faults=dict(faults), empty=False), tomorrow
+
+
+def _landed_rows(state: pd.DataFrame, day: int, changes: Sequence[Change]) -> pd.DataFrame:
+    changed = [row for change in changes for row in change.rows]
+    return state[(state["since"] == day) | state.index.isin(changed)].copy()
+
+
+def _plain(record: dict) -> dict:
+    """Tuples (interests) as JSON lists."""
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in record.items()}
+
+
+def write_landing(
+    cfg: Config,
+    out: Path | None = None,
+    scale: str | None = None,
+    start: date | None = None,
+    days: int | None = None,
+) -> LandingSummary:
+    """Write `days` days of landing files from `start` for the configured world; see module docstring.
+
+    Defaults come from `cfg.synth`; `out` defaults to `cfg.lakehouse.landing`.
+    """
+    synth = cfg.synth
+    scale = scale or synth.scale
+    start = start or synth.start
+    days = days or synth.days
+    location = str(out if out is not None else cfg.lakehouse.landing)
+    if "://" in location or location.startswith("file:"):
+        raise ValueError(f"the simulated world writes local files only; got landing '{location}', pass out=PATH")
+    writer = LandingWriter(build_world(synth.seed, scale), Path(location).resolve(), synth.faults)
+    summaries, redelivered = [], []
+    for day in range(days):
+        summary, redelivered = writer.write_day(day, start + timedelta(days=day), redelivered)
+        summaries.append(summary)
+    return LandingSummary(writer.root, synth.seed, scale, tuple(summaries))
