@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -102,6 +103,9 @@ def get_spark(cfg: Config, app_name: str | None = None) -> SparkSession:
     if not _launched_by_spark_submit():
         _check_java()
         builder = builder.master(cfg.spark.master).config("spark.jars", ",".join(delta_jars(cfg)))
+        # pyspark starts its Python workers with $PYSPARK_PYTHON (else `python3` from PATH); they
+        # must run this interpreter, the one with numpy, torch and osmf_lib.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in session_conf(cfg).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

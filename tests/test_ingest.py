@@ -227,3 +227,18 @@ def test_the_ingestion_view_summarises_each_day(spark, landed):
     day = spark.sql("SELECT * FROM ingestion_daily WHERE ds = DATE'2026-11-01'").first()
     assert (day["impressions"], day["rejected"]) == (counts[D1].accepted, counts[D1].rejected)
     assert day["by_reason"] == ingest.reject_reasons(spark, cfg, D1)
+
+
+def test_line_numbers_stay_exact_when_a_file_is_split(spark, tmp_path, cfg):
+    events = tmp_path / "events"
+    events.mkdir()
+    (events / "a.jsonl").write_text("".join(f'{{"event_id": "a{i}"}}\n' for i in range(1, 4001)))
+    (events / "b.jsonl").write_text("".join(f'{{"event_id": "b{i}"}}\n' for i in range(1, 11)))
+    previous = spark.conf.get("spark.sql.files.maxPartitionBytes")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "16k")  # a.jsonl (~90 KB) spans several splits
+    try:
+        rows = ingest.read_source(spark, str(events), cfg.ingest.events, ["event_id"]).collect()
+    finally:
+        spark.conf.set("spark.sql.files.maxPartitionBytes", previous)
+    assert len(rows) == 4010
+    assert all(r["event_id"] == f"{r['source_file'][-7]}{r['line_number']}" for r in rows)
