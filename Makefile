@@ -51,14 +51,17 @@ airflow-init:
 	@echo "Airflow home: $(AIRFLOW_HOME) (SQLite metadata, gpu pool created)"
 
 # The Spark connection is derived from the resolved Config so the DAG and the CLI agree on the master.
+# The scale is exported so that evaluation grades against the same simulated world.
+STAGE_LINES := (preflight ok|ingest (users|products|creatives|events)|train_paag:|build_paag_embeddings:|group_users:|evaluate_grouping:) .*
+demo: export OSMF_SYNTH__SCALE = $(DEMO_SCALE)
 demo: $(SETUP_DONE)
-	$(OSMF) --config conf/demo.yaml synth --scale $(DEMO_SCALE) --days $(DEMO_DAYS)
+	$(OSMF) --config conf/demo.yaml synth --days $(DEMO_DAYS)
 	export AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "'"$$($(OSMF) config get spark.master)"'"}'; \
 	for ds in $$($(OSMF) synth --list-days --days $(DEMO_DAYS)); do \
 		echo "== osmf_nightly $$ds"; \
 		$(BIN)/airflow dags test osmf_nightly $$ds > var/airflow/demo-$$ds.log 2>&1 \
 			|| { tail -n 40 var/airflow/demo-$$ds.log; echo "osmf_nightly failed for $$ds; log: var/airflow/demo-$$ds.log"; exit 1; }; \
-		grep -h -o -E "(preflight ok|ingest [a-z_]+:?) .*" var/airflow/demo-$$ds.log | sed 's/ \[airflow.*//' || true; \
+		grep -h -o -E "$(STAGE_LINES)" var/airflow/demo-$$ds.log | sed 's/ *\[airflow.*//' || true; \
 	done
 	$(OSMF) where
 

@@ -7,20 +7,35 @@ mlflow at parse time).
 
 from __future__ import annotations
 
+import shlex
 import sys
 from datetime import UTC, datetime, timedelta
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable
 
 from osmf_lib.config import PROJECT_ROOT, load_config
 from osmf_lib.spark import delta_jars, session_conf
-from osmf_lib.tables import CREATIVES, IMPRESSIONS, PRODUCTS, REJECTED_EVENTS, USERS, Table
+from osmf_lib.tables import (
+    CREATIVES,
+    EVAL_METRICS,
+    GROUP_PROFILES,
+    IMPRESSIONS,
+    PAAG_EMBEDDINGS,
+    PRODUCTS,
+    REJECTED_EVENTS,
+    USER_GROUPS,
+    USERS,
+    Table,
+)
 
 CFG = load_config()
 JOBS = PROJECT_ROOT / "jobs"
 # Every job receives the day it works on and the run it reports to; none ever reads now().
 JOB_ARGS = ["--ds", "{{ ds }}", "--dag-run-id", "{{ run_id }}"]
+# Training and rendering queue here, one task per GPU (`airflow pools set gpu <n>`).
+GPU_POOL = "gpu"
 
 DOC = """
 ### OSMF nightly
@@ -34,6 +49,10 @@ day gives the same tables.
 |---|---|
 | `preflight` | Spark + Delta, MLflow and the lakehouse root work; fails with the fix otherwise |
 | `ingest_events` | landing files -> `impressions`, `rejected_events`, dimension upserts; counts must add up |
+| `train_paag` | PAAG encoder on the look-back window -> `osmf-paag` (champion if it validates better) |
+| `build_paag_embeddings` | `osmf-paag@champion` over every product's audience -> `paag_embeddings` |
+| `group_users` | per-product K-Means, K by silhouette -> `user_groups`, `group_profiles` |
+| `evaluate_grouping` | groups vs the simulated world's hidden segments, NDCG by K -> `eval_metrics` |
 
 Configuration: `conf/osmf.yaml`, `OSMF_<SECTION>__<KEY>` variables. The Spark master comes
 from the `spark_default` connection; GPU jobs queue in the `gpu` pool.
@@ -59,6 +78,19 @@ def spark_job(task_id: str, timeout: timedelta, writes: tuple[Table, ...] = ()) 
         jars=",".join(delta_jars(CFG)),
         # The driver and executors must run the interpreter that has osmf_lib installed.
         env_vars={"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable},
+        execution_timeout=timeout,
+    )
+
+
+def gpu_job(task_id: str, timeout: timedelta) -> BashOperator:
+    """A torch stage run as a subprocess of the worker, in the gpu pool; it uses CUDA when present."""
+    if CFG.gpu.launcher != "local":
+        raise ValueError(f"gpu.launcher={CFG.gpu.launcher!r} is not wired yet; use 'local'")
+    command = [sys.executable, str(JOBS / f"{task_id}.py"), *JOB_ARGS]
+    return BashOperator(
+        task_id=task_id,
+        bash_command=" ".join(arg if "{{" in arg else shlex.quote(arg) for arg in command),
+        pool=GPU_POOL,
         execution_timeout=timeout,
     )
 
@@ -90,4 +122,9 @@ with DAG(
         writes=(IMPRESSIONS, REJECTED_EVENTS, USERS, PRODUCTS, CREATIVES),
     )
 
-    preflight >> ingest_events
+    train_paag = gpu_job("train_paag", timeout=timedelta(hours=2))
+    build_paag_embeddings = spark_job("build_paag_embeddings", timedelta(hours=1), writes=(PAAG_EMBEDDINGS,))
+    group_users = spark_job("group_users", timedelta(hours=1), writes=(USER_GROUPS, GROUP_PROFILES))
+    evaluate_grouping = spark_job("evaluate_grouping", timedelta(hours=1), writes=(EVAL_METRICS,))
+
+    preflight >> ingest_events >> train_paag >> build_paag_embeddings >> group_users >> evaluate_grouping

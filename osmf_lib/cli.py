@@ -88,7 +88,7 @@ def sql(
     except PySparkException as err:
         _fail(f"query failed: {str(err).splitlines()[0]}")
     shown = rows.head(limit)
-    typer.echo(shown.to_string(index=False) if len(shown.columns) else "(no columns)")
+    typer.echo(shown.to_string(index=False) if len(shown) else "  ".join(shown.columns))
     more = " (more not shown; raise --limit)" if len(rows) > limit else ""
     typer.echo(f"({len(shown)} row{'s' if len(shown) != 1 else ''}{more})")
 

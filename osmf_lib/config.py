@@ -309,6 +309,8 @@ class RenderConfig(Section):
 class EvaluateConfig(Section):
     # A challenger becomes champion only if it beats the champion by at least this much.
     min_improvement: NonNegativeFloat = 0.0
+    # Products graded per night (a stable sample): the oracle and per-K clusterings cost per product.
+    max_products: PositiveInt = 100
 
 
 class Config(Section):

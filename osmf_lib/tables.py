@@ -10,6 +10,7 @@ pyspark is imported lazily: the Airflow DAG reads contracts at parse time and mu
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -411,17 +412,27 @@ def conform(df: DataFrame, table: Table) -> DataFrame:
     return df.select([df[f.name].cast(f.dataType).alias(f.name) for f in table.schema().fields])
 
 
-def overwrite_partition(spark: SparkSession, df: DataFrame, table: Table, cfg: Config, ds: date | str) -> int:
-    """Atomically replace the `ds` partition with `df`; returns the new table version."""
+def overwrite_partition(
+    spark: SparkSession,
+    df: DataFrame,
+    table: Table,
+    cfg: Config,
+    ds: date | str,
+    where: dict[str, str] | None = None,
+) -> int:
+    """Atomically replace the `ds` partition (or its `where` slice) with `df`; returns the new version.
+
+    `where` narrows what is replaced to rows with these column values, for tables several
+    stages write into, such as eval_metrics (one slice per stage).
+    """
     if not table.partitioned:
         raise TableError(f"table '{table.name}' has no ds partition; use merge()")
+    predicate = " AND ".join(
+        [f"{DS} = DATE'{_as_date(ds).isoformat()}'", *[f"`{k}` = {_sql_string(v)}" for k, v in (where or {}).items()]]
+    )
     ensure(spark, table, cfg)
-    (
-        conform(df, table)
-        .write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", f"{DS} = DATE'{_as_date(ds).isoformat()}'")
-        .save(table.location(cfg))
+    conform(df, table).write.format("delta").mode("overwrite").option("replaceWhere", predicate).save(
+        table.location(cfg)
     )
     return latest_version(spark, table, cfg)
 
@@ -458,7 +469,7 @@ def latest_version(spark: SparkSession, table: Table, cfg: Config) -> int:
 def register_views(spark: SparkSession, cfg: Config) -> list[str]:
     """Expose every existing table, then every analyst view in sql/views, as temp views.
 
-    A view whose tables do not exist yet (an early night) is left out, not an error.
+    A view over a table that does not exist yet (an early night) is left out, not an error.
     """
     from pyspark.errors import AnalysisException
 
@@ -468,12 +479,14 @@ def register_views(spark: SparkSession, cfg: Config) -> list[str]:
             spark.read.format("delta").load(table.location(cfg)).createOrReplaceTempView(table.name)
             registered.append(table.name)
     for view in sorted(VIEWS_FOLDER.glob("*.sql")):
-        try:
-            spark.sql(f"CREATE OR REPLACE TEMP VIEW {view.stem} AS {view.read_text()}")
-        except AnalysisException as err:
-            if "TABLE_OR_VIEW_NOT_FOUND" not in str(err):
-                raise TableError(f"analyst view {view} does not compile: {str(err).splitlines()[0]}") from err
+        query = view.read_text()
+        needs = {name for name in TABLES if re.search(rf"\b{name}\b", query)}
+        if not needs <= set(registered):
             continue
+        try:
+            spark.sql(f"CREATE OR REPLACE TEMP VIEW {view.stem} AS {query}")
+        except AnalysisException as err:
+            raise TableError(f"analyst view {view} does not compile: {str(err).splitlines()[0]}") from err
         registered.append(view.stem)
     return registered
 

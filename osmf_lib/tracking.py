@@ -151,3 +151,30 @@ def alias_version(name: str, alias: str = CHAMPION) -> str | None:
         return str(MlflowClient().get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
+
+
+def promote_if_better(
+    name: str, version: str, metric: str, min_improvement: float = 0.0, higher_is_better: bool = True
+) -> bool:
+    """Make `version` the champion if there is none or it beats the champion on `metric`.
+
+    "Beats" means by more than `min_improvement`. The metric is read from each version's
+    training run, so models trained on different nights compare on what they reported then.
+    """
+    client = MlflowClient()
+    champion = alias_version(name)
+
+    def score(of_version: str) -> float | None:
+        run_id = client.get_model_version(name, of_version).run_id
+        return client.get_run(run_id).data.metrics.get(metric)
+
+    challenger_score = score(version)
+    if challenger_score is None:
+        raise TrackingError(f"{name} version {version}: its run logged no metric '{metric}' to compare on")
+    if champion is not None and champion != version:
+        champion_score = score(champion)
+        gain = challenger_score - champion_score if champion_score is not None else None
+        if gain is not None and (gain if higher_is_better else -gain) <= min_improvement:
+            return False
+    promote(name, version)
+    return True

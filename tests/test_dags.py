@@ -4,16 +4,26 @@ import json
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import date, timedelta
+from itertools import pairwise
 
 import mlflow
 import pytest
 from mlflow import MlflowClient
 
 from osmf_lib.config import PROJECT_ROOT
+from osmf_lib.synth import write_landing
 
 DAG_FILE = PROJECT_ROOT / "dags" / "osmf_nightly.py"
-EXPECTED_TASKS = {"preflight", "ingest_events"}
+EXPECTED_TASKS = {
+    "preflight",
+    "ingest_events",
+    "train_paag",
+    "build_paag_embeddings",
+    "group_users",
+    "evaluate_grouping",
+}
+SPARK_TASKS = EXPECTED_TASKS - {"train_paag"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +54,7 @@ def test_every_task_retries_and_times_out(dag):
 
 
 def test_spark_tasks_get_ds_and_run_id_and_delta(dag):
-    for task in dag.tasks:
+    for task in (dag.get_task(t) for t in SPARK_TASKS):
         assert task.application.startswith(str(PROJECT_ROOT / "jobs"))
         assert task.application_args == ["--ds", "{{ ds }}", "--dag-run-id", "{{ run_id }}"]
         assert "delta-spark" in task.jars
@@ -52,9 +62,19 @@ def test_spark_tasks_get_ds_and_run_id_and_delta(dag):
 
 
 def test_stages_run_in_order_and_declare_the_tables_they_write(dag):
-    assert dag.get_task("ingest_events").upstream_task_ids == {"preflight"}
+    order = ["preflight", "ingest_events", "train_paag", "build_paag_embeddings", "group_users", "evaluate_grouping"]
+    for before, after in pairwise(order):
+        assert dag.get_task(after).upstream_task_ids == {before}
     outlets = {a.name for a in dag.get_task("ingest_events").outlets}
     assert outlets == {f"osmf.{t}" for t in ("impressions", "rejected_events", "users", "products", "creatives")}
+    assert {a.name for a in dag.get_task("group_users").outlets} == {"osmf.user_groups", "osmf.group_profiles"}
+
+
+def test_gpu_stages_queue_in_the_gpu_pool_and_run_their_job(dag):
+    task = dag.get_task("train_paag")
+    assert task.pool == "gpu"
+    assert str(PROJECT_ROOT / "jobs" / "train_paag.py") in task.bash_command
+    assert "--ds {{ ds }} --dag-run-id {{ run_id }}" in task.bash_command
 
 
 def test_dag_file_imports_nothing_heavy():
@@ -69,8 +89,11 @@ def test_dag_file_imports_nothing_heavy():
 
 @pytest.mark.e2e
 def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg):
-    """`airflow dags test` on a fresh SQLite home: the same path `make demo` takes."""
-    cfg = make_cfg(root=tmp_path / "lakehouse")
+    """`airflow dags test` on a fresh SQLite home over one tiny day: the same path `make demo` takes."""
+    # Its own MLflow store: the registry must hold only what this night trained.
+    store = f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"
+    cfg = make_cfg(store, f"mlflow.artifact_root={tmp_path}/artifacts", root=tmp_path / "lakehouse")
+    write_landing(cfg, scale="tiny", start=date(2026, 11, 1), days=1)
     airflow = str(PROJECT_ROOT / ".venv" / "bin" / "airflow") if (PROJECT_ROOT / ".venv").exists() else "airflow"
     env = {
         **os.environ,
@@ -79,6 +102,12 @@ def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg):
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
         "OSMF_LAKEHOUSE__ROOT": cfg.lakehouse.root,
+        "OSMF_LAKEHOUSE__LANDING": cfg.lakehouse.landing,
+        "OSMF_SYNTH__SCALE": "tiny",
+        "OSMF_PAAG__MAX_TRAIN_ROWS": "20000",
+        "OSMF_PAAG__EPOCHS": "1",
+        "OSMF_EVALUATE__MAX_PRODUCTS": "5",
+        "OSMF_GROUPING__SILHOUETTE_SAMPLE": "500",
         "OSMF_MLFLOW__TRACKING_URI": cfg.mlflow.tracking_uri,
         "OSMF_MLFLOW__ARTIFACT_ROOT": cfg.mlflow.artifact_root,
         "OSMF_SPARK__SHOW_PROGRESS": "false",
@@ -89,7 +118,10 @@ def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg):
         [airflow, "dags", "test", "osmf_nightly", "2026-11-01"], env=env, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "preflight ok  spark + delta" in run.stdout + run.stderr
+    log = run.stdout + run.stderr
+    assert "preflight ok  spark + delta" in log
+    assert "ingest events 2026-11-01: read 60000 = accepted 60000" in log
+    assert "evaluate_grouping: ari" in log
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     stages = MlflowClient().search_runs(

@@ -1,0 +1,220 @@
+"""The PAAG stages on the lakehouse (DESIGN §6.2): who the audience is, what PAAG learns from,
+and the product-aware embedding of every (product, user) in a product's audience.
+
+    train_paag             impressions of the look-back window -> osmf-paag (+ its product-agnostic
+                           baseline, logged in the same run for evaluation)
+    build_paag_embeddings  osmf-paag@champion over every product's audience -> paag_embeddings
+
+The torch side lives in osmf_lib.paag; this module only selects data with Spark, moves it in
+and out of pandas, and keeps the registry tidy.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from osmf_lib import tables, tracking
+from osmf_lib.config import Config
+from osmf_lib.job import JobContext, StageError
+from osmf_lib.tables import CREATIVES, DS, IMPRESSIONS, PAAG_EMBEDDINGS, PRODUCTS, USERS
+
+MODEL_NAME = "osmf-paag"
+BASELINE_ARTIFACT = "osmf-paag-baseline"
+# Model version tags that make a rerun of the same night reuse its model instead of training anew.
+TAG_TRAINED_FOR = "osmf.trained_for_ds"
+TAG_DATA_VERSION = "osmf.impressions_version"
+USER_COLUMNS = ("age_band", "gender", "city_tier", "purchase_power", "occupation", "device", "interests")
+
+
+def window(impressions: DataFrame, ds: date, lookback_days: int) -> DataFrame:
+    """Impressions of the `lookback_days` days ending with ds."""
+    first = ds - timedelta(days=lookback_days - 1)
+    return impressions.where(F.col(DS).between(F.lit(first), F.lit(ds)))
+
+
+def audience(impressions: DataFrame) -> DataFrame:
+    """A product's audience: every user with an impression on it in the window."""
+    return impressions.select("product_id", "user_id").distinct()
+
+
+def training_examples(impressions: DataFrame, users: DataFrame, max_rows: int) -> DataFrame:
+    """Impressions with the user's attributes, capped by a stable hash so reruns pick the same rows."""
+    attributes = users.select("user_id", *USER_COLUMNS)
+    return (
+        impressions.select("event_id", "user_id", "product_id", "creative_id", "clicked")
+        .join(attributes, "user_id")
+        .orderBy(F.xxhash64("event_id"), "event_id")
+        .limit(max_rows)
+        .drop("event_id")
+    )
+
+
+def audience_pairs(members: DataFrame, users: DataFrame, products: DataFrame) -> DataFrame:
+    """(product, user) pairs with what the model reads: user attributes and the product's text and image."""
+    product_columns = products.select(
+        "product_id",
+        F.col("title").alias("product_title"),
+        F.col("category").alias("product_category"),
+        F.col("image_uri").alias("product_image_uri"),
+    )
+    return members.join(users.select("user_id", *USER_COLUMNS), "user_id").join(product_columns, "product_id")
+
+
+def _to_pandas(df: DataFrame) -> pd.DataFrame:
+    # Spark hands arrays over as numpy arrays; the model's vocabularies want plain lists.
+    frame = df.toPandas()
+    if "interests" in frame:
+        frame["interests"] = frame["interests"].map(lambda v: [] if v is None else list(v))
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# train_paag
+
+
+def _reusable_version(ds: date, data_version: int) -> str | None:
+    """A version already trained for this night on the same data, so a rerun changes nothing."""
+    from mlflow import MlflowClient
+
+    for version in MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'"):
+        tags = version.tags
+        if tags.get(TAG_TRAINED_FOR) == ds.isoformat() and tags.get(TAG_DATA_VERSION) == str(data_version):
+            return str(version.version)
+    return None
+
+
+def train(ctx: JobContext) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from osmf_lib.paag import log_paag, train_paag
+
+    spark, cfg = ctx.spark, ctx.cfg
+    data_version = tracking.log_table_input(spark, IMPRESSIONS, cfg, context="training")
+    reused = _reusable_version(ctx.ds, data_version)
+    if reused is not None:
+        print(f"train_paag: {MODEL_NAME} version {reused} was trained for ds={ctx.ds} on the same data; reusing it")
+        mlflow.set_tag("osmf.reused_version", reused)
+        return
+    seen = window(tables.read(spark, IMPRESSIONS, cfg), ctx.ds, cfg.paag.lookback_days)
+    examples = _to_pandas(training_examples(seen, tables.read(spark, USERS, cfg), cfg.paag.max_train_rows))
+    if examples.empty:
+        raise StageError(f"no impressions in the {cfg.paag.lookback_days} days up to ds={ctx.ds}: nothing to train on")
+    products = _to_pandas(tables.read(spark, PRODUCTS, cfg).select("product_id", "title", "category", "image_uri"))
+    creatives = _to_pandas(tables.read(spark, CREATIVES, cfg).select("creative_id", "product_id", "prompt"))
+    for context, table in (("features", USERS), ("features", PRODUCTS), ("features", CREATIVES)):
+        tracking.log_table_input(spark, table, cfg, context=context)
+
+    trained = train_paag(examples, products, creatives, cfg, product_aware=True)
+    model_uri = log_paag(trained, cfg, name=MODEL_NAME)
+    # The product-agnostic baseline of the evaluation: same model and data, product context removed.
+    log_paag(train_paag(examples, products, creatives, cfg, product_aware=False), cfg, name=BASELINE_ARTIFACT)
+
+    version = tracking.register(model_uri, MODEL_NAME)
+    client = MlflowClient()
+    client.set_model_version_tag(MODEL_NAME, version, TAG_TRAINED_FOR, ctx.ds.isoformat())
+    client.set_model_version_tag(MODEL_NAME, version, TAG_DATA_VERSION, str(data_version))
+    promoted = tracking.promote_if_better(
+        MODEL_NAME, version, metric="paag.val_auroc", min_improvement=cfg.evaluate.min_improvement
+    )
+    verdict = "champion" if promoted else "challenger (the champion validates better)"
+    print(f"train_paag: {MODEL_NAME} version {version}, val AUROC {trained.metrics['val_auroc']:.3f} -> {verdict}")
+
+
+# ---------------------------------------------------------------------------------------------
+# build_paag_embeddings
+
+
+_LOADED: dict[str, object] = {}  # model folder name -> Paag, per Python worker process
+
+
+def _embedder(model_dir: str, model_version: str, ds: date):
+    """A mapInPandas function that loads the model once per Python worker and embeds in batches."""
+
+    def embed_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from pyspark import SparkFiles
+
+        # Imported, not captured: the closure is pickled by value, the module's cache is not.
+        from osmf_lib import embeddings
+        from osmf_lib.paag import Paag, embed
+
+        if model_dir not in embeddings._LOADED:
+            embeddings._LOADED[model_dir] = Paag.load(Path(SparkFiles.get(model_dir)))
+        model = embeddings._LOADED[model_dir]
+        for batch in batches:
+            batch["interests"] = batch["interests"].map(lambda v: [] if v is None else list(v))
+            vectors = embed(model, batch)
+            yield pd.DataFrame(
+                {
+                    "product_id": batch["product_id"],
+                    "user_id": batch["user_id"],
+                    "embedding": list(vectors.astype("float32")),
+                    "model_version": model_version,
+                    DS: ds,
+                }
+            )
+
+    return embed_batches
+
+
+def champion_version(cfg: Config) -> str:
+    """The version osmf-paag@champion points at; fails clearly when there is none yet."""
+    tracking.configure(cfg)
+    version = tracking.alias_version(MODEL_NAME)
+    if version is None:
+        raise StageError(f"{MODEL_NAME} has no champion yet: run train_paag first (models:/{MODEL_NAME}@champion)")
+    return version
+
+
+def champion_model_dir(cfg: Config) -> tuple[Path, str]:
+    """Download osmf-paag@champion's torch folder; returns it with the version it came from."""
+    import mlflow
+
+    from osmf_lib.paag.registry import ARTIFACT
+
+    version = champion_version(cfg)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}/{version}"))
+    return local / "artifacts" / ARTIFACT, f"{MODEL_NAME}/{version}"
+
+
+def embed_audience(spark: SparkSession, pairs: DataFrame, model_dir: Path, model_version: str, ds: date) -> DataFrame:
+    """Embed every pair with the model shipped to the executors (local folder, HDFS or object store alike)."""
+    # Spark refuses a second, different folder under a name it already ships: make each name unique.
+    shipped = Path(tempfile.mkdtemp(prefix="osmf-paag-")) / f"paag-{uuid.uuid4().hex}"
+    shutil.copytree(model_dir, shipped)
+    spark.sparkContext.addFile(str(shipped), recursive=True)
+    return pairs.mapInPandas(_embedder(shipped.name, model_version, ds), PAAG_EMBEDDINGS.schema())
+
+
+def build(ctx: JobContext) -> None:
+    import mlflow
+
+    spark, cfg = ctx.spark, ctx.cfg
+    model_dir, model_version = champion_model_dir(cfg)
+    seen = window(tables.read(spark, IMPRESSIONS, cfg), ctx.ds, cfg.paag.lookback_days)
+    pairs = audience_pairs(audience(seen), tables.read(spark, USERS, cfg), tables.read(spark, PRODUCTS, cfg))
+    embeddings = embed_audience(spark, pairs, model_dir, model_version, ctx.ds)
+    version = tables.overwrite_partition(spark, embeddings, PAAG_EMBEDDINGS, cfg, ctx.ds)
+    written = (
+        tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=ctx.ds)
+        .groupBy()
+        .agg(F.count("*").alias("pairs"), F.countDistinct("product_id").alias("products"))
+        .first()
+    )
+    if written["pairs"] == 0:
+        print(f"build_paag_embeddings: no impressions in the window up to ds={ctx.ds}; the partition is empty")
+    print(
+        f"build_paag_embeddings: {written['pairs']} (product, user) pairs over {written['products']} products "
+        f"with {model_version}"
+    )
+    mlflow.log_metrics({"pairs": written["pairs"], "products": written["products"]})
+    mlflow.log_params({"model_version": model_version, "output.paag_embeddings.version": version})

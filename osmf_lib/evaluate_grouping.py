@@ -1,0 +1,179 @@
+"""How good are the night's groups? Graded against the simulated world's hidden truth.
+
+- Segment recovery: adjusted Rand index between each product's groups and its users' hidden
+  segments, for the product-aware PAAG and for the product-agnostic baseline (the same model and
+  data with the product context removed), grouped by the same pipeline.
+- Group distinctness, K = 1..5: per group, the product's creatives ranked by the group's observed
+  CTR, scored with NDCG@5 against the oracle's ranking for the group's members. Gains are the
+  oracle CTRs min-max scaled within the product, so NDCG reacts to the order, not to CTR levels.
+
+Only evaluation may read the oracle; results go to `eval_metrics` (stage "grouping") and MLflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from sklearn.metrics import adjusted_rand_score
+
+from osmf_lib import embeddings, grouping, tables, tracking
+from osmf_lib.config import Config
+from osmf_lib.job import JobContext, StageError
+from osmf_lib.synth.oracle import Oracle
+from osmf_lib.tables import CREATIVES, EVAL_METRICS, IMPRESSIONS, PAAG_EMBEDDINGS, PRODUCTS, USER_GROUPS, USERS
+
+STAGE = "grouping"
+TOP = 5
+KS = range(1, 6)
+
+
+@dataclass(frozen=True)
+class Metric:
+    metric: str
+    slice: str
+    value: float
+
+
+def ari_by_product(groups: pd.DataFrame, oracle: Oracle) -> pd.Series:
+    """ARI of each product's groups against its users' hidden segments (index: product_id)."""
+    scores = {}
+    for product_id, members in groups.groupby("product_id", sort=True):
+        truth = oracle.segment_of(product_id, members["user_id"].tolist())
+        scores[product_id] = adjusted_rand_score(truth, members["group_id"].to_numpy())
+    return pd.Series(scores, dtype=float)
+
+
+def ndcg_at(observed: np.ndarray, gains: np.ndarray, top: int = TOP) -> float:
+    """NDCG@top of the ranking by `observed` (descending), with the true `gains` per item."""
+    discounts = 1.0 / np.log2(np.arange(2, min(top, len(gains)) + 2))
+    ideal = np.sort(gains)[::-1][: len(discounts)] @ discounts
+    if ideal <= 0:
+        return 1.0
+    # A stable sort on -observed keeps ties in catalogue order, so the score is deterministic.
+    ranked = gains[np.argsort(-observed, kind="stable")][: len(discounts)]
+    return float(ranked @ discounts / ideal)
+
+
+def group_ndcg(
+    product_id: str, members: pd.DataFrame, labels: np.ndarray, seen: pd.DataFrame, prompts: pd.Series, oracle: Oracle
+) -> list[float]:
+    """NDCG@5 of every group of one product's clustering (`labels` aligned with `members`)."""
+    group_of = pd.Series(labels, index=members["user_id"].to_numpy())
+    seen = seen.assign(group=seen["user_id"].map(group_of)).dropna(subset=["group"])
+    scores = []
+    for group, rows in seen.groupby("group"):
+        ctr = rows.groupby("creative_id")["clicked"].mean().reindex(prompts.index, fill_value=0.0)
+        users = group_of.index[group_of.to_numpy() == group].tolist()
+        truth = np.array([oracle.expected_ctr(product_id, prompt, users) for prompt in prompts])
+        spread = truth.max() - truth.min()
+        gains = (truth - truth.min()) / spread if spread > 0 else np.ones_like(truth)
+        scores.append(ndcg_at(ctr.to_numpy(), gains))
+    return scores
+
+
+def distinctness(
+    embedded: pd.DataFrame, seen: pd.DataFrame, creatives: pd.DataFrame, oracle: Oracle, cfg: Config
+) -> dict[int, float]:
+    """Mean NDCG@5 over every group of every product, for each forced K."""
+    per_k: dict[int, list[float]] = {k: [] for k in KS}
+    seen_by_product = dict(tuple(seen.groupby("product_id")))
+    prompts_by_product = {p: rows.set_index("creative_id")["prompt"] for p, rows in creatives.groupby("product_id")}
+    for product_id, members in embedded.groupby("product_id", sort=True):
+        if product_id not in seen_by_product or product_id not in prompts_by_product:
+            continue
+        matrix = grouping.embedding_matrix(members, product_id)
+        for k in KS:
+            if len(members) < k:
+                continue
+            labels = grouping.cluster_embeddings(matrix, cfg.grouping, k=k).labels
+            per_k[k] += group_ndcg(
+                product_id, members, labels, seen_by_product[product_id], prompts_by_product[product_id], oracle
+            )
+    return {k: float(np.mean(scores)) for k, scores in per_k.items() if scores}
+
+
+def _sample_products(products: DataFrame, limit: int) -> DataFrame:
+    return products.select("product_id").orderBy(F.xxhash64("product_id"), "product_id").limit(limit)
+
+
+def _weighted_mean(scores: pd.Series, sizes: pd.Series) -> float:
+    weights = sizes.reindex(scores.index).fillna(0)
+    return float(np.average(scores, weights=weights)) if weights.sum() else float("nan")
+
+
+def evaluate(ctx: JobContext) -> list[Metric]:
+    spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
+    oracle = Oracle.from_config(cfg)
+    chosen = _sample_products(
+        tables.read(spark, USER_GROUPS, cfg, ds=ds).select("product_id").distinct(), cfg.evaluate.max_products
+    )
+    groups = tables.read(spark, USER_GROUPS, cfg, ds=ds).join(chosen, "product_id").toPandas()
+    if groups.empty:
+        raise StageError(f"user_groups has no rows for ds={ds}: run group_users first")
+    sizes = groups.groupby("product_id").size()
+    aware = ari_by_product(groups, oracle)
+
+    # The baseline goes through the very same pipeline: embed the same pairs, group them, score them.
+    baseline_dir, baseline_version = baseline_model_dir(cfg)
+    pairs = tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=ds).select("product_id", "user_id").join(chosen, "product_id")
+    pairs = embeddings.audience_pairs(pairs, tables.read(spark, USERS, cfg), tables.read(spark, PRODUCTS, cfg))
+    baseline_embedded = embeddings.embed_audience(spark, pairs, baseline_dir, baseline_version, ds)
+    baseline_groups, _ = grouping.group_users(baseline_embedded, tables.read(spark, USERS, cfg), cfg, ds)
+    agnostic = ari_by_product(baseline_groups.select("product_id", "user_id", "group_id").toPandas(), oracle)
+
+    embedded = tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=ds).join(chosen, "product_id").toPandas()
+    seen = (
+        embeddings.window(tables.read(spark, IMPRESSIONS, cfg), ds, cfg.paag.lookback_days)
+        .join(chosen, "product_id")
+        .select("product_id", "user_id", "creative_id", F.col("clicked").cast("double").alias("clicked"))
+        .toPandas()
+    )
+    creatives = (
+        tables.read(spark, CREATIVES, cfg)
+        .join(chosen, "product_id")
+        .select("product_id", "creative_id", "prompt")
+        .orderBy("creative_id")
+        .toPandas()
+    )
+    ndcg = distinctness(embedded, seen, creatives, oracle, cfg)
+
+    metrics = [
+        Metric("ari", "product_aware", _weighted_mean(aware, sizes)),
+        Metric("ari", "product_agnostic", _weighted_mean(agnostic, sizes)),
+        Metric("products", "all", float(len(sizes))),
+        *[Metric(f"ndcg_at_{TOP}", f"k={k}", value) for k, value in ndcg.items()],
+    ]
+    return metrics
+
+
+def baseline_model_dir(cfg: Config) -> tuple[Path, str]:
+    """The product-agnostic baseline logged next to osmf-paag@champion in its training run."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from osmf_lib.paag.registry import ARTIFACT
+
+    version = embeddings.champion_version(cfg)
+    run_id = MlflowClient().get_model_version(embeddings.MODEL_NAME, version).run_id
+    logged = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/{embeddings.BASELINE_ARTIFACT}")
+    return Path(logged) / "artifacts" / ARTIFACT, f"{embeddings.MODEL_NAME}/{version} baseline"
+
+
+def run(ctx: JobContext) -> None:
+    import mlflow
+
+    metrics = evaluate(ctx)
+    run_id = mlflow.active_run().info.run_id
+    rows = ctx.spark.createDataFrame(
+        [(STAGE, m.metric, m.slice, m.value, run_id, ctx.ds) for m in metrics], EVAL_METRICS.schema()
+    )
+    tables.overwrite_partition(ctx.spark, rows, EVAL_METRICS, ctx.cfg, ctx.ds, where={"stage": STAGE})
+    for m in metrics:
+        print(f"evaluate_grouping: {m.metric:<9} {m.slice:<17} {m.value:.4f}")
+    mlflow.log_metrics({f"{m.metric}.{m.slice}".replace("=", "_"): m.value for m in metrics})
+    tracking.log_table_input(ctx.spark, USER_GROUPS, ctx.cfg, context="evaluation")

