@@ -11,6 +11,8 @@ and out of pandas, and keeps the registry tidy.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import tempfile
 import uuid
@@ -25,14 +27,15 @@ from pyspark.sql import functions as F
 from osmf_lib import tables, tracking
 from osmf_lib.config import Config
 from osmf_lib.job import JobContext, StageError
-from osmf_lib.tables import CREATIVES, DS, IMPRESSIONS, PAAG_EMBEDDINGS, PRODUCTS, USERS
+from osmf_lib.tables import CREATIVES, DS, IMPRESSIONS, PAAG_EMBEDDINGS, PRODUCTS, USER_ATTRIBUTES, USERS
 
 MODEL_NAME = "osmf-paag"
 BASELINE_ARTIFACT = "osmf-paag-baseline"
-# Model version tags that make a rerun of the same night reuse its model instead of training anew.
+# Model version tags that make a rerun of the same night, on the same data and settings, reuse
+# its model instead of training anew.
 TAG_TRAINED_FOR = "osmf.trained_for_ds"
 TAG_DATA_VERSION = "osmf.impressions_version"
-USER_COLUMNS = ("age_band", "gender", "city_tier", "purchase_power", "occupation", "device", "interests")
+TAG_SETTINGS = "osmf.training_settings"
 
 
 def window(impressions: DataFrame, ds: date, lookback_days: int) -> DataFrame:
@@ -48,7 +51,7 @@ def audience(impressions: DataFrame) -> DataFrame:
 
 def training_examples(impressions: DataFrame, users: DataFrame, max_rows: int) -> DataFrame:
     """Impressions with the user's attributes, capped by a stable hash so reruns pick the same rows."""
-    attributes = users.select("user_id", *USER_COLUMNS)
+    attributes = users.select("user_id", *USER_ATTRIBUTES)
     return (
         impressions.select("event_id", "user_id", "product_id", "creative_id", "clicked")
         .join(attributes, "user_id")
@@ -66,7 +69,7 @@ def audience_pairs(members: DataFrame, users: DataFrame, products: DataFrame) ->
         F.col("category").alias("product_category"),
         F.col("image_uri").alias("product_image_uri"),
     )
-    return members.join(users.select("user_id", *USER_COLUMNS), "user_id").join(product_columns, "product_id")
+    return members.join(users.select("user_id", *USER_ATTRIBUTES), "user_id").join(product_columns, "product_id")
 
 
 def _to_pandas(df: DataFrame) -> pd.DataFrame:
@@ -81,13 +84,22 @@ def _to_pandas(df: DataFrame) -> pd.DataFrame:
 # train_paag
 
 
-def _reusable_version(ds: date, data_version: int) -> str | None:
-    """A version already trained for this night on the same data, so a rerun changes nothing."""
+def _training_tags(cfg: Config, ds: date, data_version: int) -> dict[str, str]:
+    """What makes two trainings the same: the night, the data and the model settings."""
+    settings = json.dumps({"paag": cfg.paag.model_dump(mode="json"), "models": cfg.models.model_dump(mode="json")})
+    return {
+        TAG_TRAINED_FOR: ds.isoformat(),
+        TAG_DATA_VERSION: str(data_version),
+        TAG_SETTINGS: hashlib.sha256(settings.encode()).hexdigest()[:16],
+    }
+
+
+def _reusable_version(tags: dict[str, str]) -> str | None:
+    """A version already trained with exactly these tags, so a rerun changes nothing."""
     from mlflow import MlflowClient
 
     for version in MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'"):
-        tags = version.tags
-        if tags.get(TAG_TRAINED_FOR) == ds.isoformat() and tags.get(TAG_DATA_VERSION) == str(data_version):
+        if all(version.tags.get(key) == value for key, value in tags.items()):
             return str(version.version)
     return None
 
@@ -100,9 +112,10 @@ def train(ctx: JobContext) -> None:
 
     spark, cfg = ctx.spark, ctx.cfg
     data_version = tracking.log_table_input(spark, IMPRESSIONS, cfg, context="training")
-    reused = _reusable_version(ctx.ds, data_version)
+    tags = _training_tags(cfg, ctx.ds, data_version)
+    reused = _reusable_version(tags)
     if reused is not None:
-        print(f"train_paag: {MODEL_NAME} version {reused} was trained for ds={ctx.ds} on the same data; reusing it")
+        print(f"train_paag: {MODEL_NAME} version {reused} was trained for ds={ctx.ds} on the same data and settings")
         mlflow.set_tag("osmf.reused_version", reused)
         return
     seen = window(tables.read(spark, IMPRESSIONS, cfg), ctx.ds, cfg.paag.lookback_days)
@@ -121,8 +134,8 @@ def train(ctx: JobContext) -> None:
 
     version = tracking.register(model_uri, MODEL_NAME)
     client = MlflowClient()
-    client.set_model_version_tag(MODEL_NAME, version, TAG_TRAINED_FOR, ctx.ds.isoformat())
-    client.set_model_version_tag(MODEL_NAME, version, TAG_DATA_VERSION, str(data_version))
+    for key, value in tags.items():
+        client.set_model_version_tag(MODEL_NAME, version, key, value)
     promoted = tracking.promote_if_better(
         MODEL_NAME, version, metric="paag.val_auroc", min_improvement=cfg.evaluate.min_improvement
     )

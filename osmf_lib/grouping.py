@@ -30,9 +30,9 @@ from osmf_lib.tables import DS, GROUP_PROFILES, PAAG_EMBEDDINGS, USER_GROUPS, US
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-SINGLE_ATTRIBUTES = ("age_band", "gender", "city_tier", "purchase_power", "occupation", "device")
 MULTI_ATTRIBUTES = ("interests",)
-ATTRIBUTES = SINGLE_ATTRIBUTES + MULTI_ATTRIBUTES
+SINGLE_ATTRIBUTES = tuple(a for a in tables.USER_ATTRIBUTES if a not in MULTI_ATTRIBUTES)
+ATTRIBUTES = tables.USER_ATTRIBUTES
 UNKNOWN = "unknown"
 BROAD_AUDIENCE = "broad audience"
 

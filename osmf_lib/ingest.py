@@ -35,7 +35,8 @@ FILE, LINE, RAW, KEYS = "source_file", "line_number", "raw", "_keys"
 REASON, STATUS, LATE = "reason", "_status", "_late"
 ACCEPTED, REJECTED, DUPLICATE = "accepted", "rejected", "duplicate"
 
-EVENT_FIELDS = ("event_id", "ts", "user_id", "product_id", "creative_id", "position", "clicked")
+# What an event line carries: the impressions contract less what ingestion adds itself.
+EVENT_FIELDS = tuple(c for c in IMPRESSIONS.column_names if c not in (FILE, DS))
 # What a source that lacks a column gets (documented in the README's bring-your-own-logs section).
 DEFAULT_POSITION = 1
 ORIGINAL_CREATIVE_SUFFIX = "-original"

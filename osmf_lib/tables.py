@@ -153,6 +153,9 @@ USERS = Table(
     producer="ingest_events",
 )
 
+# What describes a user, as the users contract holds it; PAAG and grouping read exactly these.
+USER_ATTRIBUTES = tuple(c.name for c in USERS.columns if c.name not in (*USERS.keys, "updated_ds"))
+
 PRODUCTS = Table(
     "products",
     "Advertised products; image_uri points at an RGBA cut-out.",

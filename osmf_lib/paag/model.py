@@ -21,11 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from osmf_lib import tables
 from osmf_lib.paag.features import Encoders, EncoderSpec, PaagError, ProductFeatures, ProductStore
 
-USER_ATTRIBUTES = ("age_band", "gender", "city_tier", "purchase_power", "occupation", "device")
+# The users contract decides what describes a user; interests is the one multi-valued attribute.
 INTERESTS = "interests"
-USER_COLUMNS = (*USER_ATTRIBUTES, INTERESTS)
+USER_COLUMNS = tables.USER_ATTRIBUTES
+USER_ATTRIBUTES = tuple(c for c in USER_COLUMNS if c != INTERESTS)
 # Pairs may carry their product's text and image, so a model on its own can embed any product.
 PAIR_PRODUCT_COLUMNS = {"product_title": "title", "product_category": "category", "product_image_uri": "image_uri"}
 UNKNOWN = 0  # every vocabulary's index for a missing or never-seen value
