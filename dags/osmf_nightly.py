@@ -36,6 +36,9 @@ JOBS = PROJECT_ROOT / "jobs"
 JOB_ARGS = ["--ds", "{{ ds }}", "--dag-run-id", "{{ run_id }}"]
 # Training and rendering queue here, one task per GPU (`airflow pools set gpu <n>`).
 GPU_POOL = "gpu"
+# Every Spark task gets the session settings and Delta jars the CLI uses.
+SPARK_CONF = session_conf(CFG)
+DELTA_JARS = ",".join(delta_jars(CFG))
 
 DOC = """
 ### OSMF nightly
@@ -74,8 +77,8 @@ def spark_job(task_id: str, timeout: timedelta, writes: tuple[Table, ...] = ()) 
         application_args=JOB_ARGS,
         conn_id="spark_default",
         name=f"osmf-{task_id}",
-        conf=session_conf(CFG),
-        jars=",".join(delta_jars(CFG)),
+        conf=dict(SPARK_CONF),  # the operator may add to its own copy
+        jars=DELTA_JARS,
         # The driver and executors must run the interpreter that has osmf_lib installed.
         env_vars={"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable},
         execution_timeout=timeout,

@@ -109,10 +109,11 @@ def _weighted_mean(scores: pd.Series, sizes: pd.Series) -> float:
 def evaluate(ctx: JobContext) -> list[Metric]:
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     oracle = Oracle.from_config(cfg)
-    chosen = _sample_products(
-        tables.read(spark, USER_GROUPS, cfg, ds=ds).select("product_id").distinct(), cfg.evaluate.max_products
-    )
-    groups = tables.read(spark, USER_GROUPS, cfg, ds=ds).join(chosen, "product_id").toPandas()
+    night_groups = tables.read(spark, USER_GROUPS, cfg, ds=ds)
+    night_embeddings = tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=ds)
+    users = tables.read(spark, USERS, cfg)
+    chosen = _sample_products(night_groups.select("product_id").distinct(), cfg.evaluate.max_products)
+    groups = night_groups.join(chosen, "product_id").toPandas()
     if groups.empty:
         raise StageError(f"user_groups has no rows for ds={ds}: run group_users first")
     sizes = groups.groupby("product_id").size()
@@ -120,13 +121,13 @@ def evaluate(ctx: JobContext) -> list[Metric]:
 
     # The baseline goes through the very same pipeline: embed the same pairs, group them, score them.
     baseline_dir, baseline_version = baseline_model_dir(cfg)
-    pairs = tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=ds).select("product_id", "user_id").join(chosen, "product_id")
-    pairs = embeddings.audience_pairs(pairs, tables.read(spark, USERS, cfg), tables.read(spark, PRODUCTS, cfg))
+    pairs = night_embeddings.select("product_id", "user_id").join(chosen, "product_id")
+    pairs = embeddings.audience_pairs(pairs, users, tables.read(spark, PRODUCTS, cfg))
     baseline_embedded = embeddings.embed_audience(spark, pairs, baseline_dir, baseline_version, ds)
-    baseline_groups, _ = grouping.group_users(baseline_embedded, tables.read(spark, USERS, cfg), cfg, ds)
+    baseline_groups, _ = grouping.group_users(baseline_embedded, users, cfg, ds)
     agnostic = ari_by_product(baseline_groups.select("product_id", "user_id", "group_id").toPandas(), oracle)
 
-    embedded = tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=ds).join(chosen, "product_id").toPandas()
+    embedded = night_embeddings.join(chosen, "product_id").toPandas()
     seen = (
         embeddings.window(tables.read(spark, IMPRESSIONS, cfg), ds, cfg.paag.lookback_days)
         .join(chosen, "product_id")
@@ -142,13 +143,12 @@ def evaluate(ctx: JobContext) -> list[Metric]:
     )
     ndcg = distinctness(embedded, seen, creatives, oracle, cfg)
 
-    metrics = [
+    return [
         Metric("ari", "product_aware", _weighted_mean(aware, sizes)),
         Metric("ari", "product_agnostic", _weighted_mean(agnostic, sizes)),
         Metric("products", "all", float(len(sizes))),
         *[Metric(f"ndcg_at_{TOP}", f"k={k}", value) for k, value in ndcg.items()],
     ]
-    return metrics
 
 
 def baseline_model_dir(cfg: Config) -> tuple[Path, str]:
