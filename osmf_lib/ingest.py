@@ -94,38 +94,47 @@ def _target_columns(source: Source, fields: Iterable[str]) -> dict[str, str]:
     return mapped
 
 
-def _numbered(df: DataFrame) -> DataFrame:
+@dataclass(frozen=True)
+class Landed:
+    """A landing source read as rows, and how many lines (rows) it holds."""
+
+    rows: DataFrame
+    lines: int
+
+
+def _numbered(spark: SparkSession, df: DataFrame) -> Landed:
     """Add the 1-based line (row) number within each file, exact even when a file is split.
 
     The rows of one file split are read in order into one partition, so their
     monotonically_increasing_id values are consecutive: a line's number is its id's offset from
-    the split's first row plus the lines of the file's earlier splits. That costs one small
-    aggregation instead of sorting every line of the day.
+    the split's first row plus the lines of the file's earlier splits. One pass that only counts
+    lines per split gives those offsets, and the source's line count for the reconciliation, at a
+    fraction of the cost of sorting every line of the day.
     """
-    earlier = Window.partitionBy(FILE).orderBy("_block").rowsBetween(Window.unboundedPreceding, -1)
-    splits = (
-        df.groupBy(FILE, "_block")
-        .agg(F.min("_row").alias("_first"), F.count("*").alias("_lines"))
-        .withColumn("_before", F.coalesce(F.sum("_lines").over(earlier), F.lit(0)))
-        .drop("_lines")
-    )
-    return (
-        df.join(F.broadcast(splits), [FILE, "_block"])
-        .withColumn(LINE, (F.col("_row") - F.col("_first") + F.col("_before") + 1).cast("long"))
-        .drop("_block", "_row", "_first", "_before")
-    )
-
-
-def _with_file_position(df: DataFrame) -> DataFrame:
-    return df.select(
+    positioned = df.select(
         "*",
         F.col("_metadata.file_path").alias(FILE),
         F.col("_metadata.file_block_start").alias("_block"),
         F.monotonically_increasing_id().alias("_row"),
     )
+    splits = sorted(
+        positioned.groupBy(FILE, "_block").agg(F.min("_row").alias("_first"), F.count("*").alias("_lines")).collect()
+    )
+    offsets, before, file = [], 0, None
+    for split in splits:
+        before = before if split[FILE] == file else 0
+        offsets.append((split[FILE], split["_block"], split["_first"] - before))
+        before, file = before + split["_lines"], split[FILE]
+    offsets_df = spark.createDataFrame(offsets, f"{FILE} STRING, _block LONG, _offset LONG")
+    rows = (
+        positioned.join(F.broadcast(offsets_df), [FILE, "_block"])
+        .withColumn(LINE, (F.col("_row") - F.col("_offset") + 1).cast("long"))
+        .drop("_block", "_row", "_offset")
+    )
+    return Landed(rows, sum(split["_lines"] for split in splits))
 
 
-def read_source(spark: SparkSession, location: str, source: Source, fields: Iterable[str]) -> DataFrame:
+def read_source(spark: SparkSession, location: str, source: Source, fields: Iterable[str]) -> Landed:
     """Read a landing source into (source_file, line_number, raw, _keys, <our fields as STRING>).
 
     `_keys` lists the fields a JSON line really has (NULL when the line is not a JSON object), so
@@ -133,19 +142,20 @@ def read_source(spark: SparkSession, location: str, source: Source, fields: Iter
     """
     mapped = _target_columns(source, fields)
     if source.format == "jsonl":
-        lines = _numbered(_with_file_position(spark.read.text(location)))
+        lines = _numbered(spark, spark.read.text(location))
         # One parse into a map gives every field as text and the keys the line really has
         # (NULL when it is not a JSON object), which tells missing, extra and malformed apart.
-        parsed = lines.select(
+        parsed = lines.rows.select(
             FILE, LINE, F.col("value").alias(RAW), F.from_json("value", "MAP<STRING, STRING>").alias("_map")
         )
-        return parsed.select(
+        keyed = parsed.select(
             FILE,
             LINE,
             RAW,
             F.map_keys("_map").alias(KEYS),
             *[F.col("_map").getItem(src).alias(ours) for ours, src in mapped.items()],
         )
+        return Landed(keyed, lines.lines)
     if source.format in ("csv", "tsv"):
         separator = source.separator or ("\t" if source.format == "tsv" else ",")
         frame = spark.read.option("header", source.header).option("sep", separator).csv(location)
@@ -160,14 +170,15 @@ def read_source(spark: SparkSession, location: str, source: Source, fields: Iter
             f"(it has {sorted(frame.columns)}); fix ingest.<source>.columns"
         )
     data_columns = frame.columns
-    rows = _numbered(_with_file_position(frame))
-    return rows.select(
+    lines = _numbered(spark, frame)
+    keyed = lines.rows.select(
         FILE,
         (F.col(LINE) + header_lines).alias(LINE),
         F.to_json(F.struct(*[F.col(f"`{c}`") for c in data_columns])).alias(RAW),
         F.array(*[F.lit(src) for src in mapped.values()]).alias(KEYS),
         *[F.col(f"`{src}`").cast("string").alias(ours) for ours, src in mapped.items()],
     )
+    return Landed(keyed, lines.lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,8 +298,16 @@ def validate_events(
     # Lateness is kept apart from the other reasons: a late line that repeats a stored event is
     # a redelivery, counted as a duplicate, not a rejected line (see classify_events).
     too_late = F.when(F.col("ts") < F.lit(earliest), F.lit(f"late event: before {earliest.isoformat()}"))
+    # Only a line that may be rejected needs its raw text downstream; dropping it from the rest
+    # keeps the deduplication shuffle narrow.
+    maybe_rejected = reason.isNotNull() | too_late.isNotNull()
     return joined.select(
-        FILE, LINE, RAW, *[c for c in typed.columns if c in EVENT_FIELDS], reason.alias(REASON), too_late.alias(LATE)
+        FILE,
+        LINE,
+        F.when(maybe_rejected, F.col(RAW)).alias(RAW),
+        *[c for c in typed.columns if c in EVENT_FIELDS],
+        reason.alias(REASON),
+        too_late.alias(LATE),
     )
 
 
@@ -404,7 +423,7 @@ def _ingest_dimension(spark: SparkSession, cfg: Config, ds: date, dim: Dimension
         print(f"ingest {dim.table.name}: no file at {location}, nothing to upsert")
         return None
     columns = [c for c in dim.table.column_names if c != "updated_ds"]
-    rows = validate_dimension(read_source(spark, location, source, columns), dim, source, ds).cache()
+    rows = validate_dimension(read_source(spark, location, source, columns).rows, dim, source, ds).cache()
     counts = {r[STATUS]: r["n"] for r in rows.groupBy(STATUS).agg(F.count("*").alias("n")).collect()}
     accepted = rows.where(F.col(STATUS) == ACCEPTED).select(*dim.table.column_names)
     tables.merge(spark, accepted, dim.table, cfg, unless_newer="updated_ds")
@@ -425,10 +444,8 @@ def ingest_day(spark: SparkSession, cfg: Config, ds: date) -> Reconciliation:
         raise StageError(f"no events for ds={ds}: {events_location} does not exist")
 
     rejected = [r for dim in DIMENSIONS if (r := _ingest_dimension(spark, cfg, ds, dim)) is not None]
-    # Cached: parsed once, then counted, validated and classified from memory.
-    raw = read_source(spark, events_location, cfg.ingest.events, EVENT_FIELDS).cache()
-    read = raw.count()
-    if read == 0:
+    landed = read_source(spark, events_location, cfg.ingest.events, EVENT_FIELDS)
+    if landed.lines == 0:
         print(f"ingest events: {events_location} holds no events for ds={ds}; impressions left as they are")
         if rejected:
             tables.overwrite_partition(spark, reduce(DataFrame.unionByName, rejected), REJECTED_EVENTS, cfg, ds)
@@ -436,17 +453,18 @@ def ingest_day(spark: SparkSession, cfg: Config, ds: date) -> Reconciliation:
 
     if cfg.ingest.events.columns.get("creative_id", "creative_id") is None:
         known = tables.read_or_empty(spark, PRODUCTS, cfg).select("product_id")
-        originals = original_creatives(type_events(raw, cfg.ingest).join(known, "product_id", "left_semi"), ds)
+        originals = original_creatives(type_events(landed.rows, cfg.ingest).join(known, "product_id", "left_semi"), ds)
         tables.merge(spark, originals, CREATIVES, cfg, unless_newer="updated_ds")
 
     dims = {t.name: tables.read_or_empty(spark, t, cfg) for t in (USERS, PRODUCTS, CREATIVES)}
-    validated = validate_events(raw, dims["users"], dims["products"], dims["creatives"], ds, cfg.ingest)
+    validated = validate_events(landed.rows, dims["users"], dims["products"], dims["creatives"], ds, cfg.ingest)
     stored = tables.read_or_empty(spark, IMPRESSIONS, cfg)
+    # Cached: classified once, then counted and written to both tables from memory.
     classified = classify_events(validated, stored.where(F.col(DS) != F.lit(ds))).cache()
-    counts = reconcile(classified, read)
-    raw.unpersist()
+    counts = reconcile(classified, landed.lines)
     print(counts.line(f"ingest events {ds}"))
     if not counts.balanced:
+        classified.unpersist()
         raise StageError(counts.line(f"reconciliation failed for ds={ds}") + "; nothing was written")
 
     tables.overwrite_partition(spark, impressions_of(classified, ds), IMPRESSIONS, cfg, ds)

@@ -362,6 +362,9 @@ def ensure(spark: SparkSession, table: Table, cfg: Config) -> None:
     """Create the empty table with its contract's schema if it does not exist yet."""
     from delta.tables import DeltaTable
 
+    # The cheap check first: createIfNotExists loads the table's whole snapshot even when it exists.
+    if exists(spark, table, cfg):
+        return
     builder = (
         DeltaTable.createIfNotExists(spark)
         .location(table.location(cfg))

@@ -237,8 +237,9 @@ def test_line_numbers_stay_exact_when_a_file_is_split(spark, tmp_path, cfg):
     previous = spark.conf.get("spark.sql.files.maxPartitionBytes")
     spark.conf.set("spark.sql.files.maxPartitionBytes", "16k")  # a.jsonl (~90 KB) spans several splits
     try:
-        rows = ingest.read_source(spark, str(events), cfg.ingest.events, ["event_id"]).collect()
+        landed = ingest.read_source(spark, str(events), cfg.ingest.events, ["event_id"])
+        rows = landed.rows.collect()
     finally:
         spark.conf.set("spark.sql.files.maxPartitionBytes", previous)
-    assert len(rows) == 4010
+    assert len(rows) == landed.lines == 4010
     assert all(r["event_id"] == f"{r['source_file'][-7]}{r['line_number']}" for r in rows)
