@@ -19,6 +19,7 @@ from osmf_lib.paag.features import Encoders, EncoderSpec, PaagError, ProductStor
 from osmf_lib.paag.model import (
     INTERESTS,
     PAIR_PRODUCT_COLUMNS,
+    PRODUCT,
     UNKNOWN,
     USER_ATTRIBUTES,
     USER_COLUMNS,
@@ -159,6 +160,7 @@ def _build_net(vocab: Vocab, rows: Rows, cfg: Config, product_aware: bool) -> Pa
         attention_heads=cfg.paag.attention_heads,
         embedding_dim=cfg.paag.embedding_dim,
         product_aware=product_aware,
+        product_count=vocab.size(PRODUCT),
     )
     # A private RNG state: the same seed gives the same weights whatever ran before.
     with torch.random.fork_rng(devices=[]):
@@ -179,7 +181,8 @@ def _fit(net: PaagNet, rows: Rows, labels: torch.Tensor, cfg: Config) -> list[fl
         for step, index in enumerate(progress, start=1):
             attrs, interests, features, product = rows.take(index)
             embedding = net.embed(_hide(attrs, generator), _hide(interests, generator), features, product)
-            loss = F.binary_cross_entropy_with_logits(net.click_logit(embedding, rows.creatives(index)), labels[index])
+            logits = net.click_logit(embedding, rows.creatives(index), rows.products(index))
+            loss = F.binary_cross_entropy_with_logits(logits, labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
