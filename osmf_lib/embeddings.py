@@ -85,8 +85,12 @@ def _to_pandas(df: DataFrame) -> pd.DataFrame:
 
 
 def _training_tags(cfg: Config, ds: date, data_version: int) -> dict[str, str]:
-    """What makes two trainings the same: the night, the data and the model settings."""
-    settings = json.dumps({"paag": cfg.paag.model_dump(mode="json"), "models": cfg.models.model_dump(mode="json")})
+    """What makes two trainings the same: the night, the data, the model settings and its format."""
+    from osmf_lib.paag.model import FORMAT
+
+    settings = json.dumps(
+        {"paag": cfg.paag.model_dump(mode="json"), "models": cfg.models.model_dump(mode="json"), "format": FORMAT}
+    )
     return {
         TAG_TRAINED_FOR: ds.isoformat(),
         TAG_DATA_VERSION: str(data_version),
