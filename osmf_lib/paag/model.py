@@ -28,10 +28,11 @@ from osmf_lib import tables
 from osmf_lib.paag.features import Encoders, EncoderSpec, PaagError, ProductFeatures, ProductStore
 
 # The users contract decides what describes a user; interests is the one multi-valued attribute.
-PRODUCT = "product_id"
 INTERESTS = "interests"
 USER_COLUMNS = tables.USER_ATTRIBUTES
 USER_ATTRIBUTES = tuple(c for c in USER_COLUMNS if c != INTERESTS)
+# The vocabulary entry of the trained products (the click head's per-product bias).
+PRODUCT = "product_id"
 # Pairs may carry their product's text and image, so a model on its own can embed any product.
 PAIR_PRODUCT_COLUMNS = {"product_title": "title", "product_category": "category", "product_image_uri": "image_uri"}
 UNKNOWN = 0  # every vocabulary's index for a missing or never-seen value
