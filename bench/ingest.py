@@ -1,6 +1,6 @@
 """Benchmark: `ingest_events` against a plain Spark read-JSON-write-Parquet of the same files.
 
-    .venv/bin/python bench/ingest.py                       # demo and bench scale, one day each
+    .venv/bin/python bench/ingest.py                       # tiny (fixed cost), demo and bench scale, one day each
     .venv/bin/python bench/ingest.py --scales demo --days 2
 
 Both sides run in the same Spark session on the same landing files, after a tiny warm-up, so
