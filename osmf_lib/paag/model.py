@@ -76,17 +76,20 @@ class Vocab:
     def size(self, column: str) -> int:
         return len(self.values[column]) + 1
 
+    def lookup(self, column: str) -> dict[str, int]:
+        return {v: i + 1 for i, v in enumerate(self.values[column])}
+
     def index(self, column: str, values: Sequence[str]) -> torch.Tensor:
-        lookup = {v: i + 1 for i, v in enumerate(self.values[column])}
+        lookup = self.lookup(column)
         return torch.tensor([lookup.get(v, UNKNOWN) for v in values], dtype=torch.int64)
 
     def encode(self, frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, attributes) indices, and (n, max interests) interest indices padded with -1."""
-        lookup = {c: {v: i + 1 for i, v in enumerate(vs)} for c, vs in self.values.items()}
         attrs = np.stack(
-            [frame[c].map(lookup[c]).fillna(UNKNOWN).to_numpy(dtype=np.int64) for c in USER_ATTRIBUTES], axis=1
+            [frame[c].map(self.lookup(c)).fillna(UNKNOWN).to_numpy(dtype=np.int64) for c in USER_ATTRIBUTES], axis=1
         )
-        rows = [[lookup[INTERESTS].get(v, UNKNOWN) for v in interest_list(cell)] for cell in frame[INTERESTS]]
+        interest = self.lookup(INTERESTS)
+        rows = [[interest.get(v, UNKNOWN) for v in interest_list(cell)] for cell in frame[INTERESTS]]
         interests = np.full((len(rows), max([1, *map(len, rows)])), -1, dtype=np.int64)
         for i, row in enumerate(rows):
             interests[i, : len(row)] = row
