@@ -106,6 +106,20 @@ def _weighted_mean(scores: pd.Series, sizes: pd.Series) -> float:
     return float(np.average(scores, weights=weights)) if weights.sum() else float("nan")
 
 
+def ari_metrics(models: dict[str, pd.Series], sizes: pd.Series, categories: pd.Series) -> list[Metric]:
+    """ARI per model over all products (slice: the model) and per product category ("model/category").
+
+    The per-category slices show *which* segment rules a model recovers: a product-agnostic
+    embedding can only score where its one user ordering happens to match a category's rule.
+    """
+    metrics = []
+    for model, scores in models.items():
+        metrics.append(Metric("ari", model, _weighted_mean(scores, sizes)))
+        for category, members in scores.groupby(categories.reindex(scores.index), sort=True):
+            metrics.append(Metric("ari", f"{model}/{category}", _weighted_mean(members, sizes)))
+    return metrics
+
+
 def evaluate(ctx: JobContext) -> list[Metric]:
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     oracle = Oracle.from_config(cfg)
@@ -143,9 +157,15 @@ def evaluate(ctx: JobContext) -> list[Metric]:
     )
     ndcg = distinctness(embedded, seen, creatives, oracle, cfg)
 
+    categories = (
+        tables.read(spark, PRODUCTS, cfg).join(chosen, "product_id").select("product_id", "category").toPandas()
+    )
     return [
-        Metric("ari", "product_aware", _weighted_mean(aware, sizes)),
-        Metric("ari", "product_agnostic", _weighted_mean(agnostic, sizes)),
+        *ari_metrics(
+            {"product_aware": aware, "product_agnostic": agnostic},
+            sizes,
+            categories.set_index("product_id")["category"],
+        ),
         Metric("products", "all", float(len(sizes))),
         *[Metric(f"ndcg_at_{TOP}", f"k={k}", value) for k, value in ndcg.items()],
     ]
@@ -174,6 +194,6 @@ def run(ctx: JobContext) -> None:
     )
     tables.overwrite_partition(ctx.spark, rows, EVAL_METRICS, ctx.cfg, ctx.ds, where={"stage": STAGE})
     for m in metrics:
-        print(f"evaluate_grouping: {m.metric:<9} {m.slice:<17} {m.value:.4f}")
+        print(f"evaluate_grouping: {m.metric:<9} {m.slice:<28} {m.value:.4f}")
     mlflow.log_metrics({f"{m.metric}.{m.slice}".replace("=", "_"): m.value for m in metrics})
     tracking.log_table_input(ctx.spark, USER_GROUPS, ctx.cfg, context="evaluation")

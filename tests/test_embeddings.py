@@ -97,6 +97,8 @@ def test_evaluation_is_recorded(grouped):
     assert {s for m, s in metrics if m == "ndcg_at_5"} == {f"k={k}" for k in range(1, 6)}
     assert all(0.0 <= metrics[("ndcg_at_5", f"k={k}")] <= 1.0 for k in range(1, 6))
     assert -1.0 <= metrics[("ari", "product_aware")] <= 1.0
+    by_category = {s.split("/")[0] for m, s in metrics if m == "ari" and "/" in s}
+    assert by_category == {"product_aware", "product_agnostic"}
 
 
 def test_rerunning_the_night_gives_the_same_tables(grouped):
