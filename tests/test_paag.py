@@ -6,6 +6,7 @@ import os
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -27,7 +28,7 @@ from osmf_lib.paag import (
     train_paag,
     validation_users,
 )
-from osmf_lib.paag.model import PRODUCT, UNKNOWN, _attend
+from osmf_lib.paag.model import PRODUCT, UNKNOWN, PaagNet
 from osmf_lib.synth import World, build_world, write_landing
 
 # Weights come from installed packages or are built locally; a hub lookup would be a bug.
@@ -152,17 +153,21 @@ def test_the_click_head_learns_a_bias_per_trained_product_and_none_for_others(tr
     assert bias[UNKNOWN] == 0 and bias[1:].abs().min() > 0
 
 
-def test_attention_over_per_product_keys_is_multihead_attention() -> None:
-    torch.manual_seed(0)
-    attention, norm = torch.nn.MultiheadAttention(16, 4, batch_first=True), torch.nn.LayerNorm(16)
-    query, keys = torch.randn(6, 16), torch.randn(3, 5, 16)
-    product, real = torch.tensor([0, 2, 1, 2, 0, 1]), torch.rand(3, 5) < 0.7
-    real[:, 0] = True
-    per_row = keys[product]
-    expected, _ = attention(query.unsqueeze(1), per_row, per_row, key_padding_mask=~real[product])
+def test_the_product_aware_net_starts_as_the_baseline(trained: TrainedPaag, world: World, products) -> None:
+    """Both nets draw identical initial weights, and the product modulation starts at zero, so any
+    difference between the two models' embeddings is learnt from clicks."""
+    pairs = pairs_of(world.users.head(10), products[products["since"] == 0].head(2))
+    rows = trained.paag.featurizer.rows(pairs)
+
+    def build(product_aware: bool) -> PaagNet:
+        torch.manual_seed(0)
+        return PaagNet(replace(trained.paag.net.dims, product_aware=product_aware))
+
+    aware, agnostic = build(True), build(False)
+    for (name, weight), other in zip(aware.state_dict().items(), agnostic.state_dict().values(), strict=True):
+        torch.testing.assert_close(weight, other, msg=name)
     with torch.no_grad():
-        got = _attend(query, keys, product, real, attention, norm)
-        torch.testing.assert_close(got, norm(query + expected.squeeze(1)))
+        torch.testing.assert_close(aware.embed(*rows.take(slice(None))), agnostic.embed(*rows.take(slice(None))))
 
 
 def test_max_train_rows_caps_the_sample(small) -> None:

@@ -1,13 +1,22 @@
 """The PAAG network and `Paag`, the trained encoder with its vocabularies and product features.
 
-User attributes -> embeddings -> MLP -> a query that attends over the product's text tokens and
-then over its image patches -> the embedding. The click head reads that same embedding with the
-creative's prompt, so training shapes exactly the space K-Means and the anchors use downstream.
+User attributes -> one embedding per attribute (interests: the mean of the user's interests) ->
+each scaled, dimension by dimension, by a modulation computed from the product's text token
+features and image patch features -> summed -> a linear map to the `d`-dim embedding. The click
+head is the dot product of that embedding with the creative's projected prompt vector, plus
+click rates of the creative, the product and the whole log. K-Means then groups users exactly
+where the product makes their taste differ.
 
-The embedding is deliberately not L2-normalised: on the unit sphere the head could not learn how
-segments differ in taste for styles, even when handed the true segment (validation AUROC 0.577
-with, 0.598 without; a logistic regression on the true segment x style gets 0.608). Grouping is
-per product, so the embedding's scale differing between products or model versions is harmless.
+This departs from DESIGN §6.2 (an MLP query with cross-attention over the product's tokens),
+measured on the demo world (500k training rows, 3 epochs, 50 products, adjusted Rand index of the
+groups with the hidden segments): the MLP + cross-attention net reached ARI 0.10-0.16 whatever we
+tried (gating, FiLM, no residual, a bilinear head), no better than the product-agnostic baseline,
+because its residual carried every user's product-independent position into every product's
+embedding. This additive form reaches ARI 0.55-0.58 against the baseline's 0.15-0.17 and
+validation AUROC 0.585 (vs 0.580), as a logistic regression on category x attribute x style
+suggested (ARI 0.38 at 500k rows, 0.59 at 2M). The embedding is not L2-normalised: on the unit
+sphere the head could not learn how segments differ in taste. Grouping is per product, so the
+embedding's scale differing between products or model versions is harmless.
 """
 
 from __future__ import annotations
@@ -21,7 +30,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from osmf_lib import tables
@@ -36,7 +44,7 @@ PRODUCT = "product_id"
 # Pairs may carry their product's text and image, so a model on its own can embed any product.
 PAIR_PRODUCT_COLUMNS = {"product_title": "title", "product_category": "category", "product_image_uri": "image_uri"}
 UNKNOWN = 0  # every vocabulary's index for a missing or never-seen value
-FORMAT = 2
+FORMAT = 3
 ATTRIBUTE_INIT_STD = 0.02
 
 
@@ -111,7 +119,6 @@ class NetDims:
     image_dim: int
     creative_dim: int
     hidden_dim: int
-    attention_heads: int
     embedding_dim: int
     product_aware: bool
     product_count: int
@@ -121,28 +128,25 @@ class PaagNet(nn.Module):
     def __init__(self, dims: NetDims) -> None:
         super().__init__()
         self.dims = dims
-        hidden, width, out = dims.hidden_dim, dims.hidden_dim // 2, dims.embedding_dim
+        hidden, width = dims.hidden_dim, dims.hidden_dim // 2
         self.attributes = nn.ModuleList(nn.Embedding(size, width) for size in dims.attribute_sizes)
         self.interests = nn.Embedding(dims.interest_size, width)
         for embedding in (*self.attributes, self.interests):
             # Small, not N(0, 1): an attribute then moves the embedding only as far as clicks push
             # it, so attributes that do not matter for a product add no spread for K-Means to split.
             nn.init.normal_(embedding.weight, std=ATTRIBUTE_INIT_STD)
-        self.query = nn.Sequential(
-            nn.Linear(width * (len(dims.attribute_sizes) + 1), hidden), nn.GELU(), nn.Linear(hidden, hidden)
-        )
         # Built for the baseline too (and left unused), so both start from identical weights
         # for every part they share: the comparison isolates the product context.
         self.text_proj = nn.Linear(dims.text_dim, hidden)
-        self.text_attn = nn.MultiheadAttention(hidden, dims.attention_heads, batch_first=True)
-        self.text_norm = nn.LayerNorm(hidden)
         self.image_proj = nn.Linear(dims.image_dim, hidden)
-        self.image_attn = nn.MultiheadAttention(hidden, dims.attention_heads, batch_first=True)
-        self.image_norm = nn.LayerNorm(hidden)
-        self.out = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out))
-        self.creative_proj = nn.Linear(dims.creative_dim, out)
-        # The product u * c lets "this user likes this style" be read off directly.
-        self.head = nn.Sequential(nn.Linear(3 * out, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.modulation = nn.Linear(2 * hidden, (len(dims.attribute_sizes) + 1) * width)
+        # Zero: training starts from the baseline, and the product context earns every change.
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+        self.out = nn.Linear(width, dims.embedding_dim)
+        self.creative_proj = nn.Linear(dims.creative_dim, dims.embedding_dim)
+        self.creative_bias = nn.Linear(dims.creative_dim, 1)
+        self.intercept = nn.Parameter(torch.zeros(()))
         # A product's own click rate is no property of its users: a bias per trained product keeps
         # it out of the embedding (a product the model never saw gets none).
         self.product_bias = nn.Embedding(dims.product_count, 1, padding_idx=UNKNOWN)
@@ -154,49 +158,32 @@ class PaagNet(nn.Module):
         """Product-aware user embeddings (B, embedding_dim).
 
         `products` holds the features of the batch's distinct products and `product` each row's
-        index into them: keys and values are projected once per product, not once per row.
+        index into them: the modulation is computed once per product, not once per row.
         """
         parts = [embedding(attrs[:, i]) for i, embedding in enumerate(self.attributes)]
         known = (interests >= 0).unsqueeze(-1)
         summed = (self.interests(interests.clamp(min=0)) * known).sum(1)
         parts.append(summed / known.sum(1).clamp(min=1))
-        query = self.query(torch.cat(parts, dim=-1))
+        slots = torch.stack(parts, dim=1)  # (B, attributes + 1, width)
         if self.dims.product_aware:
-            text = self.text_proj(products.tokens)
-            query = _attend(query, text, product, products.mask, self.text_attn, self.text_norm)
-            image = self.image_proj(products.patches)
-            query = _attend(query, image, product, None, self.image_attn, self.image_norm)
-        return self.out(query)
+            scale = 1 + self.modulation(self.context(products))
+            slots = slots * scale[product].view_as(slots)
+        return self.out(slots.sum(1))
+
+    def context(self, products: ProductFeatures) -> torch.Tensor:
+        """(U, 2 * hidden): the mean of each product's real text tokens and of its image patches."""
+        real = products.mask.unsqueeze(-1).to(products.tokens.dtype)
+        text = (self.text_proj(products.tokens) * real).sum(1) / real.sum(1).clamp(min=1)
+        return torch.cat([text, self.image_proj(products.patches).mean(1)], dim=-1)
 
     def click_logit(self, embedding: torch.Tensor, creative: torch.Tensor, product: torch.Tensor) -> torch.Tensor:
         """Click logits from embeddings, creative prompt vectors and product vocabulary indices."""
-        c = self.creative_proj(creative)
-        interaction = self.head(torch.cat([embedding, c, embedding * c], dim=-1))
-        return (interaction + self.product_bias(product)).squeeze(-1)
-
-
-def _attend(
-    query: torch.Tensor,
-    keys: torch.Tensor,
-    index: torch.Tensor,
-    real: torch.Tensor | None,
-    attention: nn.MultiheadAttention,
-    norm: nn.LayerNorm,
-) -> torch.Tensor:
-    """nn.MultiheadAttention's computation (one query per row, no dropout), with its key and value
-    projections applied to each product's tokens (U, T, h) before they are gathered per row."""
-    width, heads = attention.embed_dim, attention.num_heads
-    w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
-    b_q, b_k, b_v = attention.in_proj_bias.chunk(3)
-
-    def split(x: torch.Tensor) -> torch.Tensor:  # (..., T, h) -> (..., heads, T, h / heads)
-        return x.unflatten(-1, (heads, width // heads)).transpose(-3, -2)
-
-    k, v = split(F.linear(keys, w_k, b_k))[index], split(F.linear(keys, w_v, b_v))[index]
-    q = split(F.linear(query, w_q, b_q).unsqueeze(1))
-    mask = None if real is None else real[index][:, None, None, :]
-    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(1)
-    return norm(query + attention.out_proj(attended))
+        # Only the dot product depends on the user: a user's taste is their embedding's direction
+        # against the creative's, which is what K-Means compares.
+        taste = (embedding * self.creative_proj(creative)).sum(-1)
+        return (
+            taste + self.creative_bias(creative).squeeze(-1) + self.intercept + self.product_bias(product).squeeze(-1)
+        )
 
 
 @dataclass(frozen=True)

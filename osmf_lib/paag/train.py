@@ -132,7 +132,7 @@ def train_paag(
     with torch.no_grad():
         # Start at the base click rate: early steps then shape the embedding, not the bias.
         rate = train_labels.mean().item()
-        net.head[-1].bias.fill_(math.log(rate / (1.0 - rate)))
+        net.intercept.fill_(math.log(rate / (1.0 - rate)))
     paag = Paag(net.to(device), featurizer, pc.inference_batch_size)
     initial_loss, _ = _evaluate(paag, held_out)
     train_losses = _fit(net, train_rows, train_labels, cfg)
@@ -157,7 +157,6 @@ def _build_net(vocab: Vocab, rows: Rows, cfg: Config, product_aware: bool) -> Pa
         image_dim=rows.features.patches.shape[-1],
         creative_dim=rows.creative_vectors.shape[-1],
         hidden_dim=cfg.paag.hidden_dim,
-        attention_heads=cfg.paag.attention_heads,
         embedding_dim=cfg.paag.embedding_dim,
         product_aware=product_aware,
         product_count=vocab.size(PRODUCT),
