@@ -9,14 +9,18 @@ where the product makes their taste differ.
 
 This departs from DESIGN §6.2 (an MLP query with cross-attention over the product's tokens),
 measured on the demo world (500k training rows, 3 epochs, 50 products, adjusted Rand index of the
-groups with the hidden segments): the MLP + cross-attention net reached ARI 0.10-0.16 whatever we
-tried (gating, FiLM, no residual, a bilinear head), no better than the product-agnostic baseline,
-because its residual carried every user's product-independent position into every product's
-embedding. This additive form reaches ARI 0.55-0.58 against the baseline's 0.15-0.17 and
-validation AUROC 0.585 (vs 0.580), as a logistic regression on category x attribute x style
-suggested (ARI 0.38 at 500k rows, 0.59 at 2M). The embedding is not L2-normalised: on the unit
-sphere the head could not learn how segments differ in taste. Grouping is per product, so the
-embedding's scale differing between products or model versions is harmless.
+groups with the hidden segments): the MLP + cross-attention net reached ARI 0.02-0.16 whatever we
+tried (attribute gating, FiLM, no residual, a dot-product head), no better than the
+product-agnostic baseline. This form reaches ARI 0.53-0.54 (two seeds) against the baseline's
+0.16-0.17, at a higher validation AUROC (0.587-0.589 vs 0.569-0.571). The likely reason: there,
+the product entered only after an MLP had mixed the attributes into one query, so "which
+attributes matter for this product" had to be learnt as a three-way interaction in the head;
+here the product scales each attribute directly, as in the logistic regression on category x
+attribute x style that showed the world rewards it (ARI 0.38 at 500k rows, 0.59 at 2M).
+
+The embedding is not L2-normalised: on the unit sphere the head could not learn how segments
+differ in taste. Grouping is per product, so the embedding's scale differing between products
+or model versions is harmless.
 """
 
 from __future__ import annotations
