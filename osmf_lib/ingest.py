@@ -467,10 +467,13 @@ def ingest_day(spark: SparkSession, cfg: Config, ds: date) -> Reconciliation:
         classified.unpersist()
         raise StageError(counts.line(f"reconciliation failed for ds={ds}") + "; nothing was written")
 
-    tables.overwrite_partition(spark, impressions_of(classified, ds), IMPRESSIONS, cfg, ds)
+    # Rejects first: writing impressions makes Spark drop every cached plan that reads the
+    # impressions table, `classified` included (it reads the stored ids), and a write after that
+    # would recompute the whole day (+35 s at bench scale on every night after the first).
     tables.overwrite_partition(
         spark, reduce(DataFrame.unionByName, [rejects_of(classified, ds), *rejected]), REJECTED_EVENTS, cfg, ds
     )
+    tables.overwrite_partition(spark, impressions_of(classified, ds), IMPRESSIONS, cfg, ds)
     classified.unpersist()
     return counts
 
