@@ -126,6 +126,7 @@ def evaluate(ctx: JobContext) -> list[Metric]:
     night_groups = tables.read(spark, USER_GROUPS, cfg, ds=ds)
     night_embeddings = tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=ds)
     users = tables.read(spark, USERS, cfg)
+    products = tables.read(spark, PRODUCTS, cfg)
     chosen = _sample_products(night_groups.select("product_id").distinct(), cfg.evaluate.max_products)
     groups = night_groups.join(chosen, "product_id").toPandas()
     if groups.empty:
@@ -136,7 +137,7 @@ def evaluate(ctx: JobContext) -> list[Metric]:
     # The baseline goes through the very same pipeline: embed the same pairs, group them, score them.
     baseline_dir, baseline_version = baseline_model_dir(cfg)
     pairs = night_embeddings.select("product_id", "user_id").join(chosen, "product_id")
-    pairs = embeddings.audience_pairs(pairs, users, tables.read(spark, PRODUCTS, cfg))
+    pairs = embeddings.audience_pairs(pairs, users, products)
     baseline_embedded = embeddings.embed_audience(spark, pairs, baseline_dir, baseline_version, ds)
     baseline_groups, _ = grouping.group_users(baseline_embedded, users, cfg, ds)
     agnostic = ari_by_product(baseline_groups.select("product_id", "user_id", "group_id").toPandas(), oracle)
@@ -157,9 +158,7 @@ def evaluate(ctx: JobContext) -> list[Metric]:
     )
     ndcg = distinctness(embedded, seen, creatives, oracle, cfg)
 
-    categories = (
-        tables.read(spark, PRODUCTS, cfg).join(chosen, "product_id").select("product_id", "category").toPandas()
-    )
+    categories = products.join(chosen, "product_id").select("product_id", "category").toPandas()
     return [
         *ari_metrics(
             {"product_aware": aware, "product_agnostic": agnostic},
