@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from pyspark.sql import Row
+from pyspark.sql import functions as F
 
 from osmf_lib import ingest, tables
 from osmf_lib.config import PROJECT_ROOT, load_config
@@ -126,7 +127,7 @@ def test_an_empty_day_is_a_logged_no_op(spark, make_cfg, capsys):
     events.mkdir(parents=True)
     (events / "part-00000.jsonl").write_text("")
     assert ingest.ingest_day(spark, cfg, dt.date(2026, 11, 3)) == ingest.Reconciliation(0, 0, 0, 0)
-    assert "holds no events for ds=2026-11-03" in capsys.readouterr().out
+    assert "hold no events for ds=2026-11-03" in capsys.readouterr().out
     assert not tables.exists(spark, IMPRESSIONS, cfg)
 
 
@@ -202,23 +203,54 @@ def test_a_wrong_mapping_fails_naming_the_column(spark, tmp_path):
 def test_a_late_redelivery_is_a_duplicate_and_a_late_new_event_is_rejected(spark):
     validated = spark.createDataFrame(
         [
-            Row(source_file="f", line_number=1, raw="a", event_id="old", reason=None, _late="late event: x"),
-            Row(source_file="f", line_number=2, raw="b", event_id="new", reason=None, _late="late event: x"),
-            Row(source_file="f", line_number=3, raw="c", event_id="dup", reason="wrong type: x", _late=None),
-            Row(source_file="f", line_number=4, raw="d", event_id="dup", reason=None, _late=None),
+            Row(source_file="f", _split=0, _row=1, raw="a", event_id="old", reason=None, _late="late event: x"),
+            Row(source_file="f", _split=0, _row=2, raw="b", event_id="new", reason=None, _late="late event: x"),
+            Row(source_file="f", _split=0, _row=3, raw="c", event_id="dup", reason="wrong type: x", _late=None),
+            Row(source_file="f", _split=0, _row=4, raw="d", event_id="dup", reason=None, _late=None),
+            Row(source_file="f", _split=0, _row=5, raw="e", event_id="twice", reason=None, _late=None),
+            Row(source_file="f", _split=9, _row=0, raw="f", event_id="twice", reason=None, _late=None),
+            Row(source_file="e", _split=0, _row=7, raw="g", event_id="twice", reason=None, _late=None),
         ],
-        "source_file string, line_number long, raw string, event_id string, reason string, _late string",
+        "source_file string, _split long, _row long, raw string, event_id string, reason string, _late string",
     )
     stored = spark.createDataFrame([Row(event_id="old")])
-    status = {
-        r["line_number"]: (r[ingest.STATUS], r["reason"]) for r in ingest.classify_events(validated, stored).collect()
-    }
+    classified = ingest.classify_events(validated, ingest.repeated_ids(validated, stored))
+    status = {r["_row"]: (r[ingest.STATUS], r["reason"]) for r in classified.collect()}
     assert status == {
         1: (ingest.DUPLICATE, None),
         2: (ingest.REJECTED, "late event: x"),
         3: (ingest.REJECTED, "wrong type: x"),
         4: (ingest.ACCEPTED, None),  # a rejected line with the same id does not make it a duplicate
+        5: (ingest.DUPLICATE, None),
+        0: (ingest.DUPLICATE, None),
+        7: (ingest.ACCEPTED, None),  # the first in file order: file e before f
     }
+
+
+def test_only_stored_events_within_the_days_event_times_are_read_for_deduplication(spark):
+    at = "2026-11-{} {}:00:00"
+    validated = spark.createDataFrame(
+        [
+            Row(source_file="f", _split=0, _row=1, ts=at.format("01", "23"), reason=None),  # a late line
+            Row(source_file="f", _split=0, _row=2, ts=at.format("02", "05"), reason=None),
+            Row(source_file="f", _split=0, _row=3, ts=at.format("02", "07"), reason=None),
+            Row(source_file="f", _split=0, _row=4, ts=at.format("05", "00"), reason="future timestamp: x"),
+        ],
+        "source_file string, _split long, _row long, ts string, reason string",
+    ).withColumn("ts", F.to_timestamp("ts"))
+    survey = ingest.survey_events(validated).collect()
+    stored = spark.createDataFrame(
+        [
+            (f"e{day}{hour}", at.format(day, hour))
+            for day in ("01", "02", "03", "05")
+            for hour in ("04", "05", "06", "23")
+        ],
+        "event_id string, ts string",
+    ).withColumn("ts", F.to_timestamp("ts"))
+    kept = {r["event_id"] for r in ingest.repeatable(stored, ingest.event_times(survey)).collect()}
+    assert kept == {"e0123", "e0205", "e0206"}
+    assert ingest.LineNumbers.of(survey).lines == 4
+    assert ingest.repeatable(stored, []).count() == 0
 
 
 def test_the_ingestion_view_summarises_each_day(spark, landed):
@@ -238,8 +270,11 @@ def test_line_numbers_stay_exact_when_a_file_is_split(spark, tmp_path, cfg):
     spark.conf.set("spark.sql.files.maxPartitionBytes", "16k")  # a.jsonl (~90 KB) spans several splits
     try:
         landed = ingest.read_source(spark, str(events), cfg.ingest.events, ["event_id"])
-        rows = landed.rows.collect()
+        extents = landed.rows.groupBy(ingest.FILE, ingest.SPLIT).agg(*ingest.split_extent()).collect()
+        numbers = ingest.LineNumbers.of(extents)
+        rows = numbers.apply(spark, landed.rows).collect()
     finally:
         spark.conf.set("spark.sql.files.maxPartitionBytes", previous)
-    assert len(rows) == landed.lines == 4010
+    assert len(extents) > 3
+    assert len(rows) == numbers.lines == 4010
     assert all(r["event_id"] == f"{r['source_file'][-7]}{r['line_number']}" for r in rows)

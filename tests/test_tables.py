@@ -59,6 +59,8 @@ def test_contracts_match_the_design():
 def test_a_contract_rejects_keys_outside_its_schema():
     with pytest.raises(TableError, match="key columns \\['nope'\\] are not in its schema"):
         Table("t", "d", (Column("a", "INT"),), keys=("nope",), partitioned=False, producer="x")
+    with pytest.raises(TableError, match="statistics columns \\['ts'\\] are not in its schema"):
+        Table("t", "d", (Column("a", "INT"),), keys=("a",), partitioned=False, producer="x", stats_columns=("ts",))
     with pytest.raises(TableError, match="partitioned tables need a 'ds' column"):
         Table("t", "d", (Column("a", "INT"),), keys=("a",), partitioned=True, producer="x")
 
@@ -79,6 +81,7 @@ def test_sql_ddl_creates_exactly_the_contract(spark, tmp_path):
         ], table.name
         detail = spark.sql(f"DESCRIBE DETAIL {table.name}").first()
         assert detail["partitionColumns"] == table.partition_columns, table.name
+        assert table.properties.items() <= detail["properties"].items(), table.name
         assert detail["location"].rstrip("/").endswith(f"{tmp_path}/{table.name}")
         spark.sql(f"DROP TABLE {table.name}")
 
@@ -105,6 +108,9 @@ def test_delta_round_trip(spark, cfg):
     first = tables.read(spark, impressions, cfg, version=v0)
     assert [r["event_id"] for r in first.orderBy("event_id").collect()] == ["e1", "e2"]
     assert tables.latest_version(spark, impressions, cfg) > v0
+    # The contract's table properties are set when a write creates the table.
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{impressions.location(cfg)}`").first()
+    assert detail["properties"]["delta.dataSkippingStatsColumns"] == "ts,position"
 
 
 def test_replace_where_refuses_rows_of_another_day(spark, cfg):

@@ -14,4 +14,5 @@ CREATE TABLE IF NOT EXISTS impressions (
 USING DELTA
 PARTITIONED BY (ds)
 LOCATION '${lakehouse_root}/impressions'
-COMMENT 'One ad impression and whether it was clicked; deduplicated on event_id.';
+COMMENT 'One ad impression and whether it was clicked; deduplicated on event_id.'
+TBLPROPERTIES ('delta.dataSkippingStatsColumns' = 'ts,position');
