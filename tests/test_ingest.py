@@ -261,6 +261,16 @@ def test_the_ingestion_view_summarises_each_day(spark, landed):
     assert day["by_reason"] == ingest.reject_reasons(spark, cfg, D1)
 
 
+def test_deduplication_reads_only_the_stored_files_within_the_days_event_times(spark, landed):
+    cfg, _, _ = landed
+    stored = tables.read(spark, IMPRESSIONS, cfg)
+    second_day = tables.read(spark, IMPRESSIONS, cfg, ds=D2).select(
+        F.unix_micros(F.min("ts")).alias("first"), F.unix_micros(F.max("ts")).alias("last")
+    )
+    kept = set(ingest.repeatable(stored, [tuple(second_day.first())]).inputFiles())
+    assert kept == set(tables.read(spark, IMPRESSIONS, cfg, ds=D2).inputFiles())  # day 1's files are skipped
+
+
 def test_line_numbers_stay_exact_when_a_file_is_split(spark, tmp_path, cfg):
     events = tmp_path / "events"
     events.mkdir()
