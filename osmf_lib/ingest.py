@@ -30,7 +30,7 @@ from osmf_lib.spark import path_exists
 from osmf_lib.tables import CREATIVES, DS, IMPRESSIONS, PRODUCTS, REJECTED_EVENTS, USERS, Table
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Hashable, Iterable
 
     from pyspark.sql import Row
 
@@ -127,6 +127,15 @@ def split_extent() -> tuple[Column, Column]:
     return F.min(ROW).alias("_first"), F.max(ROW).alias("_last")
 
 
+def _widest(rows: Iterable[Row], key: Callable[[Row], Hashable], first: str, last: str) -> dict:
+    """Per key, the smallest `first` and the largest `last` over summary rows that share keys."""
+    spans: dict = {}
+    for row in rows:
+        low, high = spans.get(key(row), (row[first], row[last]))
+        spans[key(row)] = (min(low, row[first]), max(high, row[last]))
+    return spans
+
+
 @dataclass(frozen=True)
 class LineNumbers:
     """Turns (file, split, row id) into the 1-based line number, exact even when a file is split.
@@ -144,11 +153,7 @@ class LineNumbers:
     @classmethod
     def of(cls, extents: Iterable[Row], header_lines: int = 0) -> LineNumbers:
         """From rows of (FILE, SPLIT, _first, _last), several per split allowed (any extra grouping)."""
-        spans: dict[tuple[str, int], tuple[int, int]] = {}
-        for row in extents:
-            key = (row[FILE], row[SPLIT])
-            first, last = spans.get(key, (row["_first"], row["_last"]))
-            spans[key] = (min(first, row["_first"]), max(last, row["_last"]))
+        spans = _widest(extents, lambda row: (row[FILE], row[SPLIT]), "_first", "_last")
         offsets, before, file = [], 0, None
         for (path, split), (first, last) in sorted(spans.items()):
             before = before if path == file else header_lines
@@ -356,12 +361,8 @@ def survey_events(validated: DataFrame) -> DataFrame:
 
 def event_times(survey: Iterable[Row]) -> list[tuple[int, int]]:
     """(first, last) event time in microseconds, per date the day's valid lines fall on."""
-    spans: dict[date, tuple[int, int]] = {}
-    for row in survey:
-        if row["_date"] is not None:
-            first, last = spans.get(row["_date"], (row["_from"], row["_to"]))
-            spans[row["_date"]] = (min(first, row["_from"]), max(last, row["_to"]))
-    return sorted(spans.values())
+    valid = (row for row in survey if row["_date"] is not None)
+    return sorted(_widest(valid, lambda row: row["_date"], "_from", "_to").values())
 
 
 def repeatable(stored: DataFrame, times: Iterable[tuple[int, int]]) -> DataFrame:
