@@ -69,9 +69,7 @@ def session_conf(cfg: Config) -> dict[str, str]:
         # Small nightly batches: Arrow makes the pandas UDF and toPandas paths usable.
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
-        # Delta rebuilds table state with 50 partitions by default; far too many for nightly
-        # partitions of this size, and a visible cost on every small read.
-        "spark.databricks.delta.snapshotPartitions": str(cfg.spark.shuffle_partitions),
+        "spark.databricks.delta.snapshotPartitions": str(cfg.spark.delta_snapshot_partitions),
         # Cached frames live for one stage; compressing them cost ingestion 10 % of its time at
         # bench scale (bench/ingest.py) for memory the stages do not need.
         "spark.sql.inMemoryColumnarStorage.compressed": "false",

@@ -44,6 +44,7 @@ def test_missing_java_is_named(monkeypatch):
 
 
 def test_user_conf_extends_the_session_conf(make_cfg):
-    conf = session_conf(make_cfg('spark.conf={"spark.sql.ansi.enabled": "true"}'))
+    conf = session_conf(make_cfg('spark.conf={"spark.sql.ansi.enabled": "true"}', "spark.delta_snapshot_partitions=3"))
     assert conf["spark.sql.ansi.enabled"] == "true"
+    assert conf["spark.databricks.delta.snapshotPartitions"] == "3"
     assert conf["spark.sql.catalog.spark_catalog"].endswith("DeltaCatalog")
