@@ -380,36 +380,47 @@ def repeatable(stored: DataFrame, times: Iterable[tuple[int, int]]) -> DataFrame
 
 
 def repeated_ids(validated: DataFrame, stored_elsewhere: DataFrame) -> DataFrame:
-    """The ids that make a valid line a duplicate: (event_id, _first, _stored), a small frame.
+    """The ids that can make a valid line a duplicate: (event_id, _lines, _stored), a small frame.
 
-    An id repeats when several valid lines of the day carry it (`_first` is where the first of
-    them sits) or when it is already stored under another ds (`_stored`: a redelivery, however
-    late; `stored_elsewhere` needs only the stored events `repeatable` keeps). Only valid lines
-    count, so a rejected line never makes a valid one with its id a duplicate. Grouping ids alone
-    and looking lines up in the few repeated ones costs far less than sorting the whole day by id.
+    An id repeats when several valid lines of the day carry it (`_lines` > 1) or when it is already
+    stored under another ds (`_stored`: a redelivery, however late; `stored_elsewhere` needs only
+    the stored events `repeatable` keeps). Only valid lines count, so a rejected line never makes a
+    valid one with its id a duplicate. Counting alone keeps the aggregation a hash aggregation;
+    where each repeated id first occurs is found by `first_copies` over the few lines concerned.
     """
-    lines = (
-        validated.where(F.col(REASON).isNull())
-        .groupBy("event_id")
-        .agg(F.count("*").alias("_lines"), F.min(F.struct(*POSITION)).alias("_first"))
-    )
+    lines = validated.where(F.col(REASON).isNull()).groupBy("event_id").agg(F.count("*").alias("_lines"))
     stored = stored_elsewhere.select("event_id", F.lit(True).alias("_stored")).dropDuplicates(["event_id"])
     return (
         lines.join(stored, "event_id", "left")
         .where((F.col("_lines") > 1) | F.col("_stored"))
-        .select(
-            "event_id",
-            F.when(F.col("_lines") > 1, F.col("_first")).alias("_first"),
-            F.coalesce("_stored", F.lit(False)).alias("_stored"),
-        )
+        .select("event_id", "_lines", F.coalesce("_stored", F.lit(False)).alias("_stored"))
     )
+
+
+def first_copies(validated: DataFrame, repeated: DataFrame) -> DataFrame:
+    """(event_id, _first, _stored) per repeated id; `_first` is where the first valid line of an id
+    repeated within the day sits (file order), NULL for an id seen once.
+
+    The minimum over positions carries the file path, which forces a sort-based aggregation: over
+    the whole day that was three sorts of every line (7 s of a bench-scale night); over the lines
+    whose id repeats it is nothing. Pass `repeated` materialised, so that Spark sees how small it
+    is and broadcasts it instead of shuffling the day.
+    """
+    within_day = repeated.where(F.col("_lines") > 1).select("event_id")
+    first = (
+        validated.where(F.col(REASON).isNull())
+        .join(within_day, "event_id", "left_semi")
+        .groupBy("event_id")
+        .agg(F.min(F.struct(*POSITION)).alias("_first"))
+    )
+    return repeated.join(first, "event_id", "left").select("event_id", "_first", "_stored")
 
 
 def classify_events(validated: DataFrame, repeated: DataFrame) -> DataFrame:
     """Mark each line accepted, rejected or duplicate, and settle its final reason.
 
     A line with a problem is rejected. Otherwise it is a duplicate when its id is stored already
-    or an earlier valid line of the day has it (`repeated`, from repeated_ids). What is left is
+    or an earlier valid line of the day has it (`repeated`, from first_copies). What is left is
     rejected if it is too late, else accepted. A rerun of a ds does not count its own stored rows,
     so it classifies every line the same way again.
     """
@@ -519,8 +530,14 @@ def _ingest_dimension(spark: SparkSession, cfg: Config, ds: date, dim: Dimension
     counts = Counter()
     for group in tally:
         counts[group[STATUS]] += group["n"]
-    accepted = rows.where(F.col(STATUS) == ACCEPTED).select(*dim.table.column_names)
-    tables.merge(spark, accepted, dim.table, cfg, unless_newer="updated_ds")
+    if counts[ACCEPTED]:
+        accepted = rows.where(F.col(STATUS) == ACCEPTED).select(*dim.table.column_names)
+        tables.merge(spark, accepted, dim.table, cfg, unless_newer="updated_ds")
+    else:
+        # A MERGE of no rows commits nothing yet costs about what a real one does (1.3-1.9 s:
+        # the table's log replay and scan), and a file with nothing new is common once a
+        # catalogue is stable.
+        tables.ensure(spark, dim.table, cfg)
     print(
         f"ingest {dim.table.name}: upserted {counts[ACCEPTED]}, rejected {counts[REJECTED]}, "
         f"superseded {counts[DUPLICATE]} from {location}"
@@ -572,21 +589,24 @@ def _store_events(
 
     stored = tables.read_or_empty(spark, IMPRESSIONS, cfg).where(F.col(DS) != F.lit(ds))
     repeated = repeated_ids(validated, repeatable(stored, event_times(survey))).cache()
-    classified = classify_events(validated, repeated)
+    repeated.count()  # materialised: first_copies broadcasts it
+    copies = first_copies(validated, repeated).cache()
+    classified = classify_events(validated, copies)
     try:
         counts = reconcile(classified, numbers.lines)
         print(counts.line(f"ingest events {ds}"))
         if not counts.balanced:
             raise StageError(counts.line(f"reconciliation failed for ds={ds}") + "; nothing was written")
         # Rejects first: writing impressions makes Spark drop every cached plan that reads the
-        # impressions table, `repeated` included (it reads the stored ids), and a write after that
-        # would recompute the day's deduplication.
+        # impressions table, `repeated` and `copies` included (they read the stored ids), and a
+        # write after that would recompute the day's deduplication.
         day_rejects = numbers.apply(spark, rejects_of(classified, ds))
         tables.overwrite_partition(
             spark, reduce(DataFrame.unionByName, [day_rejects, *rejected]), REJECTED_EVENTS, cfg, ds
         )
         tables.overwrite_partition(spark, impressions_of(classified, ds), IMPRESSIONS, cfg, ds)
     finally:
+        copies.unpersist()
         repeated.unpersist()
     return counts
 

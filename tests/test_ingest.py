@@ -110,9 +110,13 @@ def test_rerunning_a_day_changes_nothing(spark, landed):
             sorted(tuple(r) for r in tables.read(spark, USERS, cfg).collect()),
         )
 
+    # The tiny world adds no creative on its second day, so that upsert has nothing to commit.
+    assert (Path(cfg.lakehouse.landing) / D2.isoformat() / "dims" / "creatives.jsonl").read_text() == ""
+    creatives_version = tables.latest_version(spark, CREATIVES, cfg)
     before = snapshot()
     assert ingest.ingest_day(spark, cfg, D2) == counts[D2]
     assert snapshot() == before
+    assert tables.latest_version(spark, CREATIVES, cfg) == creatives_version
 
 
 def test_a_missing_landing_folder_is_a_clear_failure(spark, make_cfg):
@@ -214,7 +218,8 @@ def test_a_late_redelivery_is_a_duplicate_and_a_late_new_event_is_rejected(spark
         "source_file string, _split long, _row long, raw string, event_id string, reason string, _late string",
     )
     stored = spark.createDataFrame([Row(event_id="old")])
-    classified = ingest.classify_events(validated, ingest.repeated_ids(validated, stored))
+    repeated = ingest.repeated_ids(validated, stored)
+    classified = ingest.classify_events(validated, ingest.first_copies(validated, repeated))
     status = {r["_row"]: (r[ingest.STATUS], r["reason"]) for r in classified.collect()}
     assert status == {
         1: (ingest.DUPLICATE, None),
