@@ -40,17 +40,16 @@ START = date(2026, 11, 1)
 def bench_scale(scale: str, days: int, workdir: Path) -> list[tuple]:
     root = workdir / scale
     shutil.rmtree(root, ignore_errors=True)
-    cfg = load_config(
-        overrides=[f"lakehouse.root={root}/lakehouse", f"lakehouse.landing={root}/landing", "spark.show_progress=false"]
-    )
+    common = [f"lakehouse.landing={root}/landing", "spark.show_progress=false"]
+    cfg = load_config(overrides=[f"lakehouse.root={root}/lakehouse", *common])
+    floor_cfg = load_config(overrides=[f"lakehouse.root={root}/floor", *common])
     print(f"[{scale}] writing {days} day(s) of landing files ...", flush=True)
     write_landing(cfg, scale=scale, start=START, days=days)
-    floor_cfg = cfg.model_copy(update={"lakehouse": cfg.lakehouse.model_copy(update={"root": f"{root}/floor"})})
     spark = get_spark(cfg, app_name="osmf-bench-ingest")
     rows = []
     for offset in range(days):
         ds = START + timedelta(days=offset)
-        events = f"{cfg.lakehouse.landing}/{ds.isoformat()}/events"
+        events = ingest.source_location(cfg, ds, cfg.ingest.events)
         plain = _copy(spark, events, f"{root}/plain/{ds}", "parquet")
         delta = _copy(spark, events, f"{root}/delta/{ds}", "delta")
         floor = _floor(spark, floor_cfg, ds)
@@ -74,18 +73,19 @@ def _copy(spark: SparkSession, events: str, target: str, fmt: str) -> float:
 
 def _floor(spark: SparkSession, cfg: Config, ds: date) -> float:
     """Seconds for the commits any conforming ingest makes, with no checks (see the docstring)."""
-    day = f"{cfg.lakehouse.landing}/{ds.isoformat()}"
     began = time.perf_counter()
 
     def upsert(dim: ingest.Dimension) -> None:
         fields = [f for f in dim.table.schema().fields if f.name != "updated_ds"]
-        rows = spark.read.schema(StructType(fields)).json(f"{day}/{getattr(cfg.ingest, dim.source_attr).path}")
+        rows = spark.read.schema(StructType(fields)).json(
+            ingest.source_location(cfg, ds, getattr(cfg.ingest, dim.source_attr))
+        )
         tables.merge(spark, rows.withColumn("updated_ds", F.lit(ds)), dim.table, cfg, unless_newer="updated_ds")
 
     with ThreadPoolExecutor(len(ingest.DIMENSIONS)) as pool:
         list(pool.map(upsert, ingest.DIMENSIONS))
     fields = [f for f in tables.IMPRESSIONS.schema().fields if f.name in ingest.EVENT_FIELDS]
-    events = spark.read.schema(StructType(fields)).json(f"{day}/{cfg.ingest.events.path}")
+    events = spark.read.schema(StructType(fields)).json(ingest.source_location(cfg, ds, cfg.ingest.events))
     day_rows = events.select("*", F.col("_metadata.file_path").alias(ingest.FILE), F.lit(ds).alias(tables.DS))
     tables.overwrite_partition(spark, day_rows, tables.IMPRESSIONS, cfg, ds)
     return time.perf_counter() - began

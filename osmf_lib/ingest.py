@@ -90,7 +90,7 @@ class Reconciliation:
 # Reading: any source format -> one row per line with our column names, all as text.
 
 
-def _location(cfg: Config, ds: date, source: Source) -> str:
+def source_location(cfg: Config, ds: date, source: Source) -> str:
     return f"{cfg.lakehouse.landing.rstrip('/')}/{ds.isoformat()}/{source.path}"
 
 
@@ -519,7 +519,7 @@ def original_creatives(events: DataFrame, ds: date) -> DataFrame:
 def _ingest_dimension(spark: SparkSession, cfg: Config, ds: date, dim: Dimension) -> DataFrame | None:
     """Upsert one dimension file if the day has it; return its rejected lines."""
     source: Source = getattr(cfg.ingest, dim.source_attr)
-    location = _location(cfg, ds, source)
+    location = source_location(cfg, ds, source)
     if not path_exists(spark, location):
         print(f"ingest {dim.table.name}: no file at {location}, nothing to upsert")
         return None
@@ -551,7 +551,7 @@ def ingest_day(spark: SparkSession, cfg: Config, ds: date) -> Reconciliation:
     day = f"{cfg.lakehouse.landing.rstrip('/')}/{ds.isoformat()}"
     if not path_exists(spark, day):
         raise StageError(f"no landing folder for ds={ds}: {day} does not exist (has the log shipper run?)")
-    events_location = _location(cfg, ds, cfg.ingest.events)
+    events_location = source_location(cfg, ds, cfg.ingest.events)
     if not path_exists(spark, events_location):
         raise StageError(f"no events for ds={ds}: {events_location} does not exist")
 
