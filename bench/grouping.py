@@ -31,7 +31,7 @@ from sklearn.metrics import silhouette_score
 from osmf_lib.config import Config, load_config
 from osmf_lib.grouping import group_users
 from osmf_lib.spark import get_spark
-from osmf_lib.synth.vocab import CATEGORIES, USER_ATTRIBUTES
+from osmf_lib.synth.vocab import ATTRIBUTE_VALUES, CATEGORIES
 
 DS = date(2026, 11, 1)
 DIM = 32
@@ -57,7 +57,7 @@ def write_inputs(scale: Scale, products: int, folder: Path, seed: int = 0) -> in
     folder.mkdir(parents=True, exist_ok=True)
     user_ids = np.array([f"u{i:06d}" for i in range(scale.users)])
     users = pd.DataFrame({"user_id": user_ids})
-    for attribute, values in USER_ATTRIBUTES.items():
+    for attribute, values in ATTRIBUTE_VALUES.items():
         users[attribute] = rng.choice(values, scale.users)
     users["interests"] = [sorted(rng.choice(CATEGORIES, rng.integers(1, 4), replace=False)) for _ in user_ids]
     users.to_parquet(folder / "users.parquet")

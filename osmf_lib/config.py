@@ -247,6 +247,13 @@ class GroupingConfig(Section):
     summary_min_lift: PositiveFloat = 1.2
     summary_min_share: Fraction = 0.2
     summary_max_items: PositiveInt = 6
+    # How a group's description lists several values of one attribute (ages ascending, low to
+    # high); values not listed follow alphabetically. Real logs with other scales set their own.
+    value_order: dict[str, list[str]] = {
+        "age_band": ["18-24", "25-34", "35-44", "45-54", "55+"],
+        "city_tier": ["tier-1", "tier-2", "tier-3", "tier-4"],
+        "purchase_power": ["low", "medium", "high"],
+    }
 
     @model_validator(mode="after")
     def _k_range(self) -> GroupingConfig:

@@ -21,9 +21,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from sklearn.metrics import adjusted_rand_score
 
-from osmf_lib import embeddings, grouping, tables, tracking
+from osmf_lib import grouping, tables, tracking
 from osmf_lib.config import Config
 from osmf_lib.job import JobContext, StageError
+from osmf_lib.paag import stages
 from osmf_lib.synth.oracle import Oracle
 from osmf_lib.tables import CREATIVES, EVAL_METRICS, IMPRESSIONS, PAAG_EMBEDDINGS, PRODUCTS, USER_GROUPS, USERS
 
@@ -137,14 +138,14 @@ def evaluate(ctx: JobContext) -> list[Metric]:
     # The baseline goes through the very same pipeline: embed the same pairs, group them, score them.
     baseline_dir, baseline_version = baseline_model_dir(cfg)
     pairs = night_embeddings.select("product_id", "user_id").join(chosen, "product_id")
-    pairs = embeddings.audience_pairs(pairs, users, products)
-    baseline_embedded = embeddings.embed_audience(spark, pairs, baseline_dir, baseline_version, ds)
+    pairs = stages.audience_pairs(pairs, users, products)
+    baseline_embedded = stages.embed_audience(spark, pairs, baseline_dir, baseline_version, ds)
     baseline_groups, _ = grouping.group_users(baseline_embedded, users, cfg, ds)
     agnostic = ari_by_product(baseline_groups.select("product_id", "user_id", "group_id").toPandas(), oracle)
 
     embedded = night_embeddings.join(chosen, "product_id").toPandas()
     seen = (
-        embeddings.window(tables.read(spark, IMPRESSIONS, cfg), ds, cfg.paag.lookback_days)
+        stages.window(tables.read(spark, IMPRESSIONS, cfg), ds, cfg.paag.lookback_days)
         .join(chosen, "product_id")
         .select("product_id", "user_id", "creative_id", F.col("clicked").cast("double").alias("clicked"))
         .toPandas()
@@ -177,10 +178,10 @@ def baseline_model_dir(cfg: Config) -> tuple[Path, str]:
 
     from osmf_lib.paag.registry import ARTIFACT
 
-    version = embeddings.champion_version(cfg)
-    run_id = MlflowClient().get_model_version(embeddings.MODEL_NAME, version).run_id
-    logged = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/{embeddings.BASELINE_ARTIFACT}")
-    return Path(logged) / "artifacts" / ARTIFACT, f"{embeddings.MODEL_NAME}/{version} baseline"
+    version = stages.champion_version(cfg)
+    run_id = MlflowClient().get_model_version(stages.MODEL_NAME, version).run_id
+    logged = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/{stages.BASELINE_ARTIFACT}")
+    return Path(logged) / "artifacts" / ARTIFACT, f"{stages.MODEL_NAME}/{version} baseline"
 
 
 def run(ctx: JobContext) -> None:

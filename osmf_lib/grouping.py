@@ -24,15 +24,20 @@ from sklearn.metrics import pairwise_distances, silhouette_score
 from osmf_lib import tables, tracking
 from osmf_lib.config import Config, GroupingConfig
 from osmf_lib.job import JobContext, StageError
-from osmf_lib.synth.vocab import USER_ATTRIBUTES
-from osmf_lib.tables import DS, GROUP_PROFILES, PAAG_EMBEDDINGS, USER_GROUPS, USERS
+from osmf_lib.tables import (
+    DS,
+    GROUP_PROFILES,
+    MULTI_VALUED_ATTRIBUTES,
+    PAAG_EMBEDDINGS,
+    SINGLE_VALUED_ATTRIBUTES,
+    USER_ATTRIBUTES,
+    USER_GROUPS,
+    USERS,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-MULTI_ATTRIBUTES = ("interests",)
-SINGLE_ATTRIBUTES = tuple(a for a in tables.USER_ATTRIBUTES if a not in MULTI_ATTRIBUTES)
-ATTRIBUTES = tables.USER_ATTRIBUTES
 UNKNOWN = "unknown"
 BROAD_AUDIENCE = "broad audience"
 
@@ -226,10 +231,10 @@ def anchor_rows(distances: np.ndarray, cfg: GroupingConfig) -> np.ndarray:
 
 def _values(audience: pd.DataFrame) -> pd.DataFrame:
     """One (row, attribute, value) per user and attribute value; missing values become "unknown"."""
-    single = [a for a in SINGLE_ATTRIBUTES if a in audience]
+    single = [a for a in SINGLE_VALUED_ATTRIBUTES if a in audience]
     long = audience[single].astype(object).where(audience[single].notna(), UNKNOWN).astype(str)
     parts = [long.melt(var_name="attribute", value_name="value", ignore_index=False)]
-    for attribute in (a for a in MULTI_ATTRIBUTES if a in audience):
+    for attribute in (a for a in MULTI_VALUED_ATTRIBUTES if a in audience):
         # A user counts once per distinct value: interests are a set, whatever the source sends.
         listed = audience[attribute].map(_distinct_values).explode()
         parts.append(pd.DataFrame({"attribute": attribute, "value": listed}))
@@ -270,10 +275,7 @@ def attribute_summaries(audience: pd.DataFrame, labels: np.ndarray, cfg: Groupin
 
 
 def _words(values: Mapping[str, list[str]], attribute: str, words: Mapping[str, str] = {}, sep: str = "/") -> str:
-    """An attribute's values as words, in the world's natural order (ages ascending, low to high)."""
-    known = USER_ATTRIBUTES.get(attribute, ())
-    ordered = sorted(values.get(attribute, []), key=lambda v: (known.index(v) if v in known else len(known), v))
-    return sep.join(words.get(v, v.replace("_", " ")) for v in ordered)
+    return sep.join(words.get(v, v.replace("_", " ")) for v in values.get(attribute, []))
 
 
 def _who(values: Mapping[str, list[str]]) -> str:
@@ -289,12 +291,21 @@ def _who(values: Mapping[str, list[str]]) -> str:
     return noun
 
 
-def describe(summary: Sequence[Mapping]) -> str:
-    """A readable line from an attribute summary, e.g. "women 25-34, tier-1 cities, high purchase power"."""
+def _in_order(values: list[str], order: Sequence[str]) -> list[str]:
+    """Values in the configured order (ages ascending, low to high); unlisted ones after, alphabetically."""
+    return sorted(values, key=lambda v: (order.index(v) if v in order else len(order), v))
+
+
+def describe(summary: Sequence[Mapping], value_order: Mapping[str, Sequence[str]] = {}) -> str:
+    """A readable line from an attribute summary, e.g. "women 25-34, tier-1 cities, high purchase power".
+
+    `value_order` (grouping.value_order) says how to list several values of one attribute.
+    """
     values: dict[str, list[str]] = {}
     for item in summary:
         if item["value"] != UNKNOWN:
             values.setdefault(item["attribute"], []).append(item["value"])
+    values = {attribute: _in_order(found, value_order.get(attribute, ())) for attribute, found in values.items()}
     phrases = [
         (_who(values), "{}"),
         (_words(values, "city_tier"), "{} cities"),
@@ -348,7 +359,7 @@ def group_product(audience: pd.DataFrame, cfg: GroupingConfig) -> tuple[pd.DataF
                 "centroid": centroids[group].astype(np.float32).tolist(),
                 "anchors": anchors.tolist(),
                 "attribute_summary": summaries[group],
-                "description": describe(summaries[group]),
+                "description": describe(summaries[group], cfg.value_order),
             }
         )
     return assignments, pd.DataFrame(profiles, columns=PROFILE_COLUMNS)
@@ -385,7 +396,7 @@ def group_users(embeddings: DataFrame, users: DataFrame, cfg: Config, ds: date) 
         return _group_rows(audience, grouping_cfg)
 
     audience = embeddings.where(F.col(DS) == F.lit(ds)).select("product_id", "user_id", "embedding")
-    attributes = users.select("user_id", *ATTRIBUTES)
+    attributes = users.select("user_id", *USER_ATTRIBUTES)
     rows = (
         audience.join(attributes, "user_id", "left")
         .groupBy("product_id")

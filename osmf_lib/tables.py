@@ -170,7 +170,12 @@ USERS = Table(
 )
 
 # What describes a user, as the users contract holds it; PAAG and grouping read exactly these.
+# Interests is a set of values per user; every other attribute holds one value.
 USER_ATTRIBUTES = tuple(c.name for c in USERS.columns if c.name not in (*USERS.keys, "updated_ds"))
+MULTI_VALUED_ATTRIBUTES = tuple(
+    c.name for c in USERS.columns if c.name in USER_ATTRIBUTES and c.type.startswith("ARRAY")
+)
+SINGLE_VALUED_ATTRIBUTES = tuple(a for a in USER_ATTRIBUTES if a not in MULTI_VALUED_ATTRIBUTES)
 
 PRODUCTS = Table(
     "products",

@@ -163,7 +163,7 @@ def test_missing_attributes_are_unknown() -> None:
 )
 def test_describe(summary: list[tuple[str, str]], expected: str) -> None:
     items = [{"attribute": a, "value": v, "share": 0.5, "lift": 1.5} for a, v in summary]
-    assert grouping.describe(items) == expected
+    assert grouping.describe(items, CFG.value_order) == expected
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,13 @@
 """PAAG: product-aware user embeddings (DESIGN 6.2).
 
-    train_paag(examples, products, creatives, cfg, product_aware=True) -> TrainedPaag
+    fit_paag(examples, products, creatives, cfg, product_aware=True) -> TrainedPaag
     embed(model, pairs, products=None)                                  -> np.ndarray (n, embedding_dim)
     log_paag(trained, cfg, name="osmf-paag")                            -> model URI (in an active run)
     load_paag(model_uri, device="cpu")                                  -> Paag, for pandas UDFs
 
 Consumers without this package's API load the pyfunc instead:
 `mlflow.pyfunc.load_model("models:/osmf-paag@champion").predict(df)`, where df holds product_id,
-user_id, the user columns (USER_COLUMNS) and product_title, product_category, product_image_uri;
+user_id, the user columns (USER_ATTRIBUTES) and product_title, product_category, product_image_uri;
 it returns one `embedding` (list of floats) per row.
 """
 
@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from osmf_lib.paag.features import PaagError
-from osmf_lib.paag.model import PAIR_PRODUCT_COLUMNS, USER_ATTRIBUTES, USER_COLUMNS, Paag
+from osmf_lib.paag.model import PAIR_PRODUCT_COLUMNS, SINGLE_VALUED_ATTRIBUTES, USER_ATTRIBUTES, Paag
 from osmf_lib.paag.registry import PaagPyfunc, load_paag, log_paag
-from osmf_lib.paag.train import EXAMPLE_COLUMNS, TrainedPaag, train_paag, validation_users
+from osmf_lib.paag.train import EXAMPLE_COLUMNS, TrainedPaag, fit_paag, validation_users
 
 
 def embed(model: Paag | TrainedPaag, pairs: pd.DataFrame, products: pd.DataFrame | None = None) -> np.ndarray:
@@ -31,15 +31,15 @@ def embed(model: Paag | TrainedPaag, pairs: pd.DataFrame, products: pd.DataFrame
 __all__ = [
     "EXAMPLE_COLUMNS",
     "PAIR_PRODUCT_COLUMNS",
+    "SINGLE_VALUED_ATTRIBUTES",
     "USER_ATTRIBUTES",
-    "USER_COLUMNS",
     "Paag",
     "PaagError",
     "PaagPyfunc",
     "TrainedPaag",
     "embed",
+    "fit_paag",
     "load_paag",
     "log_paag",
-    "train_paag",
     "validation_users",
 ]

@@ -38,11 +38,10 @@ from torch import nn
 
 from osmf_lib import tables
 from osmf_lib.paag.features import Encoders, EncoderSpec, PaagError, ProductFeatures, ProductStore
+from osmf_lib.tables import SINGLE_VALUED_ATTRIBUTES, USER_ATTRIBUTES
 
-# The users contract decides what describes a user; interests is the one multi-valued attribute.
-INTERESTS = "interests"
-USER_COLUMNS = tables.USER_ATTRIBUTES
-USER_ATTRIBUTES = tuple(c for c in USER_COLUMNS if c != INTERESTS)
+# The users contract decides what describes a user; interests is its one multi-valued attribute.
+(INTERESTS,) = tables.MULTI_VALUED_ATTRIBUTES
 # The vocabulary entry of the trained products (the click head's per-product bias).
 PRODUCT = "product_id"
 # Pairs may carry their product's text and image, so a model on its own can embed any product.
@@ -81,7 +80,9 @@ class Vocab:
 
     @classmethod
     def fit(cls, examples: pd.DataFrame) -> Vocab:
-        values = {c: tuple(sorted(examples[c].dropna().astype(str).unique())) for c in (*USER_ATTRIBUTES, PRODUCT)}
+        values = {
+            c: tuple(sorted(examples[c].dropna().astype(str).unique())) for c in (*SINGLE_VALUED_ATTRIBUTES, PRODUCT)
+        }
         values[INTERESTS] = tuple(sorted({str(v) for cell in examples[INTERESTS] for v in interest_list(cell)}))
         return cls(values)
 
@@ -98,7 +99,8 @@ class Vocab:
     def encode(self, frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, attributes) indices, and (n, max interests) interest indices padded with -1."""
         attrs = np.stack(
-            [frame[c].map(self.lookup(c)).fillna(UNKNOWN).to_numpy(dtype=np.int64) for c in USER_ATTRIBUTES], axis=1
+            [frame[c].map(self.lookup(c)).fillna(UNKNOWN).to_numpy(dtype=np.int64) for c in SINGLE_VALUED_ATTRIBUTES],
+            axis=1,
         )
         interest = self.lookup(INTERESTS)
         rows = [[interest.get(v, UNKNOWN) for v in interest_list(cell)] for cell in frame[INTERESTS]]
@@ -232,7 +234,7 @@ class Featurizer:
 
     def rows(self, frame: pd.DataFrame, products: pd.DataFrame | None = None) -> Rows:
         """Encode (product, user) rows; products come from `products`, product_* columns or the store."""
-        require_columns(frame, ("product_id", *USER_COLUMNS), "pairs")
+        require_columns(frame, ("product_id", *USER_ATTRIBUTES), "pairs")
         ids, index = np.unique(frame["product_id"].to_numpy(dtype=str), return_inverse=True)
         catalog = products if products is not None else _catalog_in(frame)
         if catalog is not None:

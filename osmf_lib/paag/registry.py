@@ -13,7 +13,7 @@ from mlflow.models import infer_signature
 from mlflow.types import ColSpec, Schema
 
 from osmf_lib.config import Config
-from osmf_lib.paag.model import USER_COLUMNS, Paag
+from osmf_lib.paag.model import USER_ATTRIBUTES, Paag
 from osmf_lib.paag.train import TrainedPaag
 from osmf_lib.tracking import TrackingError
 
@@ -43,7 +43,7 @@ def _signature(paag: Paag, example: pd.DataFrame) -> mlflow.models.ModelSignatur
     signature = infer_signature(example, _output(paag, example))
     assert signature.inputs is not None
     inputs = [
-        ColSpec(spec.type, spec.name, required=spec.name not in USER_COLUMNS)
+        ColSpec(spec.type, spec.name, required=spec.name not in USER_ATTRIBUTES)
         for spec in signature.inputs.inputs
         if isinstance(spec, ColSpec)
     ]

@@ -20,9 +20,9 @@ from osmf_lib.paag.model import (
     INTERESTS,
     PAIR_PRODUCT_COLUMNS,
     PRODUCT,
+    SINGLE_VALUED_ATTRIBUTES,
     UNKNOWN,
     USER_ATTRIBUTES,
-    USER_COLUMNS,
     Featurizer,
     NetDims,
     Paag,
@@ -34,7 +34,7 @@ from osmf_lib.paag.model import (
     resolve_device,
 )
 
-EXAMPLE_COLUMNS = ("user_id", "product_id", "creative_id", "clicked", *USER_COLUMNS)
+EXAMPLE_COLUMNS = ("user_id", "product_id", "creative_id", "clicked", *USER_ATTRIBUTES)
 # Share of attribute values replaced by UNKNOWN while training: the unknown index must learn
 # "average user", or unseen values at inference would land on an untrained random vector.
 UNKNOWN_RATE = 0.05
@@ -86,14 +86,14 @@ def _hide(indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def _pyfunc_example(frame: pd.DataFrame, products: pd.DataFrame) -> pd.DataFrame:
     catalog = products.drop_duplicates("product_id", keep="last").set_index("product_id")
-    example = frame.head(SIGNATURE_ROWS)[["product_id", "user_id", *USER_COLUMNS]].reset_index(drop=True)
+    example = frame.head(SIGNATURE_ROWS)[["product_id", "user_id", *USER_ATTRIBUTES]].reset_index(drop=True)
     example[INTERESTS] = [[str(v) for v in interest_list(cell)] for cell in example[INTERESTS]]
     for column, source in PAIR_PRODUCT_COLUMNS.items():
         example[column] = catalog.loc[example["product_id"], source].astype(str).to_numpy()
     return example
 
 
-def train_paag(
+def fit_paag(
     examples: pd.DataFrame,
     products: pd.DataFrame,
     creatives: pd.DataFrame,
@@ -151,7 +151,7 @@ def train_paag(
 def _build_net(vocab: Vocab, rows: Rows, cfg: Config, product_aware: bool) -> PaagNet:
     assert rows.creative_vectors is not None
     dims = NetDims(
-        attribute_sizes=tuple(vocab.size(c) for c in USER_ATTRIBUTES),
+        attribute_sizes=tuple(vocab.size(c) for c in SINGLE_VALUED_ATTRIBUTES),
         interest_size=vocab.size(INTERESTS),
         text_dim=rows.features.tokens.shape[-1],
         image_dim=rows.features.patches.shape[-1],

@@ -16,7 +16,7 @@ PURCHASE_POWERS = ("low", "medium", "high")
 OCCUPATIONS = ("student", "office_worker", "engineer", "service_worker", "self_employed", "retired")
 DEVICES = ("ios", "android", "pc")
 
-USER_ATTRIBUTES: Mapping[str, tuple[str, ...]] = {
+ATTRIBUTE_VALUES: Mapping[str, tuple[str, ...]] = {
     "age_band": AGE_BANDS,
     "gender": GENDERS,
     "city_tier": CITY_TIERS,

@@ -9,7 +9,7 @@ import pytest
 from osmf_lib.synth import SCALES, build_world
 from osmf_lib.synth.images import IMAGE_SIZE, LOOKS, product_image
 from osmf_lib.synth.oracle import Oracle, parse_prompt
-from osmf_lib.synth.vocab import CATEGORIES, STYLE, STYLE_ATTRIBUTES, TITLE_WORDS, USER_ATTRIBUTES
+from osmf_lib.synth.vocab import ATTRIBUTE_VALUES, CATEGORIES, STYLE, STYLE_ATTRIBUTES, TITLE_WORDS
 from osmf_lib.synth.world import SEGMENTS, USER_EVOLUTION, World, segment_attributes
 
 
@@ -38,7 +38,7 @@ def test_the_same_seed_builds_the_same_world_and_another_seed_does_not(world: Wo
 def test_users_have_every_attribute_value_with_plausible_links(world: World) -> None:
     users = world.users
     assert users["user_id"].tolist() == sorted(users["user_id"]) and users["user_id"].iat[0] == "u000001"
-    for attribute, values in USER_ATTRIBUTES.items():
+    for attribute, values in ATTRIBUTE_VALUES.items():
         assert set(users[attribute]) == set(values), attribute
     students = users[users["occupation"] == "student"]
     assert (students["age_band"].isin(["18-24", "25-34"])).mean() > 0.9

@@ -6,8 +6,9 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from osmf_lib import embeddings, evaluate_grouping, grouping, ingest, tables
+from osmf_lib import evaluate_grouping, grouping, ingest, tables
 from osmf_lib.job import main
+from osmf_lib.paag import stages
 from osmf_lib.synth import write_landing
 from osmf_lib.tables import EVAL_METRICS, GROUP_PROFILES, IMPRESSIONS, PAAG_EMBEDDINGS, USER_GROUPS
 
@@ -40,7 +41,7 @@ def night(make_cfg, tmp_path_factory):
 def test_embedding_before_any_training_fails_clearly(night, capsys):
     _, _, stage = night
     with pytest.raises(SystemExit) as exit_:
-        stage("build_paag_embeddings", embeddings.build)
+        stage("build_paag_embeddings", stages.build_paag_embeddings)
     assert exit_.value.code == 1
     assert "osmf-paag has no champion yet: run train_paag first" in capsys.readouterr().err
 
@@ -48,8 +49,8 @@ def test_embedding_before_any_training_fails_clearly(night, capsys):
 @pytest.fixture(scope="module")
 def grouped(night):
     cfg, spark, stage = night
-    stage("train_paag", embeddings.train)
-    stage("build_paag_embeddings", embeddings.build)
+    stage("train_paag", stages.train_paag)
+    stage("build_paag_embeddings", stages.build_paag_embeddings)
     stage("group_users", grouping.run)
     stage("evaluate_grouping", evaluate_grouping.run)
     return cfg, spark, stage
@@ -61,7 +62,7 @@ def test_training_registers_a_champion_with_lineage(grouped):
     client = MlflowClient()
     (version,) = client.search_model_versions("name = 'osmf-paag'")
     assert client.get_model_version_by_alias("osmf-paag", "champion").version == version.version
-    assert version.tags[embeddings.TAG_TRAINED_FOR] == D2.isoformat()
+    assert version.tags[stages.TAG_TRAINED_FOR] == D2.isoformat()
     run = client.get_run(version.run_id)
     assert run.data.metrics["paag.val_auroc"] > 0.5
     assert {i.dataset.name.split("@")[0] for i in run.inputs.dataset_inputs} >= {"impressions", "users", "products"}
@@ -69,8 +70,8 @@ def test_training_registers_a_champion_with_lineage(grouped):
 
 def test_every_audience_pair_is_embedded(grouped):
     cfg, spark, _ = grouped
-    seen = embeddings.window(tables.read(spark, IMPRESSIONS, cfg), D2, cfg.paag.lookback_days)
-    expected = embeddings.audience(seen).count()
+    seen = stages.window(tables.read(spark, IMPRESSIONS, cfg), D2, cfg.paag.lookback_days)
+    expected = stages.audience(seen).count()
     embedded = tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=D2)
     assert embedded.count() == expected
     row = embedded.first()
@@ -111,8 +112,8 @@ def test_rerunning_the_night_gives_the_same_tables(grouped):
         ]
 
     before = snapshot()
-    stage("train_paag", embeddings.train)  # reuses the version trained for this night
-    stage("build_paag_embeddings", embeddings.build)
+    stage("train_paag", stages.train_paag)  # reuses the version trained for this night
+    stage("build_paag_embeddings", stages.build_paag_embeddings)
     stage("group_users", grouping.run)
     assert snapshot() == before
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
@@ -122,7 +123,7 @@ def test_rerunning_the_night_gives_the_same_tables(grouped):
 def test_a_night_without_impressions_embeds_nothing(grouped, capsys):
     cfg, spark, stage = grouped
     quiet = D2 + dt.timedelta(days=cfg.paag.lookback_days + 1)
-    stage("build_paag_embeddings", embeddings.build, ds=quiet)
+    stage("build_paag_embeddings", stages.build_paag_embeddings, ds=quiet)
     stage("group_users", grouping.run, ds=quiet)
     out = capsys.readouterr().out
     assert "no impressions in the window" in out and "nothing to group" in out

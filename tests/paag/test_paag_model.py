@@ -19,13 +19,13 @@ from sklearn.metrics import roc_auc_score
 from osmf_lib import tracking
 from osmf_lib.config import Config
 from osmf_lib.paag import (
-    USER_COLUMNS,
+    USER_ATTRIBUTES,
     PaagError,
     TrainedPaag,
     embed,
+    fit_paag,
     load_paag,
     log_paag,
-    train_paag,
     validation_users,
 )
 from osmf_lib.paag.model import PRODUCT, UNKNOWN, PaagNet
@@ -42,7 +42,7 @@ SETTINGS = ("gpu.device=cpu", "paag.epochs=2", "paag.validation_fraction=0.25", 
 def impressions(world: World, n: int, seed: int = 0) -> pd.DataFrame:
     """Day-0 impressions in the layout train_paag reads: ids, click label and user attributes."""
     drawn = world.traffic(0).draw(n, np.random.default_rng(seed))
-    frame = world.users.iloc[drawn.user][["user_id", *USER_COLUMNS]].reset_index(drop=True)
+    frame = world.users.iloc[drawn.user][["user_id", *USER_ATTRIBUTES]].reset_index(drop=True)
     frame["product_id"] = world.products["product_id"].to_numpy()[drawn.product]
     frame["creative_id"] = world.creatives["creative_id"].to_numpy()[drawn.creative]
     frame["clicked"] = drawn.clicked
@@ -51,12 +51,12 @@ def impressions(world: World, n: int, seed: int = 0) -> pd.DataFrame:
 
 def pairs_of(users: pd.DataFrame, products: pd.DataFrame) -> pd.DataFrame:
     """Every (product, user) pair, with the product's text and image columns the pyfunc takes."""
-    cross = products.merge(users[["user_id", *USER_COLUMNS]], how="cross")
+    cross = products.merge(users[["user_id", *USER_ATTRIBUTES]], how="cross")
     # As Spark hands them over: arrays, not the world's tuples (MLflow's schema check refuses those).
     cross["interests"] = cross["interests"].map(list)
     return cross.rename(
         columns={"title": "product_title", "category": "product_category", "image_uri": "product_image_uri"}
-    )[["product_id", "user_id", *USER_COLUMNS, "product_title", "product_category", "product_image_uri"]]
+    )[["product_id", "user_id", *USER_ATTRIBUTES, "product_title", "product_category", "product_image_uri"]]
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def train_cfg(make_cfg: Callable[..., Config]) -> Config:
 
 @pytest.fixture(scope="module")
 def trained(examples: pd.DataFrame, products: pd.DataFrame, world: World, train_cfg: Config) -> TrainedPaag:
-    return train_paag(examples, products, world.creatives, train_cfg)
+    return fit_paag(examples, products, world.creatives, train_cfg)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def small(world: World, products: pd.DataFrame, make_cfg: Callable[..., Config])
 
     def train(*overrides: str, product_aware: bool = True) -> TrainedPaag:
         cfg = make_cfg(*SETTINGS, "paag.epochs=1", *overrides)
-        return train_paag(impressions(world, 4_000, seed=1), products, world.creatives, cfg, product_aware)
+        return fit_paag(impressions(world, 4_000, seed=1), products, world.creatives, cfg, product_aware)
 
     return train
 
@@ -194,7 +194,7 @@ def test_products_unseen_in_training_are_embedded_from_their_text_and_image(
     assert not set(late["product_id"]) & set(examples["product_id"])
     users = world.users.head(10)
     from_columns = embed(trained, pairs_of(users, late))
-    pairs = pairs_of(users, late)[["product_id", "user_id", *USER_COLUMNS]]
+    pairs = pairs_of(users, late)[["product_id", "user_id", *USER_ATTRIBUTES]]
     np.testing.assert_allclose(embed(trained, pairs, products), from_columns, atol=1e-6)
     # A retitled product gets new features, not the cached ones.
     retitled = late.assign(title="Completely Different Thing")
@@ -207,7 +207,7 @@ def test_a_product_without_features_or_a_readable_image_is_refused(
     users = world.users.head(2)
     new = products.head(1).assign(product_id="p-new")
     with pytest.raises(PaagError, match="p-new.*title, category and image_uri"):
-        embed(trained, pairs_of(users, new)[["product_id", "user_id", *USER_COLUMNS]])
+        embed(trained, pairs_of(users, new)[["product_id", "user_id", *USER_ATTRIBUTES]])
     gone = tmp_path / "gone.png"
     with pytest.raises(PaagError, match=f"product p-new: cannot read its image {gone}"):
         embed(trained, pairs_of(users, new.assign(image_uri=str(gone))))
@@ -221,7 +221,7 @@ def test_a_product_without_features_or_a_readable_image_is_refused(
 
 def test_training_refuses_examples_of_unknown_products(examples, products, world: World, train_cfg) -> None:
     with pytest.raises(PaagError, match="p00001"):
-        train_paag(examples, products[products["product_id"] != "p00001"], world.creatives, train_cfg)
+        fit_paag(examples, products[products["product_id"] != "p00001"], world.creatives, train_cfg)
 
 
 def test_osmf_paag_round_trips_through_the_mlflow_registry(

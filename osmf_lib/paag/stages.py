@@ -108,11 +108,11 @@ def _reusable_version(tags: dict[str, str]) -> str | None:
     return None
 
 
-def train(ctx: JobContext) -> None:
+def train_paag(ctx: JobContext) -> None:
     import mlflow
     from mlflow import MlflowClient
 
-    from osmf_lib.paag import log_paag, train_paag
+    from osmf_lib.paag import fit_paag, log_paag
 
     spark, cfg = ctx.spark, ctx.cfg
     data_version = tracking.log_table_input(spark, IMPRESSIONS, cfg, context="training")
@@ -131,10 +131,10 @@ def train(ctx: JobContext) -> None:
     for context, table in (("features", USERS), ("features", PRODUCTS), ("features", CREATIVES)):
         tracking.log_table_input(spark, table, cfg, context=context)
 
-    trained = train_paag(examples, products, creatives, cfg, product_aware=True)
+    trained = fit_paag(examples, products, creatives, cfg, product_aware=True)
     model_uri = log_paag(trained, cfg, name=MODEL_NAME)
     # The product-agnostic baseline of the evaluation: same model and data, product context removed.
-    log_paag(train_paag(examples, products, creatives, cfg, product_aware=False), cfg, name=BASELINE_ARTIFACT)
+    log_paag(fit_paag(examples, products, creatives, cfg, product_aware=False), cfg, name=BASELINE_ARTIFACT)
 
     version = tracking.register(model_uri, MODEL_NAME)
     client = MlflowClient()
@@ -161,12 +161,11 @@ def _embedder(model_dir: str, model_version: str, ds: date):
         from pyspark import SparkFiles
 
         # Imported, not captured: the closure is pickled by value, the module's cache is not.
-        from osmf_lib import embeddings
-        from osmf_lib.paag import Paag, embed
+        from osmf_lib.paag import Paag, embed, stages
 
-        if model_dir not in embeddings._LOADED:
-            embeddings._LOADED[model_dir] = Paag.load(Path(SparkFiles.get(model_dir)))
-        model = embeddings._LOADED[model_dir]
+        if model_dir not in stages._LOADED:
+            stages._LOADED[model_dir] = Paag.load(Path(SparkFiles.get(model_dir)))
+        model = stages._LOADED[model_dir]
         for batch in batches:
             batch["interests"] = batch["interests"].map(lambda v: [] if v is None else list(v))
             vectors = embed(model, batch)
@@ -212,7 +211,7 @@ def embed_audience(spark: SparkSession, pairs: DataFrame, model_dir: Path, model
     return pairs.mapInPandas(_embedder(shipped.name, model_version, ds), PAAG_EMBEDDINGS.schema())
 
 
-def build(ctx: JobContext) -> None:
+def build_paag_embeddings(ctx: JobContext) -> None:
     import mlflow
 
     spark, cfg = ctx.spark, ctx.cfg
