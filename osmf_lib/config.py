@@ -112,6 +112,10 @@ class ModelsConfig(Section):
     # `dir`). The tiny profile builds a small random ViT from `vision_seed` instead.
     vision_encoder: str = "vit-base-patch16-224"
     vision_seed: Annotated[int, Field(ge=0)] = 0
+    # A product whose image_uri is set but cannot be read: "fail" stops the stage naming the
+    # product and the file; "text_only" uses the product's text alone and counts it. A product
+    # without an image_uri (a log with no images) always uses its text alone.
+    unreadable_image: Literal["fail", "text_only"] = "fail"
 
 
 class GpuConfig(Section):

@@ -532,7 +532,7 @@ def _ingest_dimension(spark: SparkSession, cfg: Config, ds: date, dim: Dimension
         counts[group[STATUS]] += group["n"]
     if counts[ACCEPTED]:
         accepted = rows.where(F.col(STATUS) == ACCEPTED).select(*dim.table.column_names)
-        tables.merge(spark, accepted, dim.table, cfg, unless_newer="updated_ds")
+        tables.merge(spark, accepted, dim.table, cfg, unless_newer="updated_ds", ds=ds)
     else:
         # A MERGE of no rows commits nothing yet costs about what a real one does (1.3-1.9 s:
         # the table's log replay and scan), and a file with nothing new is common once a
@@ -564,7 +564,7 @@ def ingest_day(spark: SparkSession, cfg: Config, ds: date) -> Reconciliation:
     if cfg.ingest.events.columns.get("creative_id", "creative_id") is None:
         known = tables.read_or_empty(spark, PRODUCTS, cfg).select("product_id")
         originals = original_creatives(type_events(landed.rows, cfg.ingest).join(known, "product_id", "left_semi"), ds)
-        tables.merge(spark, originals, CREATIVES, cfg, unless_newer="updated_ds")
+        tables.merge(spark, originals, CREATIVES, cfg, unless_newer="updated_ds", ds=ds)
 
     dims = {t.name: tables.read_or_empty(spark, t, cfg) for t in (USERS, PRODUCTS, CREATIVES)}
     # The day is read and validated once, into memory; everything after reads the cache.

@@ -10,6 +10,7 @@ pyspark is imported lazily: the Airflow DAG reads contracts at parse time and mu
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
 DS = "ds"
+COMMIT_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 VIEWS_FOLDER = PROJECT_ROOT / "sql" / "views"
 
 
@@ -112,6 +114,8 @@ def _c(name: str, type_: str, comment: str = "", *, key: bool = False, required:
 _DS_COLUMN = _c(DS, "DATE", "logical date of the nightly run that wrote the row", required=True)
 _GROUP = _c("group_id", "INT", "group index within the product, 0..K-1", key=True)
 _PRODUCT = _c("product_id", "STRING", key=True)
+# Lineage: every row derived from a model names the registry version it came from ("NAME/VERSION").
+_PAAG_VERSION = _c("paag_version", "STRING", "osmf-paag registry version the embeddings came from", required=True)
 
 IMPRESSIONS = Table(
     "impressions",
@@ -216,7 +220,7 @@ PAAG_EMBEDDINGS = Table(
         _PRODUCT,
         _c("user_id", "STRING", key=True),
         _c("embedding", "ARRAY<FLOAT>", required=True),
-        _c("model_version", "STRING", "osmf-paag registry version", required=True),
+        _PAAG_VERSION,
         _DS_COLUMN,
     ),
     keys=("product_id", "user_id"),
@@ -232,6 +236,7 @@ USER_GROUPS = Table(
         _c("user_id", "STRING", key=True),
         _c("group_id", "INT", "group index within the product, 0..K-1", required=True),
         _c("distance", "DOUBLE", "distance to the group centroid", required=True),
+        _PAAG_VERSION,
         _DS_COLUMN,
     ),
     keys=("product_id", "user_id"),
@@ -252,6 +257,7 @@ GROUP_PROFILES = Table(
         _c("anchors", "ARRAY<ARRAY<FLOAT>>", "members at the 15/55/95th distance percentiles, 2:3:5"),
         _c("attribute_summary", "ARRAY<STRUCT<attribute: STRING, value: STRING, share: DOUBLE, lift: DOUBLE>>"),
         _c("description", "STRING", "one-line text description of the group"),
+        _PAAG_VERSION,
         _DS_COLUMN,
     ),
     keys=("product_id", "group_id"),
@@ -353,11 +359,26 @@ EVAL_METRICS = Table(
     producer="evaluate_and_publish",
 )
 
+LANDING_MANIFESTS = Table(
+    "landing_manifests",
+    "The simulated world a ds's landing files came from (seed, scale); no row for real logs.",
+    (
+        _c("manifest_file", "STRING", "the manifest the simulator wrote beside the landing files", key=True),
+        _c("seed", "INT", required=True),
+        _c("scale", "STRING", "tiny | demo | bench", required=True),
+        _DS_COLUMN,
+    ),
+    keys=("manifest_file",),
+    partitioned=True,
+    producer="ingest_events",
+)
+
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
         IMPRESSIONS,
         REJECTED_EVENTS,
+        LANDING_MANIFESTS,
         USERS,
         PRODUCTS,
         CREATIVES,
@@ -405,13 +426,17 @@ def read(
     cfg: Config,
     ds: date | str | None = None,
     version: int | None = None,
+    as_of: date | None = None,
 ) -> DataFrame:
-    """Read a table (one partition when `ds` is given, a past version when `version` is)."""
+    """Read a table: one partition when `ds` is given, a past version when `version` is, and the
+    table as the night `as_of` left it (see `version_as_of`) for a dimension table."""
     if not exists(spark, table, cfg):
         raise TableError(
             f"table '{table.name}' does not exist at {table.location(cfg)}; "
             f"it is written by the '{table.producer}' stage: run that first"
         )
+    if as_of is not None:
+        version = version_as_of(spark, table, cfg, as_of)
     reader = spark.read.format("delta")
     if version is not None:
         reader = reader.option("versionAsOf", version)
@@ -419,6 +444,30 @@ def read(
     if ds is not None:
         df = df.where(df[DS] == _as_date(ds))
     return df
+
+
+def _commit_ds(metadata: str | None) -> date | None:
+    """The ds a commit was made for, from the userMetadata every write of this module records."""
+    try:
+        return date.fromisoformat(json.loads(metadata)[DS])
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
+def version_as_of(spark: SparkSession, table: Table, cfg: Config, ds: date | str) -> int:
+    """The table version a run for `ds` sees: the last one before any commit made for a later ds.
+
+    Dimension tables are upserted in place, so a backfill of an old night must not read rows a
+    later night wrote. Every commit records its ds (`_commit_metadata`); commits without one (the
+    table's creation) count as the earliest. Delta keeps the log for `delta.logRetentionDuration`
+    (30 days by default): a backfill further back needs it raised.
+    """
+    from delta.tables import DeltaTable
+
+    night = _as_date(ds)
+    history = DeltaTable.forPath(spark, table.location(cfg)).history().select("version", "userMetadata").collect()
+    later = [row["version"] for row in history if (_commit_ds(row["userMetadata"]) or night) > night]
+    return min(later) - 1 if later else max(row["version"] for row in history)
 
 
 def read_or_empty(spark: SparkSession, table: Table, cfg: Config) -> DataFrame:
@@ -460,21 +509,41 @@ def overwrite_partition(
         [f"{DS} = DATE'{_as_date(ds).isoformat()}'", *[f"`{k}` = {_sql_string(v)}" for k, v in (where or {}).items()]]
     )
     ensure(spark, table, cfg)
-    conform(df, table).write.format("delta").mode("overwrite").option("replaceWhere", predicate).save(
-        table.location(cfg)
+    (
+        conform(df, table)
+        .write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", predicate)
+        .option("userMetadata", _commit_metadata(ds))
+        .save(table.location(cfg))
     )
     return latest_version(spark, table, cfg)
 
 
-def merge(spark: SparkSession, df: DataFrame, table: Table, cfg: Config, *, unless_newer: str | None = None) -> int:
+def merge(
+    spark: SparkSession,
+    df: DataFrame,
+    table: Table,
+    cfg: Config,
+    *,
+    unless_newer: str | None = None,
+    ds: date | str | None = None,
+) -> int:
     """MERGE `df` into the table on its key; returns the new table version.
 
     `unless_newer` names a column (e.g. updated_ds) that protects a stored row from an older
-    source row, so backfilling an old day never rolls a dimension back.
+    source row, so backfilling an old day never rolls a dimension back. `ds` is recorded with the
+    commit, so a later backfill can read the table as that night left it (`version_as_of`).
     """
     from delta.tables import DeltaTable
 
     ensure(spark, table, cfg)
+    # MERGE takes no writer options; the session setting applies to this thread's next commit.
+    # Concurrent merges of one stage share its ds, so they agree on the value.
+    if ds is None:
+        spark.conf.unset(COMMIT_METADATA)
+    else:
+        spark.conf.set(COMMIT_METADATA, _commit_metadata(ds))
     source = conform(df, table)
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in table.keys)
     newer = f"s.`{unless_newer}` >= t.`{unless_newer}`" if unless_newer else None
@@ -487,6 +556,10 @@ def merge(spark: SparkSession, df: DataFrame, table: Table, cfg: Config, *, unle
         .execute()
     )
     return latest_version(spark, table, cfg)
+
+
+def _commit_metadata(ds: date | str) -> str:
+    return json.dumps({DS: _as_date(ds).isoformat()})
 
 
 def latest_version(spark: SparkSession, table: Table, cfg: Config) -> int:

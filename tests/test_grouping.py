@@ -192,9 +192,9 @@ def spark_input(spark):
     big, _ = blobs([70, 50, 60], seed=4)
     small, _ = blobs([25], seed=5)
     frames = [audience(big, "p1"), audience(small, "p2")]
-    embeddings = pd.concat(frames, ignore_index=True).assign(model_version="1", ds=DS)
+    embeddings = pd.concat(frames, ignore_index=True).assign(paag_version="osmf-paag/1", ds=DS)
     # Another day's rows must be ignored.
-    stale = frames[1].assign(product_id="p3", model_version="1", ds=DS - dt.timedelta(days=1))
+    stale = frames[1].assign(product_id="p3", paag_version="osmf-paag/1", ds=DS - dt.timedelta(days=1))
     embeddings = pd.concat([embeddings, stale], ignore_index=True)
     # u00000 has no attributes: it is summarised as unknown.
     user_ids = sorted(set(embeddings["user_id"]) - {"u00000"})
@@ -262,7 +262,7 @@ def test_group_users_conforms_and_matches_the_pure_function(spark, spark_input, 
 
 
 def test_group_users_fails_naming_the_bad_row(spark, make_cfg) -> None:
-    frame = audience(np.ones((3, 2)), product_id="p7").assign(model_version="1", ds=DS)
+    frame = audience(np.ones((3, 2)), product_id="p7").assign(paag_version="osmf-paag/1", ds=DS)
     frame.at[1, "embedding"] = np.array([np.nan, 0.0], dtype=np.float32)
     embeddings = spark.createDataFrame(frame, PAAG_EMBEDDINGS.schema())
     users = spark.createDataFrame([], USERS.schema())

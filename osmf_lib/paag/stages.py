@@ -174,7 +174,7 @@ def _embedder(model_dir: str, model_version: str, ds: date):
                     "product_id": batch["product_id"],
                     "user_id": batch["user_id"],
                     "embedding": list(vectors.astype("float32")),
-                    "model_version": model_version,
+                    "paag_version": model_version,
                     DS: ds,
                 }
             )
@@ -233,4 +233,4 @@ def build_paag_embeddings(ctx: JobContext) -> None:
         f"with {model_version}"
     )
     mlflow.log_metrics({"pairs": written["pairs"], "products": written["products"]})
-    mlflow.log_params({"model_version": model_version, "output.paag_embeddings.version": version})
+    mlflow.log_params({"paag_version": model_version, "output.paag_embeddings.version": version})

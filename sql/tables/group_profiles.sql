@@ -10,6 +10,7 @@ CREATE TABLE IF NOT EXISTS group_profiles (
   anchors ARRAY<ARRAY<FLOAT>> COMMENT 'members at the 15/55/95th distance percentiles, 2:3:5',
   attribute_summary ARRAY<STRUCT<attribute: STRING, value: STRING, share: DOUBLE, lift: DOUBLE>>,
   description STRING COMMENT 'one-line text description of the group',
+  paag_version STRING NOT NULL COMMENT 'osmf-paag registry version the embeddings came from',
   ds DATE NOT NULL COMMENT 'logical date of the nightly run that wrote the row'
 )
 USING DELTA

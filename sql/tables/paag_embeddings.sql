@@ -4,7 +4,7 @@ CREATE TABLE IF NOT EXISTS paag_embeddings (
   product_id STRING NOT NULL,
   user_id STRING NOT NULL,
   embedding ARRAY<FLOAT> NOT NULL,
-  model_version STRING NOT NULL COMMENT 'osmf-paag registry version',
+  paag_version STRING NOT NULL COMMENT 'osmf-paag registry version the embeddings came from',
   ds DATE NOT NULL COMMENT 'logical date of the nightly run that wrote the row'
 )
 USING DELTA

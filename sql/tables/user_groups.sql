@@ -5,6 +5,7 @@ CREATE TABLE IF NOT EXISTS user_groups (
   user_id STRING NOT NULL,
   group_id INT NOT NULL COMMENT 'group index within the product, 0..K-1',
   distance DOUBLE NOT NULL COMMENT 'distance to the group centroid',
+  paag_version STRING NOT NULL COMMENT 'osmf-paag registry version the embeddings came from',
   ds DATE NOT NULL COMMENT 'logical date of the nightly run that wrote the row'
 )
 USING DELTA

@@ -75,7 +75,7 @@ def test_every_audience_pair_is_embedded(grouped):
     embedded = tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=D2)
     assert embedded.count() == expected
     row = embedded.first()
-    assert len(row["embedding"]) == cfg.paag.embedding_dim and row["model_version"] == "osmf-paag/1"
+    assert len(row["embedding"]) == cfg.paag.embedding_dim and row["paag_version"] == "osmf-paag/1"
 
 
 def test_groups_cover_each_audience(grouped):
