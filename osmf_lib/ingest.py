@@ -2,10 +2,12 @@
 
     {landing}/{ds}/events/...        impressions (JSON lines by default; CSV, TSV or Parquet by mapping)
     {landing}/{ds}/dims/...          users, products, creatives: upserts, each file optional
+    {landing}/{ds}/synth-manifest.json   the simulated world's (seed, scale): `landing_manifests`
 
-Every line read ends up in exactly one place: `impressions`, `rejected_events` (with its file,
-line and reason) or the duplicate count. The job checks `read = accepted + rejected + duplicates`
-and fails if it does not hold. An external log in another schema comes in through
+Every line read ends up in exactly one place: its table (`impressions` or the dimension's),
+`rejected_events` (with its file, line and reason) or the duplicate count. The job checks
+`read = accepted + rejected + duplicates` for the events and for each dimension file, and fails
+if it does not hold. An external log in another schema comes in through
 `ingest.<source>.columns` (and buckets, timestamp format, click threshold) in the config.
 
 Transforms are pure DataFrame functions; `run` is the only place that reads and writes.
@@ -13,11 +15,13 @@ Transforms are pure DataFrame functions; `run` is the only place that reads and 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import reduce
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -27,10 +31,10 @@ from osmf_lib import tables
 from osmf_lib.config import Config, IngestConfig, Source
 from osmf_lib.job import JobContext, StageError
 from osmf_lib.spark import path_exists
-from osmf_lib.tables import CREATIVES, DS, IMPRESSIONS, PRODUCTS, REJECTED_EVENTS, USERS, Table
+from osmf_lib.tables import CREATIVES, DS, IMPRESSIONS, LANDING_MANIFESTS, PRODUCTS, REJECTED_EVENTS, USERS, Table
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Hashable, Iterable
+    from collections.abc import Callable, Hashable, Iterable, Mapping
 
     from pyspark.sql import Row
 
@@ -48,6 +52,13 @@ EVENT_FIELDS = tuple(c for c in IMPRESSIONS.column_names if c not in (FILE, DS))
 DEFAULT_POSITION = 1
 ORIGINAL_CREATIVE_SUFFIX = "-original"
 ORIGINAL_CREATIVE_PROMPT = "original product image"
+# The manifest the simulated world writes beside a day's landing files (osmf_lib.synth.landing).
+# Named here rather than imported, so that ingesting real logs never loads the simulator.
+MANIFEST_FILE = "synth-manifest.json"
+# A night's valid events fall on one to three dates (the day and its late lines), one event-time
+# range each; a history of months would otherwise put hundreds of ranges into the
+# deduplication's filter, which every stored file's statistics and every stored row is tested on.
+MAX_TIME_RANGES = 8
 
 
 @dataclass(frozen=True)
@@ -66,13 +77,18 @@ DIMENSIONS = (
 
 @dataclass(frozen=True)
 class Reconciliation:
-    """The day's lines as read (counted from the row ids the scan gave each file split) against
+    """A source's lines as read (counted from the row ids the scan gave each file split) against
     their fates after validation and deduplication, so a join that multiplied rows cannot pass."""
 
     read: int
     accepted: int
     rejected: int
     duplicates: int
+
+    @classmethod
+    def of(cls, read: int, fates: Mapping[str, int]) -> Reconciliation:
+        """From the lines read and the number of lines per status."""
+        return cls(read, fates.get(ACCEPTED, 0), fates.get(REJECTED, 0), fates.get(DUPLICATE, 0))
 
     @property
     def balanced(self) -> bool:
@@ -84,6 +100,13 @@ class Reconciliation:
             f"{what}: read {self.read} = accepted {self.accepted} + rejected {self.rejected} "
             f"+ duplicates {self.duplicates} ({verdict})"
         )
+
+    def checked(self, what: str) -> Reconciliation:
+        """Print the line, and fail when it does not add up: callers check before they write."""
+        print(self.line(what))
+        if not self.balanced:
+            raise StageError(f"reconciliation failed, nothing of it written: {self.line(what)}")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +258,7 @@ def _shape_checks(source: Source, fields: Iterable[str], required: Iterable[str]
     ]
     if source.format == "jsonl":
         # Counting the known keys a line has allocates nothing; the set difference, which does
-        # (4 s of a 30 s read-and-validate at bench scale), is only taken to name the extra fields.
+        # on every row (a visible share of the read at bench scale), only names the extra fields.
         known = reduce(Column.__add__, [F.array_contains(F.col(KEYS), src).cast("int") for src in mapped.values()])
         unexpected = F.array_join(F.array_except(F.col(KEYS), expected), ", ")
         checks.append((F.size(KEYS) > known, F.concat(F.lit("unexpected fields: "), unexpected)))
@@ -269,9 +292,17 @@ def _wrong_type(column: str, what: str) -> tuple[Column, Column]:
     return (text.isNotNull() & F.col(column).isNull(), reason)
 
 
+def derived_event_id(raw: Column) -> Column:
+    """The id of an event from a source that logs none: a SHA-256 of its line (of its row as JSON
+    for a table source), which holds its user, product and time. A redelivered line gets the same
+    id and so deduplicates like a real id; identical lines are taken for one event sent twice."""
+    return F.sha2(raw, 256)
+
+
 def type_events(raw: DataFrame, ingest: IngestConfig) -> DataFrame:
-    """Give events their types; a source lacking creative_id or position gets the defaults."""
+    """Give events their types; a source lacking event_id, creative_id or position gets the defaults."""
     has = set(raw.columns)
+    event_id = F.col("event_id") if "event_id" in has else derived_event_id(F.col(RAW))
     creative = (
         F.col("creative_id") if "creative_id" in has else F.concat(F.col("product_id"), F.lit(ORIGINAL_CREATIVE_SUFFIX))
     )
@@ -279,7 +310,7 @@ def type_events(raw: DataFrame, ingest: IngestConfig) -> DataFrame:
     return raw.select(
         *[c for c in raw.columns if c not in EVENT_FIELDS],
         *[F.col(c).alias(f"_text_{c}") for c in ("ts", "position", "clicked") if c in has],
-        "event_id",
+        event_id.alias("event_id"),
         _timestamp(F.col("ts"), ingest.timestamp).alias("ts"),
         "user_id",
         "product_id",
@@ -303,7 +334,6 @@ def validate_events(
     typed = type_events(shaped, ingest)
     start = datetime.combine(ds, time(), tzinfo=UTC)
     latest = start + timedelta(days=1, minutes=ingest.max_future_skew_minutes)
-    earliest = start - timedelta(days=ingest.max_late_days)
     known_users = users.select(F.col("user_id").alias("_user"))
     known_products = products.select(F.col("product_id").alias("_product"))
     known_creatives = creatives.select(
@@ -335,7 +365,7 @@ def validate_events(
     )
     # Lateness is kept apart from the other reasons: a late line that repeats a stored event is
     # a redelivery, counted as a duplicate, not a rejected line (see classify_events).
-    too_late = F.when(F.col("ts") < F.lit(earliest), F.lit(f"late event: before {earliest.isoformat()}"))
+    too_late = _too_late(start, ingest.max_late_days)
     # Only a line that may be rejected needs its raw text downstream; dropping it from the rest
     # keeps the cached day small.
     maybe_rejected = reason.isNotNull() | too_late.isNotNull()
@@ -346,6 +376,14 @@ def validate_events(
         reason.alias(REASON),
         too_late.alias(LATE),
     )
+
+
+def _too_late(start: datetime, max_late_days: int | None) -> Column:
+    """The late-event reason of a line older than `max_late_days` before `start` (None: no limit)."""
+    if max_late_days is None:
+        return F.lit(None).cast("string")
+    earliest = start - timedelta(days=max_late_days)
+    return F.when(F.col("ts") < F.lit(earliest), F.lit(f"late event: before {earliest.isoformat()}"))
 
 
 def survey_events(validated: DataFrame) -> DataFrame:
@@ -360,9 +398,23 @@ def survey_events(validated: DataFrame) -> DataFrame:
 
 
 def event_times(survey: Iterable[Row]) -> list[tuple[int, int]]:
-    """(first, last) event time in microseconds, per date the day's valid lines fall on."""
+    """(first, last) event time in microseconds, per date the day's valid lines fall on; over
+    MAX_TIME_RANGES dates (a history), the nearest dates' ranges are merged."""
     valid = (row for row in survey if row["_date"] is not None)
-    return sorted(_widest(valid, lambda row: row["_date"], "_from", "_to").values())
+    return merge_closest(sorted(_widest(valid, lambda row: row["_date"], "_from", "_to").values()), MAX_TIME_RANGES)
+
+
+def merge_closest(ranges: list[tuple[int, int]], most: int) -> list[tuple[int, int]]:
+    """Sorted, disjoint ranges as at most `most` ranges, cut at the widest gaps between them.
+
+    A merged range also covers the gaps it spans, so deduplication reads a few more stored events
+    than it needs, never fewer; cutting at the widest gaps keeps those extra events fewest.
+    """
+    if len(ranges) <= most:
+        return ranges
+    by_gap = sorted(range(1, len(ranges)), key=lambda i: ranges[i][0] - ranges[i - 1][1])
+    cuts = [0, *sorted(by_gap[len(ranges) - most :]), len(ranges)]
+    return [(ranges[start][0], ranges[end - 1][1]) for start, end in pairwise(cuts)]
 
 
 def repeatable(stored: DataFrame, times: Iterable[tuple[int, int]]) -> DataFrame:
@@ -449,8 +501,8 @@ def rejects_of(classified: DataFrame, ds: date) -> DataFrame:
 
 
 def reconcile(classified: DataFrame, read: int) -> Reconciliation:
-    counts = {row[STATUS]: row["n"] for row in classified.groupBy(STATUS).agg(F.count("*").alias("n")).collect()}
-    return Reconciliation(read, counts.get(ACCEPTED, 0), counts.get(REJECTED, 0), counts.get(DUPLICATE, 0))
+    fates = classified.groupBy(STATUS).agg(F.count("*").alias("n")).collect()
+    return Reconciliation.of(read, {row[STATUS]: row["n"] for row in fates})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,7 +569,7 @@ def original_creatives(events: DataFrame, ds: date) -> DataFrame:
 
 
 def _ingest_dimension(spark: SparkSession, cfg: Config, ds: date, dim: Dimension) -> DataFrame | None:
-    """Upsert one dimension file if the day has it; return its rejected lines."""
+    """Reconcile and upsert one dimension file if the day has it; return its rejected lines."""
     source: Source = getattr(cfg.ingest, dim.source_attr)
     location = source_location(cfg, ds, source)
     if not path_exists(spark, location):
@@ -527,23 +579,55 @@ def _ingest_dimension(spark: SparkSession, cfg: Config, ds: date, dim: Dimension
     landed = read_source(spark, location, source, columns)
     rows = validate_dimension(landed.rows, dim, source, ds).cache()
     tally = rows.groupBy(FILE, SPLIT, STATUS).agg(*split_extent(), F.count("*").alias("n")).collect()
-    counts = Counter()
+    numbers = LineNumbers.of(tally, landed.header_lines)
+    fates = Counter()
     for group in tally:
-        counts[group[STATUS]] += group["n"]
-    if counts[ACCEPTED]:
+        fates[group[STATUS]] += group["n"]
+    counts = Reconciliation.of(numbers.lines, fates).checked(f"ingest {dim.table.name} {ds} from {location}")
+    if counts.accepted:
         accepted = rows.where(F.col(STATUS) == ACCEPTED).select(*dim.table.column_names)
         tables.merge(spark, accepted, dim.table, cfg, unless_newer="updated_ds", ds=ds)
     else:
-        # A MERGE of no rows commits nothing yet costs about what a real one does (1.3-1.9 s:
-        # the table's log replay and scan), and a file with nothing new is common once a
-        # catalogue is stable.
+        # A MERGE of no rows commits nothing yet costs about what a real one does (the table's
+        # log replay and scan), and a file with nothing new is common once a catalogue is stable.
         tables.ensure(spark, dim.table, cfg)
-    print(
-        f"ingest {dim.table.name}: upserted {counts[ACCEPTED]}, rejected {counts[REJECTED]}, "
-        f"superseded {counts[DUPLICATE]} from {location}"
-    )
     rejected = rows.where(F.col(STATUS) == REJECTED).select(*POSITION, RAW, REASON, F.lit(ds).alias(DS))
-    return LineNumbers.of(tally, landed.header_lines).apply(spark, rejected)
+    return numbers.apply(spark, rejected)
+
+
+def parse_manifest(text: str, location: str) -> tuple[int, str]:
+    """(seed, scale) from a simulator manifest's text; a clear failure naming the file otherwise."""
+    malformed = f'{location}: malformed simulator manifest, expected {{"seed": <int>, "scale": "<name>"}}'
+    try:
+        manifest = json.loads(text)
+    except ValueError as err:
+        raise StageError(f"{malformed}; it is not JSON ({err})") from None
+    seed, scale = (manifest.get("seed"), manifest.get("scale")) if isinstance(manifest, dict) else (None, None)
+    # bool is an int to Python; the seed column is a 32-bit INT.
+    if type(seed) is not int or not 0 <= seed < 2**31 or not isinstance(scale, str) or not scale:
+        raise StageError(f"{malformed}, got {text.strip()[:200]!r}")
+    return seed, scale
+
+
+def manifest_of(spark: SparkSession, day: str, ds: date) -> DataFrame:
+    """The day's `landing_manifests` rows: one when the simulated world wrote the day, else none."""
+    location = f"{day}/{MANIFEST_FILE}"
+    rows = []
+    if path_exists(spark, location):
+        # Read through Spark, which reaches object stores as well as local files.
+        landed = spark.read.text(location, wholetext=True).select("value", F.col("_metadata.file_path")).first()
+        text, file = (landed["value"], landed["file_path"]) if landed else ("", location)
+        rows.append((file, *parse_manifest(text, location), ds))
+    return spark.createDataFrame(rows, LANDING_MANIFESTS.schema())
+
+
+def world_of(spark: SparkSession, cfg: Config, ds: date) -> tuple[int, str] | None:
+    """(seed, scale) of the simulated world ds's landing files came from; None for real logs or
+    a ds not ingested yet."""
+    if not tables.exists(spark, LANDING_MANIFESTS, cfg):
+        return None
+    row = tables.read(spark, LANDING_MANIFESTS, cfg, ds=ds).select("seed", "scale").first()
+    return None if row is None else (row["seed"], row["scale"])
 
 
 def ingest_day(spark: SparkSession, cfg: Config, ds: date) -> Reconciliation:
@@ -554,9 +638,10 @@ def ingest_day(spark: SparkSession, cfg: Config, ds: date) -> Reconciliation:
     events_location = source_location(cfg, ds, cfg.ingest.events)
     if not path_exists(spark, events_location):
         raise StageError(f"no events for ds={ds}: {events_location} does not exist")
+    manifest = manifest_of(spark, day, ds)
 
     # The dimensions are independent tables, so they are upserted side by side: each upsert is
-    # mostly small jobs and a Delta commit, which overlap well (bench scale: 10 s -> about 5 s).
+    # mostly small jobs and a Delta commit, which overlap well (bench/ingest.py has the figures).
     with ThreadPoolExecutor(len(DIMENSIONS)) as pool:
         upserts = pool.map(lambda dim: _ingest_dimension(spark, cfg, ds, dim), DIMENSIONS)
         rejected = [r for r in upserts if r is not None]
@@ -570,33 +655,31 @@ def ingest_day(spark: SparkSession, cfg: Config, ds: date) -> Reconciliation:
     # The day is read and validated once, into memory; everything after reads the cache.
     validated = validate_events(landed.rows, dims["users"], dims["products"], dims["creatives"], ds, cfg.ingest).cache()
     try:
-        return _store_events(spark, cfg, ds, validated, landed.header_lines, rejected)
+        counts = _store_events(spark, cfg, ds, validated, landed.header_lines, rejected)
     finally:
         validated.unpersist()
+    tables.overwrite_partition(spark, manifest, LANDING_MANIFESTS, cfg, ds)
+    return counts
 
 
 def _store_events(
     spark: SparkSession, cfg: Config, ds: date, validated: DataFrame, header_lines: int, rejected: list[DataFrame]
 ) -> Reconciliation:
-    """Deduplicate, reconcile and write the validated day, and the dimensions' rejected lines."""
+    """Deduplicate, reconcile and write the validated day, and the dimensions' rejected lines.
+
+    An empty day goes the same way: its impressions partition is replaced with nothing and its
+    rejected_events partition with the dimensions' rejected lines alone, so no row of an earlier
+    run of the ds survives it.
+    """
     survey = survey_events(validated).collect()
     numbers = LineNumbers.of(survey, header_lines)
-    if numbers.lines == 0:
-        print(f"ingest events: the landing files hold no events for ds={ds}; impressions left as they are")
-        if rejected:
-            tables.overwrite_partition(spark, reduce(DataFrame.unionByName, rejected), REJECTED_EVENTS, cfg, ds)
-        return Reconciliation(0, 0, 0, 0)
-
     stored = tables.read_or_empty(spark, IMPRESSIONS, cfg).where(F.col(DS) != F.lit(ds))
     repeated = repeated_ids(validated, repeatable(stored, event_times(survey))).cache()
     repeated.count()  # materialised: first_copies broadcasts it
     copies = first_copies(validated, repeated).cache()
     classified = classify_events(validated, copies)
     try:
-        counts = reconcile(classified, numbers.lines)
-        print(counts.line(f"ingest events {ds}"))
-        if not counts.balanced:
-            raise StageError(counts.line(f"reconciliation failed for ds={ds}") + "; nothing was written")
+        counts = reconcile(classified, numbers.lines).checked(f"ingest events {ds}")
         # Rejects first: writing impressions makes Spark drop every cached plan that reads the
         # impressions table, `repeated` and `copies` included (they read the stored ids), and a
         # write after that would recompute the day's deduplication.
@@ -632,9 +715,8 @@ def run(ctx: JobContext) -> None:
         }
     )
     mlflow.set_tag("osmf.reconciliation", counts.line("events"))
-    if counts.read:
-        reasons = reject_reasons(ctx.spark, ctx.cfg, ctx.ds)
-        mlflow.log_metrics({f"rejected.{kind.replace(' ', '_')}": n for kind, n in reasons.items()})
-    for table in (IMPRESSIONS, REJECTED_EVENTS, USERS, PRODUCTS, CREATIVES):
+    reasons = reject_reasons(ctx.spark, ctx.cfg, ctx.ds)
+    mlflow.log_metrics({f"rejected.{kind.replace(' ', '_')}": n for kind, n in reasons.items()})
+    for table in (IMPRESSIONS, REJECTED_EVENTS, LANDING_MANIFESTS, USERS, PRODUCTS, CREATIVES):
         if tables.exists(ctx.spark, table, ctx.cfg):
             mlflow.log_param(f"output.{table.name}.version", tables.latest_version(ctx.spark, table, ctx.cfg))

@@ -1,6 +1,7 @@
 """Ingestion of simulated landing files (every fault class) and of a bring-your-own log."""
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from osmf_lib import ingest, tables
 from osmf_lib.config import PROJECT_ROOT, load_config
 from osmf_lib.job import StageError
 from osmf_lib.synth import write_landing
-from osmf_lib.tables import CREATIVES, IMPRESSIONS, PRODUCTS, REJECTED_EVENTS, USERS
+from osmf_lib.tables import CREATIVES, IMPRESSIONS, LANDING_MANIFESTS, PRODUCTS, REJECTED_EVENTS, USERS
 
 D1, D2 = dt.date(2026, 11, 1), dt.date(2026, 11, 2)
 FAULTS = [
@@ -125,20 +126,108 @@ def test_a_missing_landing_folder_is_a_clear_failure(spark, make_cfg):
         ingest.ingest_day(spark, cfg, dt.date(2026, 11, 5))
 
 
-def test_an_empty_day_is_a_logged_no_op(spark, make_cfg, capsys):
+def test_the_simulated_world_of_each_day_is_recorded(spark, landed):
+    cfg, _, _ = landed
+    for ds in (D1, D2):
+        assert ingest.world_of(spark, cfg, ds) == (cfg.synth.seed, "tiny")
+        (row,) = tables.read(spark, LANDING_MANIFESTS, cfg, ds=ds).collect()
+        assert row["manifest_file"].endswith(f"/{ds.isoformat()}/synth-manifest.json")
+    assert ingest.world_of(spark, cfg, dt.date(2026, 11, 3)) is None
+
+
+# --- a hand-written JSON-lines day -------------------------------------------------------------
+
+USER = {"user_id": "u1", "gender": "female"}
+DIMENSION_LINES = {
+    "users": [USER],
+    "products": [{"product_id": "p1", "title": "Desk lamp", "category": "home"}],
+    "creatives": [{"creative_id": "c1", "product_id": "p1", "prompt": "on an oak desk"}],
+}
+EVENT = {
+    "event_id": "e1",
+    "ts": "2026-11-01T10:00:00Z",
+    "user_id": "u1",
+    "product_id": "p1",
+    "creative_id": "c1",
+    "position": 1,
+    "clicked": False,
+}
+
+
+def _land(cfg, events: list, manifest: str | None = None, **dimensions: list) -> None:
+    """D1 in the default layout; lines are dicts (written as JSON) or text (written as is)."""
+    day = Path(cfg.lakehouse.landing) / D1.isoformat()
+    files = {"events/part-00000.jsonl": events, "synth-manifest.json": [manifest] if manifest else None}
+    files |= {f"dims/{name}.jsonl": dimensions.get(name, lines) for name, lines in DIMENSION_LINES.items()}
+    for name, lines in files.items():
+        (day / name).parent.mkdir(parents=True, exist_ok=True)
+        if lines is None:
+            (day / name).unlink(missing_ok=True)
+        else:
+            (day / name).write_text("".join(f"{json.dumps(x) if isinstance(x, dict) else x}\n" for x in lines))
+
+
+def test_an_empty_rerun_leaves_no_rows_of_the_earlier_run(spark, make_cfg):
     cfg = make_cfg()
-    events = Path(cfg.lakehouse.landing) / "2026-11-03" / "events"
-    events.mkdir(parents=True)
-    (events / "part-00000.jsonl").write_text("")
-    assert ingest.ingest_day(spark, cfg, dt.date(2026, 11, 3)) == ingest.Reconciliation(0, 0, 0, 0)
-    assert "hold no events for ds=2026-11-03" in capsys.readouterr().out
-    assert not tables.exists(spark, IMPRESSIONS, cfg)
+    _land(cfg, [EVENT, "{cut off"], manifest='{"seed": 3, "scale": "tiny"}')
+    assert ingest.ingest_day(spark, cfg, D1) == ingest.Reconciliation(2, 1, 1, 0)
+    assert ingest.world_of(spark, cfg, D1) == (3, "tiny")
+    # The day is shipped again with its events lost, and from real logs (no manifest).
+    _land(cfg, [])
+    assert ingest.ingest_day(spark, cfg, D1) == ingest.Reconciliation(0, 0, 0, 0)
+    for table in (IMPRESSIONS, REJECTED_EVENTS, LANDING_MANIFESTS):
+        assert tables.read(spark, table, cfg, ds=D1).count() == 0, table.name
+    assert ingest.world_of(spark, cfg, D1) is None
+
+
+def test_dimension_files_are_reconciled_naming_the_file(spark, make_cfg, capsys):
+    cfg = make_cfg()
+    _land(cfg, [EVENT], users=[USER, "{cut off", {**USER, "gender": "male"}])
+    ingest.ingest_day(spark, cfg, D1)
+    users = Path(cfg.lakehouse.landing) / D1.isoformat() / "dims" / "users.jsonl"
+    assert f"ingest users 2026-11-01 from {users}: read 3 = accepted 1 + rejected 1 + duplicates 1 (ok)" in (
+        capsys.readouterr().out
+    )
+    assert [r["gender"] for r in tables.read(spark, USERS, cfg).collect()] == ["male"]
+    (reject,) = tables.read(spark, REJECTED_EVENTS, cfg, ds=D1).collect()
+    assert reject["source_file"].endswith("dims/users.jsonl") and reject["line_number"] == 2
+
+
+def test_a_dimension_file_that_does_not_add_up_fails_the_job_unwritten(spark, make_cfg, monkeypatch):
+    cfg = make_cfg()
+    _land(cfg, [EVENT])
+    validate = ingest.validate_dimension
+
+    def doubled(*args):
+        rows = validate(*args)
+        return rows.unionByName(rows)  # as a join that multiplies rows would
+
+    monkeypatch.setattr(ingest, "validate_dimension", doubled)
+    with pytest.raises(StageError, match=r"ingest users 2026-11-01 from .*users.jsonl: read 1 = .*DOES NOT ADD UP"):
+        ingest.ingest_day(spark, cfg, D1)
+    assert not tables.exists(spark, USERS, cfg)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "problem"),
+    [('{"seed": 7', "it is not JSON"), ('{"seed": "7", "scale": "tiny"}', "got"), ("[7, 8]", "got")],
+)
+def test_a_malformed_manifest_fails_naming_the_file_before_anything_is_written(spark, make_cfg, manifest, problem):
+    cfg = make_cfg()
+    _land(cfg, [EVENT], manifest=manifest)
+    with pytest.raises(StageError, match=rf"2026-11-01/synth-manifest.json: malformed simulator manifest.*{problem}"):
+        ingest.ingest_day(spark, cfg, D1)
+    assert not tables.exists(spark, USERS, cfg)
+
+
+def test_world_of_a_lakehouse_without_manifests_is_none(spark, cfg):
+    assert ingest.world_of(spark, cfg, D1) is None
 
 
 # --- bring your own logs --------------------------------------------------------------------
 
-RATINGS = """uid\titem\tstars\twhen
-1\tm1\t5\t1793491200
+RATINGS_HEADER = "uid\titem\tstars\twhen\n"
+RATINGS = """1\tm1\t5\t1793491200
 1\tm2\t2\t1793494800
 2\tm1\t4\t1793498400
 2\tm9\t3\t1793502000
@@ -150,14 +239,16 @@ MOVIES_CSV = "item,name,genre\nm1,Heat,crime\nm2,Up,animation\n"
 BYO_EXAMPLE = PROJECT_ROOT / "conf" / "examples" / "byo-ratings.yaml"
 
 
+def _ship_ratings(tmp_path, ds, ratings=RATINGS):
+    day = tmp_path / "landing" / ds.isoformat()
+    day.mkdir(parents=True, exist_ok=True)
+    (day / "ratings.tsv").write_text(RATINGS_HEADER + ratings)
+
+
 def _byo(tmp_path, *overrides):
     """The README's worked example: its config file over sample files of that shape."""
-    day = tmp_path / "landing" / "2026-11-01"
-    day.mkdir(parents=True)
-    # The external log has no event id column: the mapping must name one, so give it one.
-    lines = RATINGS.splitlines()
-    numbered = [f"event\t{lines[0]}"] + [f"r{i}\t{line}" for i, line in enumerate(lines[1:], start=1)]
-    (day / "ratings.tsv").write_text("\n".join(numbered) + "\n")
+    _ship_ratings(tmp_path, D1)
+    day = tmp_path / "landing" / D1.isoformat()
     (day / "users.csv").write_text(USERS_CSV)
     (day / "movies.csv").write_text(MOVIES_CSV)
     return load_config(
@@ -176,13 +267,16 @@ def test_an_external_log_ingests_through_a_mapping(spark, tmp_path):
     cfg = _byo(tmp_path)
     counts = ingest.ingest_day(spark, cfg, D1)
     assert counts == ingest.Reconciliation(read=5, accepted=3, rejected=2, duplicates=0)
-    rows = {r["event_id"]: r for r in tables.read(spark, IMPRESSIONS, cfg).collect()}
+    rows = {(r["user_id"], r["product_id"]): r for r in tables.read(spark, IMPRESSIONS, cfg).collect()}
     assert {k: (r["clicked"], r["creative_id"], r["position"]) for k, r in rows.items()} == {
-        "r1": (True, "m1-original", 1),
-        "r2": (False, "m2-original", 1),
-        "r3": (True, "m1-original", 1),
+        ("1", "m1"): (True, "m1-original", 1),
+        ("1", "m2"): (False, "m2-original", 1),
+        ("2", "m1"): (True, "m1-original", 1),
     }
-    assert rows["r1"]["ts"] == dt.datetime(2026, 11, 1, 0, 0)
+    assert rows["1", "m1"]["ts"] == dt.datetime(2026, 11, 1, 0, 0)
+    # The log has no event ids: each row's is derived from its content.
+    ids = {r["event_id"] for r in rows.values()}
+    assert len(ids) == 3 and all(len(i) == 64 and int(i, 16) >= 0 for i in ids)
     reasons = {r["line_number"]: r["reason"] for r in tables.read(spark, REJECTED_EVENTS, cfg).collect()}
     assert reasons == {5: "unknown product_id: m9", 6: "wrong type: clicked='five' is not a click label"}
     users = {r["user_id"]: r for r in tables.read(spark, USERS, cfg).collect()}
@@ -193,6 +287,32 @@ def test_an_external_log_ingests_through_a_mapping(spark, tmp_path):
         ("m1-original", ingest.ORIGINAL_CREATIVE_PROMPT),
         ("m2-original", ingest.ORIGINAL_CREATIVE_PROMPT),
     }
+
+
+def test_a_redelivered_log_without_event_ids_deduplicates_against_what_is_stored(spark, tmp_path):
+    cfg = _byo(tmp_path)
+    ingest.ingest_day(spark, cfg, D1)
+    first = {r["event_id"] for r in tables.read(spark, IMPRESSIONS, cfg).collect()}
+    # The next day's file re-sends the whole of the first, then one new rating.
+    _ship_ratings(tmp_path, D2, RATINGS + "3\tm1\t4\t1793577600\n")
+    assert ingest.ingest_day(spark, cfg, D2) == ingest.Reconciliation(read=6, accepted=1, rejected=2, duplicates=3)
+    (new,) = tables.read(spark, IMPRESSIONS, cfg, ds=D2).collect()
+    assert (new["user_id"], new["product_id"]) == ("3", "m1") and new["event_id"] not in first
+
+
+def test_a_history_of_months_ingests_as_one_ds(spark, tmp_path):
+    """The example keeps events of any age (ingest.max_late_days: null), so a log's whole history
+    lands under one ds; a redelivery of it still finds every stored copy."""
+    cfg = _byo(tmp_path)
+    ds = dt.date(2026, 11, 1)
+    days = range(0, 123, 3)  # 2026-07-01 .. 2026-11-01
+    start = int(dt.datetime(2026, 7, 1, 12, tzinfo=dt.UTC).timestamp())
+    history = "".join(f"{1 + day % 2}\tm{1 + day % 2}\t{day % 5 + 1}\t{start + day * 86_400}\n" for day in days)
+    _ship_ratings(tmp_path, ds, history)
+    assert ingest.ingest_day(spark, cfg, ds) == ingest.Reconciliation(len(days), len(days), 0, 0)
+    assert tables.read(spark, IMPRESSIONS, cfg).agg(F.min("ts")).first()[0] == dt.datetime(2026, 7, 1, 12)
+    _ship_ratings(tmp_path, D2, history)
+    assert ingest.ingest_day(spark, cfg, D2) == ingest.Reconciliation(len(days), 0, 0, len(days))
 
 
 def test_a_wrong_mapping_fails_naming_the_column(spark, tmp_path):
@@ -256,6 +376,19 @@ def test_only_stored_events_within_the_days_event_times_are_read_for_deduplicati
     assert kept == {"e0123", "e0205", "e0206"}
     assert ingest.LineNumbers.of(survey).lines == 4
     assert ingest.repeatable(stored, []).count() == 0
+
+
+def test_a_history_of_months_is_deduplicated_over_a_few_event_time_ranges():
+    hour, day = 3_600_000_000, 86_400_000_000
+    # One range per date for 120 dates, with a week missing after the 50th.
+    dates = [*range(50), *range(57, 127)]
+    ranges = [(d * day + 8 * hour, d * day + 20 * hour) for d in dates]
+    merged = ingest.merge_closest(ranges, ingest.MAX_TIME_RANGES)
+    assert len(merged) == ingest.MAX_TIME_RANGES
+    assert merged == sorted(merged) and all(first <= last for first, last in merged)
+    assert all(any(a <= first and last <= b for a, b in merged) for first, last in ranges)
+    assert not any(a <= ranges[49][1] and ranges[50][0] <= b for a, b in merged)  # the widest gap stays out
+    assert ingest.merge_closest(ranges[:3], ingest.MAX_TIME_RANGES) == ranges[:3]
 
 
 def test_the_ingestion_view_summarises_each_day(spark, landed):

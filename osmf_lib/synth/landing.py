@@ -3,6 +3,7 @@
     {landing}/{ds}/events/part-00000.jsonl ...    impressions, one JSON object per line
     {landing}/{ds}/dims/users.jsonl, products.jsonl, creatives.jsonl
                                                   day 1: every row; later days: new and changed rows
+    {landing}/{ds}/synth-manifest.json            {"seed": ..., "scale": ...}: the world that wrote the day
     {landing}/images/products/{product_id}.png    written on the day the product first lands
 
 Ingestion (DESIGN 6.1) depends on this layout exactly. Every file is written under a hidden
@@ -36,6 +37,8 @@ USER_KEYS = ("user_id", "age_band", "gender", "city_tier", "purchase_power", "oc
 PRODUCT_KEYS = ("product_id", "title", "category", "price_band", "image_uri")
 TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # ISO-8601, UTC, whole seconds
 CREATIVE_KEYS = ("creative_id", "product_id", "prompt", "image_uri", "origin")
+# Ingestion records it in `landing_manifests`, so evaluation grades against the world that wrote a day.
+MANIFEST_FILE = "synth-manifest.json"
 
 # The same bytes json.dumps(record, separators=(",", ":")) gives, at a fraction of the cost.
 _EVENT_LINE = (
@@ -305,7 +308,12 @@ class LandingWriter:
         """Write one ds; return its summary and the lines to redeliver at the start of the next."""
         self._write_images(day)
         self._write_dims(day, ds)
+        self._write_manifest(ds)
         return self._write_events(day, ds, redelivered)
+
+    def _write_manifest(self, ds: date) -> None:
+        manifest = {"seed": self.world.seed, "scale": self.world.scale_name}
+        write_atomically(self.root / ds.isoformat() / MANIFEST_FILE, _json_line(manifest).encode())
 
     def _write_images(self, day: int) -> None:
         products = self.world.products

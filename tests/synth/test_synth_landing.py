@@ -14,7 +14,7 @@ from PIL import Image
 
 from osmf_lib.config import SYNTH_LINE_FAULTS, Config, load_config
 from osmf_lib.synth import SCALES, LandingSummary, write_landing
-from osmf_lib.synth.landing import EVENT_KEYS, FAULT_CLASSES
+from osmf_lib.synth.landing import EVENT_KEYS, FAULT_CLASSES, MANIFEST_FILE
 from osmf_lib.synth.vocab import CATEGORIES
 
 START = date(2026, 11, 1)
@@ -109,6 +109,14 @@ def test_dimension_files_land_every_row_first_then_upserts(clean: tuple[Path, La
     assert {row["origin"] for row in known["creatives"].values()} == {"logged"}
     assert all(row["image_uri"] is None for row in known["creatives"].values())
     assert {row["category"] for row in known["products"].values()} == set(CATEGORIES)
+
+
+def test_every_day_names_the_world_that_wrote_it(tmp_path: Path) -> None:
+    write_landing(_config(tmp_path, "synth.seed=11"), days=2)
+    for ds in _days()[:2]:
+        manifest = tmp_path / ds.isoformat() / MANIFEST_FILE
+        assert json.loads(manifest.read_text()) == {"seed": 11, "scale": "tiny"}
+    assert not list(tmp_path.rglob(".*.tmp"))  # written under a temporary name, then renamed
 
 
 def test_each_product_has_an_rgba_cutout_at_its_image_uri(clean: tuple[Path, LandingSummary]) -> None:
