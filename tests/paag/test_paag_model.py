@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 from osmf_lib import tracking
 from osmf_lib.config import Config
+from osmf_lib.job import main
 from osmf_lib.paag import (
     USER_ATTRIBUTES,
     PaagError,
@@ -93,9 +95,9 @@ def trained(examples: pd.DataFrame, products: pd.DataFrame, world: World, train_
 def small(world: World, products: pd.DataFrame, make_cfg: Callable[..., Config]) -> Callable[..., TrainedPaag]:
     """A quick training on a few thousand impressions, for properties that need no good model."""
 
-    def train(*overrides: str, product_aware: bool = True) -> TrainedPaag:
+    def train(*overrides: str, product_aware: bool = True, catalog: pd.DataFrame = products) -> TrainedPaag:
         cfg = make_cfg(*SETTINGS, "paag.epochs=1", *overrides)
-        return fit_paag(impressions(world, 4_000, seed=1), products, world.creatives, cfg, product_aware)
+        return fit_paag(impressions(world, 4_000, seed=1), catalog, world.creatives, cfg, product_aware)
 
     return train
 
@@ -217,6 +219,62 @@ def test_a_product_without_features_or_a_readable_image_is_refused(
         embed(trained, pairs_of(users, new.assign(image_uri=str(garbled))))
     with pytest.raises(PaagError, match=r"lack columns \['interests'\]"):
         embed(trained, pairs_of(users, products.head(1)).drop(columns="interests"))
+
+
+def test_products_without_a_picture_are_trained_on_and_embedded_from_their_text_alone(
+    small, world: World, products
+) -> None:
+    catalog = products.copy()
+    catalog.loc[:2, "image_uri"] = [None, "", np.nan]
+    trained = small(catalog=catalog)
+    pairs = pairs_of(world.users.head(10), catalog.head(4))
+    before = embed(trained, pairs).reshape(4, 10, -1)
+    # However the image half of the modulation weighs the picture, it moves no pictureless product.
+    net = trained.paag.net
+    with torch.no_grad():
+        torch.nn.init.normal_(net.modulation.weight[:, net.dims.hidden_dim :])
+    after = embed(trained, pairs).reshape(4, 10, -1)
+    np.testing.assert_array_equal(after[:3], before[:3])
+    assert not np.allclose(after[3], before[3], atol=1e-3)
+    assert trained.paag.unreadable_images == []
+
+
+def test_an_unreadable_picture_fails_naming_product_and_file_unless_text_only_is_set(
+    small, world: World, products, tmp_path: Path
+) -> None:
+    gone, garbled = tmp_path / "gone.png", tmp_path / "garbled.png"
+    garbled.write_text("not a png")
+    catalog = products.copy()
+    catalog.loc[:1, "image_uri"] = [str(gone), str(garbled)]
+    first, second = catalog["product_id"][:2]
+    with pytest.raises(PaagError, match=f"product {first}: cannot read its image {gone}: "):
+        small(catalog=catalog)
+
+    trained = small("models.unreadable_image=text_only", catalog=catalog)
+    assert trained.paag.unreadable_images == [first, second]
+    users = world.users.head(5)
+    np.testing.assert_allclose(
+        embed(trained, pairs_of(users, catalog.head(2))),
+        embed(trained, pairs_of(users, catalog.head(2).assign(image_uri=None))),
+        atol=1e-5,
+    )
+
+
+def test_a_paag_input_error_ends_the_job_with_one_line(
+    examples, world: World, products, cfg: Config, tmp_path: Path, capsys
+) -> None:
+    gone = tmp_path / "gone.png"
+    catalog = products.assign(image_uri=str(gone))
+    settings = ["gpu.device=cpu", f"lakehouse.root={cfg.lakehouse.root}"]
+    settings += [f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}", f"mlflow.artifact_root={cfg.mlflow.artifact_root}"]
+    args = ["--ds", "2026-11-01", *(arg for setting in settings for arg in ("--set", setting))]
+    with pytest.raises(SystemExit) as exit_:
+        main("train_paag", lambda ctx: fit_paag(examples, catalog, world.creatives, ctx.cfg), args)
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert re.match(f"osmf train_paag failed for ds=2026-11-01: product p\\d+: cannot read its image {gone}: ", last)
 
 
 def test_training_refuses_examples_of_unknown_products(examples, products, world: World, train_cfg) -> None:
