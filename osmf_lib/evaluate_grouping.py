@@ -13,6 +13,7 @@ Only evaluation may read the oracle; results go to `eval_metrics` (stage "groupi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from sklearn.metrics import adjusted_rand_score
 
-from osmf_lib import grouping, tables, tracking
+from osmf_lib import grouping, ingest, tables, tracking
 from osmf_lib.config import Config
 from osmf_lib.job import JobContext, StageError
 from osmf_lib.paag import stages
@@ -121,13 +122,11 @@ def ari_metrics(models: dict[str, pd.Series], sizes: pd.Series, categories: pd.S
     return metrics
 
 
-def evaluate(ctx: JobContext) -> list[Metric]:
+def evaluate(ctx: JobContext, oracle: Oracle) -> list[Metric]:
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
-    oracle = Oracle.from_config(cfg)
     night_groups = tables.read(spark, USER_GROUPS, cfg, ds=ds)
     night_embeddings = tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=ds)
-    users = tables.read(spark, USERS, cfg)
-    products = tables.read(spark, PRODUCTS, cfg)
+    users, products, creatives = (tables.read(spark, t, cfg, as_of=ds) for t in (USERS, PRODUCTS, CREATIVES))
     chosen = _sample_products(night_groups.select("product_id").distinct(), cfg.evaluate.max_products)
     groups = night_groups.join(chosen, "product_id").toPandas()
     if groups.empty:
@@ -136,10 +135,12 @@ def evaluate(ctx: JobContext) -> list[Metric]:
     aware = ari_by_product(groups, oracle)
 
     # The baseline goes through the very same pipeline: embed the same pairs, group them, score them.
-    baseline_dir, baseline_version = baseline_model_dir(cfg)
+    baseline_dir, baseline_version = baseline_model_dir(cfg, ds)
     pairs = night_embeddings.select("product_id", "user_id").join(chosen, "product_id")
     pairs = stages.audience_pairs(pairs, users, products)
-    baseline_embedded = stages.embed_audience(spark, pairs, baseline_dir, baseline_version, ds)
+    baseline_embedded = stages.embed_audience(
+        spark, pairs, baseline_dir, baseline_version, ds, cfg.models.unreadable_image
+    )
     baseline_groups, _ = grouping.group_users(baseline_embedded, users, cfg, ds)
     agnostic = ari_by_product(baseline_groups.select("product_id", "user_id", "group_id").toPandas(), oracle)
 
@@ -151,8 +152,7 @@ def evaluate(ctx: JobContext) -> list[Metric]:
         .toPandas()
     )
     creatives = (
-        tables.read(spark, CREATIVES, cfg)
-        .join(chosen, "product_id")
+        creatives.join(chosen, "product_id")
         .select("product_id", "creative_id", "prompt")
         .orderBy("creative_id")
         .toPandas()
@@ -171,14 +171,14 @@ def evaluate(ctx: JobContext) -> list[Metric]:
     ]
 
 
-def baseline_model_dir(cfg: Config) -> tuple[Path, str]:
-    """The product-agnostic baseline logged next to osmf-paag@champion in its training run."""
+def baseline_model_dir(cfg: Config, ds: date) -> tuple[Path, str]:
+    """The product-agnostic baseline logged next to the night's osmf-paag champion in its training run."""
     import mlflow
     from mlflow import MlflowClient
 
     from osmf_lib.paag.registry import ARTIFACT
 
-    version = stages.champion_version(cfg)
+    version = stages.champion_version(cfg, ds)
     run_id = MlflowClient().get_model_version(stages.MODEL_NAME, version).run_id
     logged = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/{stages.BASELINE_ARTIFACT}")
     return Path(logged) / "artifacts" / ARTIFACT, f"{stages.MODEL_NAME}/{version} baseline"
@@ -187,7 +187,17 @@ def baseline_model_dir(cfg: Config) -> tuple[Path, str]:
 def run(ctx: JobContext) -> None:
     import mlflow
 
-    metrics = evaluate(ctx)
+    world = ingest.world_of(ctx.spark, ctx.cfg, ctx.ds)
+    if world is None:
+        # Real logs have no answer key: say so, and leave no metrics of an earlier run of this ds.
+        reason = f"ds={ctx.ds} was not simulated (no landing manifest): there is no answer key to grade against"
+        print(f"evaluate_grouping: skipped: {reason}")
+        mlflow.set_tag("osmf.skipped", reason)
+        metrics = []
+    else:
+        seed, scale = world
+        mlflow.log_params({"world.seed": seed, "world.scale": scale})
+        metrics = evaluate(ctx, Oracle.of_world(seed, scale))
     run_id = mlflow.active_run().info.run_id
     rows = ctx.spark.createDataFrame(
         [(STAGE, m.metric, m.slice, m.value, run_id, ctx.ds) for m in metrics], EVAL_METRICS.schema()

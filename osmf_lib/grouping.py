@@ -23,7 +23,7 @@ from sklearn.metrics import pairwise_distances, silhouette_score
 
 from osmf_lib import tables, tracking
 from osmf_lib.config import Config, GroupingConfig
-from osmf_lib.job import JobContext, StageError
+from osmf_lib.job import JobContext, StageError, worker_errors_as_stage_errors
 from osmf_lib.tables import (
     DS,
     GROUP_PROFILES,
@@ -36,13 +36,15 @@ from osmf_lib.tables import (
 )
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
 UNKNOWN = "unknown"
 BROAD_AUDIENCE = "broad audience"
 
-ASSIGNMENT_COLUMNS = [c for c in USER_GROUPS.column_names if c != DS]
-PROFILE_COLUMNS = [c for c in GROUP_PROFILES.column_names if c != DS]
+# What grouping one product computes; the night's columns (lineage, ds) are added around it.
+LINEAGE = "paag_version"
+ASSIGNMENT_COLUMNS = [c for c in USER_GROUPS.column_names if c not in (DS, LINEAGE)]
+PROFILE_COLUMNS = [c for c in GROUP_PROFILES.column_names if c not in (DS, LINEAGE)]
 # group_users' single pass emits both kinds of rows in one schema, told apart by this column.
 KIND, ASSIGNMENT, PROFILE = "_kind", "assignment", "profile"
 
@@ -59,6 +61,10 @@ _OCCUPATIONS = {
 _DEVICES = {"ios": "iOS", "android": "Android", "pc": "PC"}
 
 
+class GroupingError(ValueError):
+    """A product's audience cannot be grouped; the message names the product and the user."""
+
+
 class Clustering(NamedTuple):
     labels: np.ndarray  # group per row, 0..k-1 by size descending
     centroids: np.ndarray  # [k, dim], the mean of each group's members
@@ -71,7 +77,7 @@ class Clustering(NamedTuple):
 
 
 def embedding_matrix(audience: pd.DataFrame, product_id: str) -> np.ndarray:
-    """The audience's embeddings as a float64 matrix; ValueError naming the product and user if one is bad."""
+    """The audience's embeddings as a float64 matrix; GroupingError naming the product and user if one is bad."""
     vectors = audience["embedding"]
     users = audience["user_id"].to_numpy()
     lengths = vectors.map(lambda v: -1 if v is None else len(v)).to_numpy()
@@ -83,12 +89,12 @@ def embedding_matrix(audience: pd.DataFrame, product_id: str) -> np.ndarray:
     )
     for bad, what in checks:
         if bad.any():
-            raise ValueError(f"product {product_id}: user {users[bad.argmax()]} {what}{_more(bad)}")
+            raise GroupingError(f"product {product_id}: user {users[bad.argmax()]} {what}{_more(bad)}")
     # Rounded to the stored FLOAT first, so Spark and pandas callers cluster the very same numbers.
     matrix = np.array(vectors.tolist(), dtype=np.float32).reshape(len(audience), dim).astype(np.float64)
     bad = ~np.isfinite(matrix).all(axis=1)
     if bad.any():
-        raise ValueError(
+        raise GroupingError(
             f"product {product_id}: user {users[bad.argmax()]} has a NaN or infinite value in its embedding{_more(bad)}"
         )
     return matrix
@@ -332,7 +338,7 @@ def group_product(audience: pd.DataFrame, cfg: GroupingConfig) -> tuple[pd.DataF
     product_id = audience["product_id"].iloc[0]
     duplicated = audience["user_id"].duplicated()
     if duplicated.any():
-        raise ValueError(f"product {product_id}: user {audience['user_id'][duplicated].iloc[0]} appears twice")
+        raise GroupingError(f"product {product_id}: user {audience['user_id'][duplicated].iloc[0]} appears twice")
     matrix = embedding_matrix(audience, product_id)
     labels, centroids, k, silhouette = cluster_embeddings(matrix, cfg)
     distances = np.linalg.norm(matrix - centroids[labels], axis=1)
@@ -376,8 +382,14 @@ def _pass_schema() -> str:
 
 
 def _group_rows(audience: pd.DataFrame, cfg: GroupingConfig) -> pd.DataFrame:
-    assignments, profiles = group_product(audience, cfg)
+    versions = audience[LINEAGE].unique()
+    if len(versions) != 1:
+        raise GroupingError(
+            f"product {audience['product_id'].iloc[0]}: embeddings of several models {sorted(versions)}"
+        )
+    assignments, profiles = group_product(audience.drop(columns=LINEAGE), cfg)
     both = pd.concat([assignments.assign(**{KIND: ASSIGNMENT}), profiles.assign(**{KIND: PROFILE})], ignore_index=True)
+    both[LINEAGE] = versions[0]
     # The other kind's columns come out of concat as NaN, which Arrow takes for a value, not a null.
     return both.astype(object).where(both.notna(), None)
 
@@ -387,6 +399,7 @@ def group_users(embeddings: DataFrame, users: DataFrame, cfg: Config, ds: date) 
 
     One applyInPandas pass computes both kinds of rows and is persisted, so writing the two
     results clusters each product once. A user missing from `users` is summarised as "unknown".
+    Both carry the embeddings' paag_version.
     """
     from pyspark.sql import functions as F
 
@@ -395,7 +408,7 @@ def group_users(embeddings: DataFrame, users: DataFrame, cfg: Config, ds: date) 
     def one_product(audience: pd.DataFrame) -> pd.DataFrame:
         return _group_rows(audience, grouping_cfg)
 
-    audience = embeddings.where(F.col(DS) == F.lit(ds)).select("product_id", "user_id", "embedding")
+    audience = embeddings.where(F.col(DS) == F.lit(ds)).select("product_id", "user_id", "embedding", LINEAGE)
     attributes = users.select("user_id", *USER_ATTRIBUTES)
     rows = (
         audience.join(attributes, "user_id", "left")
@@ -405,7 +418,7 @@ def group_users(embeddings: DataFrame, users: DataFrame, cfg: Config, ds: date) 
     )
 
     def of_kind(kind: str, columns: list[str], table: tables.Table) -> DataFrame:
-        picked = rows.where(F.col(KIND) == kind).select(*columns, F.lit(ds).alias(DS))
+        picked = rows.where(F.col(KIND) == kind).select(*columns, LINEAGE, F.lit(ds).alias(DS))
         return tables.conform(picked, table)
 
     return of_kind(ASSIGNMENT, ASSIGNMENT_COLUMNS, USER_GROUPS), of_kind(PROFILE, PROFILE_COLUMNS, GROUP_PROFILES)
@@ -418,16 +431,13 @@ def run(ctx: JobContext) -> None:
 
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     embedded = tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=ds)
-    assignments, profiles = group_users(embedded, tables.read(spark, USERS, cfg), cfg, ds)
-    try:
+    assignments, profiles = group_users(embedded, tables.read(spark, USERS, cfg, as_of=ds), cfg, ds)
+    # A bad embedding surfaces here from a Python worker; say which, not a JVM stack.
+    with worker_errors_as_stage_errors(GroupingError, f"group_users for ds={ds}"):
+        # Members first, profiles last: a failure in between leaves the pair disagreeing, which
+        # check_groups catches, and a rerun rewrites both.
         tables.overwrite_partition(spark, assignments, USER_GROUPS, cfg, ds)
         tables.overwrite_partition(spark, profiles, GROUP_PROFILES, cfg, ds)
-    except Exception as err:
-        # A bad embedding surfaces here from a Python worker; say which, not a JVM stack.
-        reason = next((line for line in str(err).splitlines() if line.startswith("ValueError: product")), None)
-        if reason is None:
-            raise
-        raise StageError(f"group_users for ds={ds}: {reason.removeprefix('ValueError: ')}") from err
     summary = (
         tables.read(spark, GROUP_PROFILES, cfg, ds=ds)
         .groupBy()
@@ -441,8 +451,31 @@ def run(ctx: JobContext) -> None:
     if not summary["products"]:
         print(f"group_users: no embeddings for ds={ds}; nothing to group")
         return
+    check_groups(spark, cfg, ds)
     print(
         f"group_users: {summary['groups']} groups over {summary['products']} products (mean K {summary['mean_k']:.2f})"
     )
     mlflow.log_metrics({"products": summary["products"], "groups": summary["groups"], "mean_k": summary["mean_k"]})
     tracking.log_table_input(spark, PAAG_EMBEDDINGS, cfg, context="grouping")
+
+
+def check_groups(spark: SparkSession, cfg: Config, ds: date) -> None:
+    """Fail unless user_groups and group_profiles of `ds` hold the same groups, sizes and model.
+
+    Delta commits one table at a time; this is what makes the pair safe to read as one. Every
+    stage that reads both calls it.
+    """
+    members = (
+        tables.read(spark, USER_GROUPS, cfg, ds=ds)
+        .groupBy("product_id", "group_id", LINEAGE)
+        .count()
+        .withColumnRenamed("count", "size")
+    )
+    profiles = tables.read(spark, GROUP_PROFILES, cfg, ds=ds).select("product_id", "group_id", LINEAGE, "size")
+    disagree = members.exceptAll(profiles).unionByName(profiles.exceptAll(members)).first()
+    if disagree is not None:
+        raise StageError(
+            f"user_groups and group_profiles of ds={ds} disagree (first at product {disagree['product_id']}, "
+            f"group {disagree['group_id']}, {disagree[LINEAGE]}): an earlier group_users stopped between its "
+            "two writes; rerun group_users for this ds"
+        )

@@ -1,8 +1,8 @@
 """Preflight: prove the night can run before any stage touches data.
 
-Checks the lakehouse root is writable, Spark can write and read back a Delta table there
-(so the Delta jars and extensions are wired), and MLflow tracking answers. Each failed check
-names what is wrong and how to fix it.
+Checks the lakehouse root is writable, the jars folder holds the jars this Config needs, Spark
+can write and read back a Delta table there (so the Delta jars and extensions are wired), and
+MLflow tracking answers. Each failed check names what is wrong and how to fix it.
 """
 
 from __future__ import annotations
@@ -41,6 +41,14 @@ def check_lakehouse_root(cfg: Config) -> Check:
     return Check("lakehouse root", f"{root} is writable")
 
 
+def check_jars(cfg: Config) -> Check:
+    """The jars folder holds what this Config needs (the DAG hands Spark the folder, unchecked)."""
+    from osmf_lib.spark import delta_jars, maven_packages
+
+    jars = delta_jars(cfg)
+    return Check("jars", f"{len(jars)} jars for {', '.join(maven_packages(cfg))} in {cfg.spark.jars_dir}")
+
+
 def check_delta(spark: SparkSession, cfg: Config) -> Check:
     """Overwrite a two-row Delta table under the root and read it back."""
     location = f"{cfg.lakehouse.root.rstrip('/')}/{PROBE_TABLE}"
@@ -68,7 +76,7 @@ def check_mlflow(cfg: Config) -> Check:
 
 
 def run_checks(spark: SparkSession, cfg: Config) -> list[Check]:
-    return [check_lakehouse_root(cfg), check_delta(spark, cfg), check_mlflow(cfg)]
+    return [check_lakehouse_root(cfg), check_jars(cfg), check_delta(spark, cfg), check_mlflow(cfg)]
 
 
 def run(ctx: JobContext) -> None:

@@ -122,11 +122,13 @@ def stage_run(cfg: Config, stage: str, ds: date, dag_run_id: str) -> Iterator[ml
         yield run
 
 
-def log_table_input(spark: SparkSession, table: Table, cfg: Config, context: str = "input") -> int:
-    """Record a Delta table at its current version as an input of the active run."""
+def log_table_input(
+    spark: SparkSession, table: Table, cfg: Config, context: str = "input", version: int | None = None
+) -> int:
+    """Record a Delta table at `version` (default: its current one) as an input of the active run."""
     from osmf_lib.tables import latest_version
 
-    table_version = latest_version(spark, table, cfg)
+    table_version = latest_version(spark, table, cfg) if version is None else version
     dataset = mlflow.data.load_delta(
         path=table.location(cfg), version=str(table_version), name=f"{table.name}@v{table_version}"
     )
@@ -151,30 +153,3 @@ def alias_version(name: str, alias: str = CHAMPION) -> str | None:
         return str(MlflowClient().get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
-
-
-def promote_if_better(
-    name: str, version: str, metric: str, min_improvement: float = 0.0, higher_is_better: bool = True
-) -> bool:
-    """Make `version` the champion if there is none or it beats the champion on `metric`.
-
-    "Beats" means by more than `min_improvement`. The metric is read from each version's
-    training run, so models trained on different nights compare on what they reported then.
-    """
-    client = MlflowClient()
-    champion = alias_version(name)
-
-    def score(of_version: str) -> float | None:
-        run_id = client.get_model_version(name, of_version).run_id
-        return client.get_run(run_id).data.metrics.get(metric)
-
-    challenger_score = score(version)
-    if challenger_score is None:
-        raise TrackingError(f"{name} version {version}: its run logged no metric '{metric}' to compare on")
-    if champion is not None and champion != version:
-        champion_score = score(champion)
-        gain = challenger_score - champion_score if champion_score is not None else None
-        if gain is not None and (gain if higher_is_better else -gain) <= min_improvement:
-            return False
-    promote(name, version)
-    return True

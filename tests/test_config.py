@@ -41,6 +41,31 @@ def test_layers_apply_in_order(tmp_path):
     assert cfg.spark.master == "local[1]"  # CLI beats env
 
 
+def test_a_deployment_names_its_files_once_in_osmf_config(tmp_path):
+    (tmp_path / "site.yaml").write_text("grouping:\n  k_max: 4\n  min_group_size: 11\nspark:\n  master: local[3]\n")
+    (tmp_path / "gpu.yaml").write_text("grouping:\n  k_max: 3\n")
+    (tmp_path / "cli.yaml").write_text("spark:\n  master: local[2]\n")
+    cfg = _load(
+        tmp_path,
+        base="grouping:\n  k_max: 5\n  silhouette_sample: 500\n",
+        config_file=tmp_path / "cli.yaml",
+        environ={"OSMF_CONFIG": f"{tmp_path}/site.yaml, {tmp_path}/gpu.yaml"},
+    )
+    assert cfg.grouping.silhouette_sample == 500  # base file
+    assert (cfg.grouping.k_max, cfg.grouping.min_group_size) == (3, 11)  # later deployment files win
+    assert cfg.spark.master == "local[2]"  # --config beats the deployment's files
+
+
+def test_a_missing_deployment_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=f"config file not found: {tmp_path}/nope.yaml"):
+        _load(tmp_path, environ={"OSMF_CONFIG": f"{tmp_path}/nope.yaml"})
+
+
+def test_relative_deployment_files_resolve_against_the_checkout(tmp_path):
+    cfg = _load(tmp_path, environ={"OSMF_CONFIG": "conf/profiles/cluster.yaml"})
+    assert cfg.gpu.launcher == "kubernetes"
+
+
 def test_env_and_cli_values_are_typed_like_yaml(tmp_path):
     cfg = _load(tmp_path, environ={"OSMF_SPARK__SHOW_PROGRESS": "false"}, overrides=["grouping.anchor_ratio=[1, 2, 3]"])
     assert cfg.spark.show_progress is False

@@ -26,13 +26,49 @@ EXPECTED_TASKS = {
 SPARK_TASKS = EXPECTED_TASKS - {"train_paag"}
 
 
-@pytest.fixture(scope="module")
-def dag():
+PROFILES = sorted((PROJECT_ROOT / "conf").rglob("*.yaml"))
+
+
+def _parse(monkeypatch=None, **env):
     from airflow.dag_processing.dagbag import DagBag
 
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     bag = DagBag(dag_folder=str(DAG_FILE))
     assert bag.import_errors == {}
     return bag.get_dag("osmf_nightly")
+
+
+def _env(task) -> dict:
+    """The environment a task's job runs with, whatever the operator."""
+    env = getattr(task, "env_vars", None) or getattr(task, "env", None) or {}
+    return env if isinstance(env, dict) else {var.name: var.value for var in env}
+
+
+@pytest.fixture(scope="module")
+def dag():
+    return _parse()
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: str(p.relative_to(PROJECT_ROOT)))
+def test_the_dag_parses_under_every_committed_profile_and_hands_it_to_every_job(profile, monkeypatch):
+    dag = _parse(monkeypatch, OSMF_CONFIG=str(profile))
+    assert set(dag.task_ids) == EXPECTED_TASKS
+    for task in dag.tasks:
+        assert _env(task)["OSMF_CONFIG"] == str(profile), task.task_id
+
+
+def test_gpu_stages_run_as_gpu_pods_under_the_kubernetes_launcher(monkeypatch):
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    dag = _parse(monkeypatch, OSMF_CONFIG="conf/profiles/cluster.yaml", OSMF_GPU__GPUS_PER_TASK="2")
+    pod = dag.get_task("train_paag")
+    assert isinstance(pod, KubernetesPodOperator)
+    assert (pod.namespace, pod.image, pod.pool) == ("osmf", "osmf:latest", "gpu")
+    assert pod.cmds == ["python", "jobs/train_paag.py"] and pod.arguments[:2] == ["--ds", "{{ ds }}"]
+    assert pod.container_resources.limits == {"nvidia.com/gpu": "2"}
+    assert [t.key for t in pod.tolerations] == ["nvidia.com/gpu"]
+    assert _env(pod)["OSMF_GPU__GPUS_PER_TASK"] == "2"
 
 
 def test_dag_has_the_expected_tasks(dag):
@@ -57,7 +93,7 @@ def test_spark_tasks_get_ds_and_run_id_and_delta(dag):
     for task in (dag.get_task(t) for t in SPARK_TASKS):
         assert task.application.startswith(str(PROJECT_ROOT / "jobs"))
         assert task.application_args == ["--ds", "{{ ds }}", "--dag-run-id", "{{ run_id }}"]
-        assert "delta-spark" in task.jars
+        assert task.jars == str(PROJECT_ROOT / ".jars" / "*.jar")
         assert task.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from osmf_lib import grouping, tables
+from osmf_lib import grouping, tables, tracking
 from osmf_lib.config import GroupingConfig
+from osmf_lib.job import JobContext, StageError, worker_error
 from osmf_lib.tables import GROUP_PROFILES, PAAG_EMBEDDINGS, USER_GROUPS, USERS
 
 DS = dt.date(2026, 11, 1)
@@ -242,7 +244,8 @@ def test_group_users_conforms_and_matches_the_pure_function(spark, spark_input, 
     assert {r["product_id"] for r in profiled} == {"p1", "p2"}
 
     expected_assigned, expected_profiles = grouping.group_product(p1, cfg.grouping)
-    got = [{k: v for k, v in r.items() if k != "ds"} for r in assigned if r["product_id"] == "p1"]
+    assert {r["paag_version"] for r in assigned + profiled} == {"osmf-paag/1"}
+    got = [{k: v for k, v in r.items() if k not in ("ds", "paag_version")} for r in assigned if r["product_id"] == "p1"]
     assert got == expected_assigned.to_dict("records")
     got_profiles = [r for r in profiled if r["product_id"] == "p1"]
     assert len(got_profiles) == len(expected_profiles) == 3
@@ -267,5 +270,41 @@ def test_group_users_fails_naming_the_bad_row(spark, make_cfg) -> None:
     embeddings = spark.createDataFrame(frame, PAAG_EMBEDDINGS.schema())
     users = spark.createDataFrame([], USERS.schema())
     user_groups, _ = grouping.group_users(embeddings, users, make_cfg(), DS)
-    with pytest.raises(Exception, match="product p7: user u00001 has a NaN"):
+    with pytest.raises(Exception, match="product p7: user u00001 has a NaN") as caught:
         user_groups.collect()
+    # What the job prints instead of the JVM's stack:
+    reason = worker_error(caught.value, grouping.GroupingError)
+    assert reason == "product p7: user u00001 has a NaN or infinite value in its embedding"
+
+
+def test_a_failure_between_the_two_writes_is_caught_and_a_rerun_mends_it(spark, spark_input, make_cfg, monkeypatch):
+    embeddings, users, _ = spark_input
+    cfg = make_cfg()
+    tracking.configure(cfg)
+    tables.overwrite_partition(spark, embeddings.where(f"ds = DATE'{DS}'"), PAAG_EMBEDDINGS, cfg, DS)
+    tables.merge(spark, users, USERS, cfg, ds=DS)
+
+    def group(k_max: int) -> None:
+        with mlflow.start_run():
+            grouping.run(
+                JobContext("group_users", cfg.model_copy(update={"grouping": GroupingConfig(k_max=k_max)}), DS, "t")
+            )
+
+    group(k_max=5)
+    grouping.check_groups(spark, cfg, DS)
+    write = tables.overwrite_partition
+
+    def fail_on_profiles(spark, df, table, *args, **kwargs):
+        if table is GROUP_PROFILES:
+            raise RuntimeError("the driver died")
+        return write(spark, df, table, *args, **kwargs)
+
+    monkeypatch.setattr(tables, "overwrite_partition", fail_on_profiles)
+    with pytest.raises(RuntimeError, match="the driver died"):
+        group(k_max=2)  # fewer groups for p1: user_groups now disagrees with the old profiles
+    with pytest.raises(StageError, match="user_groups and group_profiles of ds=.* disagree .* rerun group_users"):
+        grouping.check_groups(spark, cfg, DS)
+    monkeypatch.setattr(tables, "overwrite_partition", write)
+    group(k_max=2)
+    grouping.check_groups(spark, cfg, DS)
+    assert tables.read(spark, GROUP_PROFILES, cfg, ds=DS).where("product_id = 'p1'").count() == 2

@@ -4,6 +4,7 @@ from mlflow import MlflowClient
 
 from osmf_lib import preflight
 from osmf_lib.job import StageError, main
+from osmf_lib.spark import SparkSetupError
 
 
 def _job_args(cfg, *extra):
@@ -22,7 +23,13 @@ def _job_args(cfg, *extra):
 
 def test_checks_pass_on_a_working_setup(spark, cfg):
     names = [check.name for check in preflight.run_checks(spark, cfg)]
-    assert names == ["lakehouse root", "spark + delta", "mlflow"]
+    assert names == ["lakehouse root", "jars", "spark + delta", "mlflow"]
+
+
+def test_jars_for_another_config_are_named_with_the_fix(make_cfg):
+    cfg = make_cfg("spark.packages=[org.apache.hadoop:hadoop-aws:3.5.0]")
+    with pytest.raises(SparkSetupError, match="run `osmf spark resolve-jars`"):
+        preflight.check_jars(cfg)
 
 
 def test_unwritable_root_is_named(spark, make_cfg, tmp_path):
@@ -44,7 +51,7 @@ def test_the_job_logs_a_stage_run(spark, cfg, capsys):
     )
     assert run.info.status == "FINISHED"
     logged = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/preflight.json")
-    assert set(logged) == {"lakehouse root", "spark + delta", "mlflow"}
+    assert set(logged) == {"lakehouse root", "jars", "spark + delta", "mlflow"}
 
 
 def test_a_failing_job_exits_1_with_one_line(spark, make_cfg, tmp_path, capsys):

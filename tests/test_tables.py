@@ -38,6 +38,7 @@ def test_contracts_match_the_design():
     assert set(TABLES) == {
         "impressions",
         "rejected_events",
+        "landing_manifests",
         "users",
         "products",
         "creatives",
@@ -163,6 +164,24 @@ def test_register_views_exposes_existing_tables(spark, cfg):
     assert spark.sql("SELECT count(*) AS n FROM impressions").first()["n"] == 1
 
 
+def _user(spark, city, updated, user_id="u1"):
+    return spark.createDataFrame(
+        [
+            Row(
+                user_id=user_id,
+                age_band="25-34",
+                gender="f",
+                city_tier=city,
+                purchase_power="high",
+                occupation="engineer",
+                device="ios",
+                interests=["books"],
+                updated_ds=updated,
+            )
+        ]
+    )
+
+
 def test_merge_unless_newer_never_rolls_a_dimension_back(spark, cfg):
     def user(city, updated):
         return spark.createDataFrame(
@@ -189,6 +208,29 @@ def test_merge_unless_newer_never_rolls_a_dimension_back(spark, cfg):
     assert tables.read(spark, users, cfg).first()["city_tier"] == "tier-2"
 
 
+def test_a_dimension_reads_as_the_night_left_it(spark, cfg):
+    users, d3 = TABLES["users"], D2 + dt.timedelta(days=1)
+    tables.ensure(spark, users, cfg)
+    tables.merge(spark, _user(spark, "tier-1", D1), users, cfg, unless_newer="updated_ds", ds=D1)
+    tables.merge(spark, _user(spark, "tier-2", d3), users, cfg, unless_newer="updated_ds", ds=d3)
+    # A backfill of D2 after D3 ran: its upsert lands after D3's, yet D2 must not see D3's rows.
+    tables.merge(spark, _user(spark, "tier-4", D2, "u2"), users, cfg, unless_newer="updated_ds", ds=D2)
+
+    def cities(as_of):
+        return sorted((r["user_id"], r["city_tier"]) for r in tables.read(spark, users, cfg, as_of=as_of).collect())
+
+    assert cities(D1) == cities(D2) == [("u1", "tier-1")]
+    assert cities(d3) == [("u1", "tier-2"), ("u2", "tier-4")]
+    assert tables.version_as_of(spark, users, cfg, D1 - dt.timedelta(days=1)) == 0  # only the empty table
+
+
+def test_partition_writes_record_their_ds(spark, cfg):
+    impressions = TABLES["impressions"]
+    tables.overwrite_partition(spark, _events(spark, D2, ("e1", "u1", False)), impressions, cfg, D2)
+    tables.overwrite_partition(spark, _events(spark, D1, ("e2", "u1", True)), impressions, cfg, D1)
+    assert tables.version_as_of(spark, impressions, cfg, D1) == 0
+
+
 def test_every_analyst_view_compiles_over_the_contracts(spark, cfg):
     for table in TABLES.values():
         tables.ensure(spark, table, cfg)
@@ -197,3 +239,20 @@ def test_every_analyst_view_compiles_over_the_contracts(spark, cfg):
     assert views <= set(registered)
     for view in views:
         spark.table(view).collect()  # empty, but planned and run against the real schemas
+
+
+def test_membership_history_matches_renumbered_groups_by_their_members(spark, cfg):
+    # Night 2 renumbers night 1's two groups (0 <-> 1); only u5 really changes group.
+    night1 = {"u1": 0, "u2": 0, "u3": 0, "u4": 1, "u5": 1, "u6": 1}
+    night2 = {"u1": 1, "u2": 1, "u3": 1, "u4": 0, "u5": 1, "u6": 0}
+    rows = [
+        Row(product_id="p1", user_id=u, group_id=g, distance=0.0, paag_version="osmf-paag/1", ds=ds)
+        for ds, night in ((D1, night1), (D2, night2))
+        for u, g in night.items()
+    ]
+    for ds in (D1, D2):
+        night_rows = spark.createDataFrame([r for r in rows if r.ds == ds])
+        tables.overwrite_partition(spark, night_rows, TABLES["user_groups"], cfg, ds)
+    tables.register_views(spark, cfg)
+    moved = spark.sql("SELECT user_id, moved FROM group_membership_history WHERE ds = DATE'2026-11-02'").collect()
+    assert sorted(r["user_id"] for r in moved if r["moved"]) == ["u5"]

@@ -114,27 +114,3 @@ def test_unusable_tracking_store_is_named(make_cfg, tmp_path):
 
 def test_flatten_nests_with_dots():
     assert tracking.flatten({"a": {"b": 1, "c": {"d": 2}}, "e": {}}) == {"a.b": 1, "a.c.d": 2, "e": {}}
-
-
-def test_promote_if_better_compares_the_training_runs_metric(cfg):
-    tracking.configure(cfg)
-    name = "osmf-test-promotion"
-
-    def trained(score: float) -> str:
-        with mlflow.start_run():
-            mlflow.log_metric("val_auroc", score)
-            return tracking.register(_log_model(1.0), name)
-
-    first = trained(0.70)
-    assert tracking.promote_if_better(name, first, "val_auroc")  # no champion yet
-    worse = trained(0.65)
-    assert not tracking.promote_if_better(name, worse, "val_auroc")
-    marginal = trained(0.705)
-    assert not tracking.promote_if_better(name, marginal, "val_auroc", min_improvement=0.01)
-    better = trained(0.75)
-    assert tracking.promote_if_better(name, better, "val_auroc", min_improvement=0.01)
-    assert tracking.alias_version(name) == better
-    with mlflow.start_run():
-        unscored = tracking.register(_log_model(1.0), name)
-    with pytest.raises(tracking.TrackingError, match="logged no metric 'val_auroc'"):
-        tracking.promote_if_better(name, unscored, "val_auroc")

@@ -3,7 +3,10 @@ and the product-aware embedding of every (product, user) in a product's audience
 
     train_paag             impressions of the look-back window -> osmf-paag (+ its product-agnostic
                            baseline, logged in the same run for evaluation)
-    build_paag_embeddings  osmf-paag@champion over every product's audience -> paag_embeddings
+    build_paag_embeddings  the night's osmf-paag champion over every product's audience -> paag_embeddings
+
+Both read the dimension tables as the night left them and the model pinned for the night
+(osmf_lib.promotion), so a backfill of an old night reproduces its rows.
 
 The torch side lives in osmf_lib.paag; this module only selects data with Spark, moves it in
 and out of pandas, and keeps the registry tidy.
@@ -19,23 +22,25 @@ import uuid
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from osmf_lib import tables, tracking
+from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
-from osmf_lib.job import JobContext, StageError
+from osmf_lib.job import JobContext, StageError, worker_errors_as_stage_errors
 from osmf_lib.tables import CREATIVES, DS, IMPRESSIONS, PAAG_EMBEDDINGS, PRODUCTS, USER_ATTRIBUTES, USERS
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+    from osmf_lib.paag import TrainedPaag
 
 MODEL_NAME = "osmf-paag"
 BASELINE_ARTIFACT = "osmf-paag-baseline"
-# Model version tags that make a rerun of the same night, on the same data and settings, reuse
-# its model instead of training anew.
-TAG_TRAINED_FOR = "osmf.trained_for_ds"
-TAG_DATA_VERSION = "osmf.impressions_version"
-TAG_SETTINGS = "osmf.training_settings"
+PRODUCT_FEATURES = ("product_id", "title", "category", "image_uri")
 
 
 def window(impressions: DataFrame, ds: date, lookback_days: int) -> DataFrame:
@@ -83,68 +88,151 @@ def _to_pandas(df: DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # train_paag
 
+# What a night's features are read from, each as that night left it (tables.version_as_of).
+DIMENSIONS = (USERS, PRODUCTS, CREATIVES)
+# Version tags that make a rerun of the same night, on the same data and settings, reuse its
+# model instead of training anew (so a backfill reproduces the night's embeddings).
+TAG_DATA = "osmf.training_data"
+TAG_SETTINGS = "osmf.training_settings"
+METRIC = "val_auroc"
 
-def _training_tags(cfg: Config, ds: date, data_version: int) -> dict[str, str]:
+
+def _digest(payload: object) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def window_fingerprint(seen: DataFrame) -> dict[str, int]:
+    """The window's impressions, as a count and an order-free hash: equal whatever later days added."""
+    row = seen.agg(
+        F.count("*").alias("rows"),
+        F.bit_xor(F.xxhash64("event_id", "user_id", "product_id", "creative_id", "clicked", DS)).alias("hash"),
+    ).first()
+    return {"rows": row["rows"], "hash": row["hash"] or 0}
+
+
+def _training_tags(cfg: Config, ds: date, seen: dict[str, int], dimensions: dict[str, int]) -> dict[str, str]:
     """What makes two trainings the same: the night, the data, the model settings and its format."""
     from osmf_lib.paag.model import FORMAT
 
-    settings = json.dumps(
-        {"paag": cfg.paag.model_dump(mode="json"), "models": cfg.models.model_dump(mode="json"), "format": FORMAT}
-    )
+    settings = {
+        "paag": cfg.paag.model_dump(mode="json"),
+        "models": cfg.models.model_dump(mode="json"),
+        "format": FORMAT,
+    }
     return {
-        TAG_TRAINED_FOR: ds.isoformat(),
-        TAG_DATA_VERSION: str(data_version),
-        TAG_SETTINGS: hashlib.sha256(settings.encode()).hexdigest()[:16],
+        promotion.TAG_TRAINED_FOR: ds.isoformat(),
+        TAG_DATA: _digest({"impressions": seen, **dimensions}),
+        TAG_SETTINGS: _digest(settings),
     }
 
 
-def _reusable_version(tags: dict[str, str]) -> str | None:
+def _reusable_version(tags: dict[str, str]) -> ModelVersion | None:
     """A version already trained with exactly these tags, so a rerun changes nothing."""
     from mlflow import MlflowClient
 
     for version in MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'"):
         if all(version.tags.get(key) == value for key, value in tags.items()):
-            return str(version.version)
+            return version
     return None
+
+
+def _register(trained: TrainedPaag, baseline: TrainedPaag, cfg: Config, tags: dict[str, str]) -> str:
+    """Log PAAG and its product-agnostic baseline in this run; register PAAG as a tagged challenger."""
+    from mlflow import MlflowClient
+
+    from osmf_lib.paag import log_paag
+
+    model_uri = log_paag(trained, cfg, name=MODEL_NAME)
+    log_paag(baseline, cfg, name=BASELINE_ARTIFACT)
+    version = tracking.register(model_uri, MODEL_NAME)
+    for key, value in tags.items():
+        MlflowClient().set_model_version_tag(MODEL_NAME, version, key, value)
+    return version
+
+
+def held_out_auroc(
+    model_version: str, held_out: pd.DataFrame, products: pd.DataFrame, creatives: pd.DataFrame, cfg: Config
+) -> float:
+    """AUROC of a registered version's click predictions on held-out impressions (NaN with one class)."""
+    from sklearn.metrics import roc_auc_score
+
+    from osmf_lib.paag import load_paag
+
+    clicked = held_out["clicked"].to_numpy(dtype=bool)
+    if clicked.all() or not clicked.any():
+        return float("nan")
+    paag = load_paag(f"models:/{MODEL_NAME}/{model_version}", unreadable_image=cfg.models.unreadable_image)
+    return float(roc_auc_score(clicked, paag.click_probability(held_out, creatives, products)))
+
+
+def challenge(
+    version: str, examples: pd.DataFrame, products: pd.DataFrame, creatives: pd.DataFrame, cfg: Config, ds: date
+) -> promotion.Decision:
+    """Score the challenger and the night's champion on the same held-out users; apply the one rule."""
+    from osmf_lib.paag import validation_users
+
+    held_out = examples[validation_users(examples["user_id"], cfg.paag.validation_fraction, cfg.paag.seed)]
+    champion = promotion.version_for_ds(MODEL_NAME, ds)
+    challenger_score = held_out_auroc(version, held_out, products, creatives, cfg)
+    champion_score = held_out_auroc(champion, held_out, products, creatives, cfg) if champion else None
+    promoted, reason = promotion.decide(
+        challenger_score,
+        champion_score,
+        has_champion=champion is not None,
+        min_improvement=cfg.evaluate.min_improvement,
+    )
+    return promotion.Decision(MODEL_NAME, METRIC, version, challenger_score, champion, champion_score, promoted, reason)
 
 
 def train_paag(ctx: JobContext) -> None:
     import mlflow
-    from mlflow import MlflowClient
 
-    from osmf_lib.paag import fit_paag, log_paag
+    from osmf_lib.paag import fit_paag
 
-    spark, cfg = ctx.spark, ctx.cfg
-    data_version = tracking.log_table_input(spark, IMPRESSIONS, cfg, context="training")
-    tags = _training_tags(cfg, ctx.ds, data_version)
+    spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
+    dimensions = {t.name: tables.version_as_of(spark, t, cfg, ds) for t in DIMENSIONS}
+    seen = window(tables.read(spark, IMPRESSIONS, cfg), ds, cfg.paag.lookback_days)
+    tags = _training_tags(cfg, ds, window_fingerprint(seen), dimensions)
     reused = _reusable_version(tags)
-    if reused is not None:
-        print(f"train_paag: {MODEL_NAME} version {reused} was trained for ds={ctx.ds} on the same data and settings")
-        mlflow.set_tag("osmf.reused_version", reused)
+    if reused is not None and promotion.TAG_DECISION in reused.tags:
+        print(
+            f"train_paag: {MODEL_NAME} version {reused.version} was trained for ds={ds} on the same data and settings"
+        )
+        print(f"train_paag: {reused.tags[promotion.TAG_DECISION]}")
+        mlflow.set_tag("osmf.reused_version", reused.version)
         return
-    seen = window(tables.read(spark, IMPRESSIONS, cfg), ctx.ds, cfg.paag.lookback_days)
-    examples = _to_pandas(training_examples(seen, tables.read(spark, USERS, cfg), cfg.paag.max_train_rows))
+
+    users = tables.read(spark, USERS, cfg, version=dimensions[USERS.name])
+    examples = _to_pandas(training_examples(seen, users, cfg.paag.max_train_rows))
     if examples.empty:
-        raise StageError(f"no impressions in the {cfg.paag.lookback_days} days up to ds={ctx.ds}: nothing to train on")
-    products = _to_pandas(tables.read(spark, PRODUCTS, cfg).select("product_id", "title", "category", "image_uri"))
-    creatives = _to_pandas(tables.read(spark, CREATIVES, cfg).select("creative_id", "product_id", "prompt"))
-    for context, table in (("features", USERS), ("features", PRODUCTS), ("features", CREATIVES)):
-        tracking.log_table_input(spark, table, cfg, context=context)
-
-    trained = fit_paag(examples, products, creatives, cfg, product_aware=True)
-    model_uri = log_paag(trained, cfg, name=MODEL_NAME)
-    # The product-agnostic baseline of the evaluation: same model and data, product context removed.
-    log_paag(fit_paag(examples, products, creatives, cfg, product_aware=False), cfg, name=BASELINE_ARTIFACT)
-
-    version = tracking.register(model_uri, MODEL_NAME)
-    client = MlflowClient()
-    for key, value in tags.items():
-        client.set_model_version_tag(MODEL_NAME, version, key, value)
-    promoted = tracking.promote_if_better(
-        MODEL_NAME, version, metric="paag.val_auroc", min_improvement=cfg.evaluate.min_improvement
+        raise StageError(f"no impressions in the {cfg.paag.lookback_days} days up to ds={ds}: nothing to train on")
+    products = _to_pandas(
+        tables.read(spark, PRODUCTS, cfg, version=dimensions[PRODUCTS.name]).select(*PRODUCT_FEATURES)
     )
-    verdict = "champion" if promoted else "challenger (the champion validates better)"
-    print(f"train_paag: {MODEL_NAME} version {version}, val AUROC {trained.metrics['val_auroc']:.3f} -> {verdict}")
+    creatives = _to_pandas(
+        tables.read(spark, CREATIVES, cfg, version=dimensions[CREATIVES.name]).select(
+            "creative_id", "product_id", "prompt"
+        )
+    )
+    tracking.log_table_input(spark, IMPRESSIONS, cfg, context="training")
+    for table in DIMENSIONS:
+        tracking.log_table_input(spark, table, cfg, context="features", version=dimensions[table.name])
+
+    if reused is None:
+        trained = fit_paag(examples, products, creatives, cfg, product_aware=True)
+        # The product-agnostic baseline of the evaluation: same model and data, product context removed.
+        baseline = fit_paag(examples, products, creatives, cfg, product_aware=False)
+        version = _register(trained, baseline, cfg, tags)
+        print(f"train_paag: {MODEL_NAME} version {version}, val AUROC {trained.metrics['val_auroc']:.3f}")
+        skipped = trained.paag.unreadable_images
+        if skipped:
+            print(
+                f"train_paag: {len(skipped)} products with an unreadable image, described by text alone: {skipped[:5]}"
+            )
+    else:
+        # Trained by an earlier run of this night that stopped before deciding.
+        version = reused.version
+    promotion.record(spark, cfg, ds, challenge(version, examples, products, creatives, cfg, ds))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +242,7 @@ def train_paag(ctx: JobContext) -> None:
 _LOADED: dict[str, object] = {}  # model folder name -> Paag, per Python worker process
 
 
-def _embedder(model_dir: str, model_version: str, ds: date):
+def _embedder(model_dir: str, model_version: str, ds: date, unreadable_image: str):
     """A mapInPandas function that loads the model once per Python worker and embeds in batches."""
 
     def embed_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -164,7 +252,7 @@ def _embedder(model_dir: str, model_version: str, ds: date):
         from osmf_lib.paag import Paag, embed, stages
 
         if model_dir not in stages._LOADED:
-            stages._LOADED[model_dir] = Paag.load(Path(SparkFiles.get(model_dir)))
+            stages._LOADED[model_dir] = Paag.load(Path(SparkFiles.get(model_dir)), unreadable_image=unreadable_image)
         model = stages._LOADED[model_dir]
         for batch in batches:
             batch["interests"] = batch["interests"].map(lambda v: [] if v is None else list(v))
@@ -182,44 +270,52 @@ def _embedder(model_dir: str, model_version: str, ds: date):
     return embed_batches
 
 
-def champion_version(cfg: Config) -> str:
-    """The version osmf-paag@champion points at; fails clearly when there is none yet."""
+def champion_version(cfg: Config, ds: date) -> str:
+    """The version that is champion for night `ds` (promotion.version_for_ds); fails clearly without one."""
     tracking.configure(cfg)
-    version = tracking.alias_version(MODEL_NAME)
+    version = promotion.version_for_ds(MODEL_NAME, ds)
     if version is None:
-        raise StageError(f"{MODEL_NAME} has no champion yet: run train_paag first (models:/{MODEL_NAME}@champion)")
+        raise StageError(f"{MODEL_NAME} has no champion for ds={ds}: run train_paag for ds={ds} first")
     return version
 
 
-def champion_model_dir(cfg: Config) -> tuple[Path, str]:
-    """Download osmf-paag@champion's torch folder; returns it with the version it came from."""
+def champion_model_dir(cfg: Config, ds: date) -> tuple[Path, str]:
+    """Download the night's champion's torch folder; returns it with its lineage name ("osmf-paag/3")."""
     import mlflow
 
     from osmf_lib.paag.registry import ARTIFACT
 
-    version = champion_version(cfg)
+    version = champion_version(cfg, ds)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}/{version}"))
     return local / "artifacts" / ARTIFACT, f"{MODEL_NAME}/{version}"
 
 
-def embed_audience(spark: SparkSession, pairs: DataFrame, model_dir: Path, model_version: str, ds: date) -> DataFrame:
+def embed_audience(
+    spark: SparkSession, pairs: DataFrame, model_dir: Path, model_version: str, ds: date, unreadable_image: str
+) -> DataFrame:
     """Embed every pair with the model shipped to the executors (local folder, HDFS or object store alike)."""
     # Spark refuses a second, different folder under a name it already ships: make each name unique.
     shipped = Path(tempfile.mkdtemp(prefix="osmf-paag-")) / f"paag-{uuid.uuid4().hex}"
     shutil.copytree(model_dir, shipped)
     spark.sparkContext.addFile(str(shipped), recursive=True)
-    return pairs.mapInPandas(_embedder(shipped.name, model_version, ds), PAAG_EMBEDDINGS.schema())
+    embedder = _embedder(shipped.name, model_version, ds, unreadable_image)
+    return pairs.mapInPandas(embedder, PAAG_EMBEDDINGS.schema())
 
 
 def build_paag_embeddings(ctx: JobContext) -> None:
     import mlflow
 
+    from osmf_lib.paag import PaagError
+
     spark, cfg = ctx.spark, ctx.cfg
-    model_dir, model_version = champion_model_dir(cfg)
+    model_dir, model_version = champion_model_dir(cfg, ctx.ds)
     seen = window(tables.read(spark, IMPRESSIONS, cfg), ctx.ds, cfg.paag.lookback_days)
-    pairs = audience_pairs(audience(seen), tables.read(spark, USERS, cfg), tables.read(spark, PRODUCTS, cfg))
-    embeddings = embed_audience(spark, pairs, model_dir, model_version, ctx.ds)
-    version = tables.overwrite_partition(spark, embeddings, PAAG_EMBEDDINGS, cfg, ctx.ds)
+    users, products = (tables.read(spark, t, cfg, as_of=ctx.ds) for t in (USERS, PRODUCTS))
+    pairs = audience_pairs(audience(seen), users, products)
+    embeddings = embed_audience(spark, pairs, model_dir, model_version, ctx.ds, cfg.models.unreadable_image)
+    # A product the model cannot use fails in a Python worker: report it, not the JVM's stack.
+    with worker_errors_as_stage_errors(PaagError, f"build_paag_embeddings for ds={ctx.ds}"):
+        version = tables.overwrite_partition(spark, embeddings, PAAG_EMBEDDINGS, cfg, ctx.ds)
     written = (
         tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=ctx.ds)
         .groupBy()

@@ -3,7 +3,7 @@
 It answers what no offline log can: how a never-shown prompt would have done for a user, a
 learned group or a product's whole audience, and what the best possible prompt would have been.
 
-Only evaluation may import this module (tests/test_oracle_isolation.py enforces it): a model
+Only evaluation may import this module (tests/test_synth_isolation.py enforces it): a model
 trained with the oracle's answers would be graded on its own answer key.
 
 A prompt is read as free text: the style phrases of `vocab.STYLE` it contains count, anything
@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from osmf_lib.config import Config
 from osmf_lib.synth.vocab import CATEGORIES, STYLE, STYLE_ATTRIBUTES, STYLE_VALUES, compose_prompt
 from osmf_lib.synth.world import (
     INTERCEPT,
@@ -60,8 +59,9 @@ class Oracle:
         self._combo_shifts: dict[int, np.ndarray] = {}
 
     @classmethod
-    def from_config(cls, cfg: Config) -> Oracle:
-        return cls(build_world(cfg.synth.seed, cfg.synth.scale))
+    def of_world(cls, seed: int, scale: str) -> Oracle:
+        """The oracle of the world a landing manifest names (ingest.world_of)."""
+        return cls(build_world(seed, scale))
 
     # --- segments ------------------------------------------------------------------------------
 

@@ -6,13 +6,13 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from osmf_lib import evaluate_grouping, grouping, ingest, tables
+from osmf_lib import evaluate_grouping, grouping, ingest, promotion, tables
 from osmf_lib.job import main
 from osmf_lib.paag import stages
 from osmf_lib.synth import write_landing
-from osmf_lib.tables import EVAL_METRICS, GROUP_PROFILES, IMPRESSIONS, PAAG_EMBEDDINGS, USER_GROUPS
+from osmf_lib.tables import EVAL_METRICS, GROUP_PROFILES, IMPRESSIONS, PAAG_EMBEDDINGS, USER_GROUPS, USERS
 
-D1, D2 = dt.date(2026, 11, 1), dt.date(2026, 11, 2)
+D1, D2, D3 = dt.date(2026, 11, 1), dt.date(2026, 11, 2), dt.date(2026, 11, 3)
 FAST = ["paag.max_train_rows=20000", "paag.epochs=1", "evaluate.max_products=6", "grouping.silhouette_sample=500"]
 
 
@@ -22,7 +22,7 @@ def night(make_cfg, tmp_path_factory):
     store = tmp_path_factory.mktemp("paag-mlflow")
     overrides = [*FAST, f"mlflow.tracking_uri=sqlite:///{store}/mlflow.db", f"mlflow.artifact_root={store}/artifacts"]
     cfg = make_cfg(*overrides)
-    write_landing(cfg, scale="tiny", start=D1, days=2)
+    write_landing(cfg, scale="tiny", start=D1, days=3)
     from osmf_lib.spark import get_spark
 
     spark = get_spark(cfg)
@@ -43,7 +43,9 @@ def test_embedding_before_any_training_fails_clearly(night, capsys):
     with pytest.raises(SystemExit) as exit_:
         stage("build_paag_embeddings", stages.build_paag_embeddings)
     assert exit_.value.code == 1
-    assert "osmf-paag has no champion yet: run train_paag first" in capsys.readouterr().err
+    assert (
+        "osmf-paag has no champion for ds=2026-11-02: run train_paag for ds=2026-11-02 first" in capsys.readouterr().err
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,8 @@ def test_training_registers_a_champion_with_lineage(grouped):
     client = MlflowClient()
     (version,) = client.search_model_versions("name = 'osmf-paag'")
     assert client.get_model_version_by_alias("osmf-paag", "champion").version == version.version
-    assert version.tags[stages.TAG_TRAINED_FOR] == D2.isoformat()
+    assert version.tags[promotion.TAG_TRAINED_FOR] == version.tags[promotion.TAG_CHAMPION_FROM] == D2.isoformat()
+    assert "promoted (first version)" in version.tags[promotion.TAG_DECISION]
     run = client.get_run(version.run_id)
     assert run.data.metrics["paag.val_auroc"] > 0.5
     assert {i.dataset.name.split("@")[0] for i in run.inputs.dataset_inputs} >= {"impressions", "users", "products"}
@@ -102,20 +105,26 @@ def test_evaluation_is_recorded(grouped):
     assert by_category == {"product_aware", "product_agnostic"}
 
 
+def _snapshot(spark, cfg, ds):
+    return [
+        sorted(tuple(map(str, r)) for r in tables.read(spark, t, cfg, ds=ds).collect())
+        for t in (PAAG_EMBEDDINGS, USER_GROUPS, GROUP_PROFILES)
+    ]
+
+
+NIGHT = (
+    ("train_paag", stages.train_paag),
+    ("build_paag_embeddings", stages.build_paag_embeddings),
+    ("group_users", grouping.run),
+)
+
+
 def test_rerunning_the_night_gives_the_same_tables(grouped):
     cfg, spark, stage = grouped
-
-    def snapshot():
-        return [
-            sorted(tuple(map(str, r)) for r in tables.read(spark, t, cfg, ds=D2).collect())
-            for t in (PAAG_EMBEDDINGS, USER_GROUPS, GROUP_PROFILES)
-        ]
-
-    before = snapshot()
-    stage("train_paag", stages.train_paag)  # reuses the version trained for this night
-    stage("build_paag_embeddings", stages.build_paag_embeddings)
-    stage("group_users", grouping.run)
-    assert snapshot() == before
+    before = _snapshot(spark, cfg, D2)
+    for name, body in NIGHT:  # train_paag reuses the version trained for this night
+        stage(name, body)
+    assert _snapshot(spark, cfg, D2) == before
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     assert len(MlflowClient().search_model_versions("name = 'osmf-paag'")) == 1
 
@@ -128,3 +137,20 @@ def test_a_night_without_impressions_embeds_nothing(grouped, capsys):
     out = capsys.readouterr().out
     assert "no impressions in the window" in out and "nothing to group" in out
     assert tables.read(spark, USER_GROUPS, cfg, ds=quiet).count() == 0
+
+
+def test_a_backfill_after_a_later_night_sees_no_later_data(grouped):
+    """D3 brings new users, changed attributes and a new model; rerunning D2 afterwards changes nothing."""
+    cfg, spark, stage = grouped
+    before = _snapshot(spark, cfg, D2)
+    ingest.ingest_day(spark, cfg, D3)
+    for name, body in NIGHT:
+        stage(name, body, ds=D3)
+        if name == "train_paag":
+            # Whatever it scored, D3's model becomes D3's champion: the backfill must not pick it up.
+            MlflowClient().set_model_version_tag("osmf-paag", "2", promotion.TAG_CHAMPION_FROM, D3.isoformat())
+    assert tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=D3).first()["paag_version"] == "osmf-paag/2"
+    for name, body in NIGHT:
+        stage(name, body, ds=D2)
+    assert _snapshot(spark, cfg, D2) == before
+    assert tables.read(spark, USERS, cfg).count() > tables.read(spark, USERS, cfg, as_of=D2).count()

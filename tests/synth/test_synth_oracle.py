@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from osmf_lib.config import load_config
 from osmf_lib.synth import build_world
 from osmf_lib.synth.oracle import Oracle, parse_prompt
 from osmf_lib.synth.world import World
@@ -108,9 +107,8 @@ def test_the_oracle_predicts_the_simulated_clicks(oracle: Oracle, world: World) 
     assert abs(observed - expected) < 4 * np.sqrt(expected)
 
 
-def test_the_oracle_of_a_config_knows_the_world_it_landed(oracle: Oracle, product: str) -> None:
-    cfg = load_config(overrides=["synth.seed=7", "synth.scale=tiny"], environ={}, base_file=None)
-    from_config = Oracle.from_config(cfg)
-    prompt = from_config.population_best_prompt(product)
+def test_the_oracle_of_a_manifest_knows_the_world_it_landed(oracle: Oracle, product: str) -> None:
+    named = Oracle.of_world(seed=7, scale="tiny")
+    prompt = named.population_best_prompt(product)
     assert prompt == oracle.population_best_prompt(product)
-    assert from_config.expected_ctr(product, prompt) == oracle.expected_ctr(product, prompt)
+    assert named.expected_ctr(product, prompt) == oracle.expected_ctr(product, prompt)

@@ -1,0 +1,129 @@
+"""The one promotion rule of every registered model, and which version a night uses (DESIGN §8).
+
+- **Like for like.** The training stage scores its challenger and the champion *for its ds* on the
+  same held-out data in the same run, with the same function; only those two numbers are compared.
+- **Never by accident.** A missing or NaN score never promotes; a tie keeps the champion; the
+  challenger must win by more than `evaluate.min_improvement`.
+- **Pinned per ds.** The version promoted on night ds is tagged `osmf.champion_from_ds = ds`. The
+  champion *for* a night is the version promoted on the latest night <= it, so a backfill of an
+  old night uses the model that night had, never one trained on later data. The registry alias
+  `champion` follows the newest night's, for consumers outside the pipeline.
+
+The decision, both scores and both versions go to MLflow (the stage's run and the challenger's
+version tags) and to `eval_metrics` (stage "promotion", slice = the model's name).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date
+from typing import TYPE_CHECKING
+
+from mlflow import MlflowClient
+
+from osmf_lib import tables, tracking
+from osmf_lib.config import Config
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+STAGE = "promotion"
+TAG_TRAINED_FOR = "osmf.trained_for_ds"
+TAG_CHAMPION_FROM = "osmf.champion_from_ds"
+TAG_DECISION = "osmf.promotion"
+
+
+@dataclass(frozen=True)
+class Decision:
+    model: str
+    metric: str
+    challenger: str
+    challenger_score: float | None
+    champion: str | None  # the champion for the night, None on a model's first night
+    champion_score: float | None
+    promoted: bool
+    reason: str
+
+    def line(self) -> str:
+        def score(value: float | None) -> str:
+            return "none" if value is None else f"{value:.4f}"
+
+        against = f"champion v{self.champion} {score(self.champion_score)}" if self.champion else "no champion"
+        verdict = "promoted" if self.promoted else "kept the champion"
+        return (
+            f"{self.model} v{self.challenger} {self.metric} {score(self.challenger_score)} vs {against}: "
+            f"{verdict} ({self.reason})"
+        )
+
+
+def _usable(score: float | None) -> bool:
+    return score is not None and not math.isnan(score)
+
+
+def decide(
+    challenger_score: float | None,
+    champion_score: float | None,
+    *,
+    has_champion: bool,
+    min_improvement: float = 0.0,
+    higher_is_better: bool = True,
+) -> tuple[bool, str]:
+    """(promote?, why) for two scores measured on the same data."""
+    if not _usable(challenger_score):
+        return False, "the challenger has no usable score"
+    if not has_champion:
+        return True, "first version"
+    if not _usable(champion_score):
+        return False, "the champion could not be scored, so nothing is known to be better"
+    gain = challenger_score - champion_score if higher_is_better else champion_score - challenger_score
+    if gain > min_improvement:
+        return True, f"better by {gain:.4f}"
+    return False, f"not better by more than {min_improvement:g} (gain {gain:.4f})"
+
+
+def version_for_ds(name: str, ds: date) -> str | None:
+    """The version that is champion for night `ds`: promoted on the latest night <= ds (newest wins ties)."""
+    promoted = [
+        (v.tags[TAG_CHAMPION_FROM], int(v.version))
+        for v in MlflowClient().search_model_versions(f"name = '{name}'")
+        if v.tags.get(TAG_CHAMPION_FROM, "9999-12-31") <= ds.isoformat()
+    ]
+    return str(max(promoted)[1]) if promoted else None
+
+
+def _move_alias(name: str) -> None:
+    """Point `champion` at the version promoted on the newest night (a backfill never moves it back)."""
+    newest = version_for_ds(name, date.max)
+    if newest is not None:
+        tracking.promote(name, newest)
+
+
+def record(spark: SparkSession, cfg: Config, ds: date, decision: Decision) -> None:
+    """Store the decision everywhere it is looked for, and promote when it says so."""
+    import mlflow
+
+    client = MlflowClient()
+    client.set_model_version_tag(decision.model, decision.challenger, TAG_DECISION, decision.line())
+    if decision.promoted:
+        client.set_model_version_tag(decision.model, decision.challenger, TAG_CHAMPION_FROM, ds.isoformat())
+        _move_alias(decision.model)
+    values = {
+        f"{decision.metric}.challenger": decision.challenger_score,
+        f"{decision.metric}.champion": decision.champion_score,
+        "challenger_version": float(decision.challenger),
+        "champion_version": float(decision.champion) if decision.champion else None,
+        "promoted": float(decision.promoted),
+    }
+    known = {key: value for key, value in values.items() if value is not None}
+    mlflow.log_metrics({f"promotion.{key}": value for key, value in known.items()})
+    mlflow.set_tag("osmf.promotion", decision.line())
+    run_id = mlflow.active_run().info.run_id
+    rows = spark.createDataFrame(
+        [(STAGE, key, decision.model, value, run_id, ds) for key, value in known.items()],
+        tables.EVAL_METRICS.schema(),
+    )
+    tables.overwrite_partition(
+        spark, rows, tables.EVAL_METRICS, cfg, ds, where={"stage": STAGE, "slice": decision.model}
+    )
+    print(f"promotion: {decision.line()}")
