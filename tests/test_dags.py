@@ -139,7 +139,6 @@ def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg):
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
         "OSMF_LAKEHOUSE__ROOT": cfg.lakehouse.root,
         "OSMF_LAKEHOUSE__LANDING": cfg.lakehouse.landing,
-        "OSMF_SYNTH__SCALE": "tiny",
         "OSMF_PAAG__MAX_TRAIN_ROWS": "20000",
         "OSMF_PAAG__EPOCHS": "1",
         "OSMF_EVALUATE__MAX_PRODUCTS": "5",
