@@ -61,8 +61,8 @@ day gives the same tables.
 |---|---|
 | `preflight` | Spark + Delta, MLflow and the lakehouse root work; fails with the fix otherwise |
 | `ingest_events` | landing files -> `impressions`, `rejected_events`, dimension upserts; counts must add up |
-| `train_paag` | PAAG encoder on the look-back window -> `osmf-paag` (champion if it validates better) |
-| `build_paag_embeddings` | `osmf-paag@champion` over every product's audience -> `paag_embeddings` |
+| `train_paag` | PAAG encoder on the look-back window -> `osmf-paag` (champion by the like-for-like promotion rule) |
+| `build_paag_embeddings` | the night's `osmf-paag` champion over every product's audience -> `paag_embeddings` |
 | `group_users` | per-product K-Means, K by silhouette -> `user_groups`, `group_profiles` |
 | `evaluate_grouping` | groups vs the simulated world's hidden segments, NDCG by K -> `eval_metrics` |
 
