@@ -16,6 +16,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Airflow reads its home when first imported; keep it in the checkout, never in ~/airflow.
 os.environ.setdefault("AIRFLOW_HOME", str(PROJECT_ROOT / "var" / "airflow"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+# Airflow gives a DAG file 30 s to import; two busy cores can take longer, and an import
+# timeout is not what the DAG tests are about.
+os.environ.setdefault("AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT", "300")
 # py4j says goodbye at interpreter exit, after pytest closed the streams it would log to.
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
