@@ -22,6 +22,8 @@ from osmf_lib.spark import session_conf
 from osmf_lib.tables import (
     CREATIVES,
     EVAL_METRICS,
+    GROUP_CREATIVE_CTR,
+    GROUP_PREFERENCE_PAIRS,
     GROUP_PROFILES,
     IMPRESSIONS,
     PAAG_EMBEDDINGS,
@@ -65,6 +67,7 @@ day gives the same tables.
 | `build_paag_embeddings` | the night's `osmf-paag` champion over every product's audience -> `paag_embeddings` |
 | `group_users` | per-product K-Means, K by silhouette -> `user_groups`, `group_profiles` |
 | `evaluate_grouping` | groups vs the simulated world's hidden segments, NDCG by K -> `eval_metrics` |
+| `build_preference_pairs` | group-wise CTRs, preference pairs -> `group_creative_ctr`, `group_preference_pairs` |
 
 Configuration: `conf/osmf.yaml`, then the files named in `$OSMF_CONFIG`, then
 `OSMF_<SECTION>__<KEY>` variables; every task runs with the same ones. The Spark master comes
@@ -178,5 +181,9 @@ with DAG(
     build_paag_embeddings = spark_job("build_paag_embeddings", timedelta(hours=1), writes=(PAAG_EMBEDDINGS,))
     group_users = spark_job("group_users", timedelta(hours=1), writes=(USER_GROUPS, GROUP_PROFILES))
     evaluate_grouping = spark_job("evaluate_grouping", timedelta(hours=1), writes=(EVAL_METRICS,))
+    build_preference_pairs = spark_job(
+        "build_preference_pairs", timedelta(hours=1), writes=(GROUP_CREATIVE_CTR, GROUP_PREFERENCE_PAIRS)
+    )
 
-    preflight >> ingest_events >> train_paag >> build_paag_embeddings >> group_users >> evaluate_grouping
+    preflight >> ingest_events >> train_paag >> build_paag_embeddings >> group_users
+    group_users >> [evaluate_grouping, build_preference_pairs]

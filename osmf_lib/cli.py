@@ -6,11 +6,14 @@ osmf sql "SELECT ..."       Spark SQL over the lakehouse tables and views
 osmf check                  Spark + Delta, MLflow and the lakehouse root work here
 osmf where                  where outputs land and how to look at them
 osmf tables ddl             regenerate sql/tables/*.sql from the table contracts
+osmf export-pairs --ds D --split train --out FILE.jsonl   preference pairs for DPO elsewhere
 osmf spark resolve-jars     fetch Delta's jars from Maven Central once
 """
 
 from __future__ import annotations
 
+import json
+import os
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -152,6 +155,51 @@ def resolve_jars(ctx: typer.Context) -> None:
 
     jars = resolve_jars(ctx.obj)
     typer.echo(f"{', '.join(maven_packages(ctx.obj))}: {len(jars)} jars in {ctx.obj.spark.jars_dir}")
+
+
+@app.command("export-pairs")
+def export_pairs(
+    ctx: typer.Context,
+    ds: Annotated[str, typer.Option(help="the night whose pairs to export, e.g. 2026-11-03")],
+    out: Annotated[Path, typer.Option(help="the JSON-lines file to write")],
+    split: Annotated[str, typer.Option(help="train | validation | test")] = "train",
+) -> None:
+    """Write one night's preference pairs of a split as JSON lines for trl's DPO trainer.
+
+    Each line: prompt (the product and the group's description), chosen and rejected (background
+    prompts), and product_id, group_id, conflict, confidence, chosen/rejected_creative_id.
+    """
+    from pyspark.sql import functions as F
+
+    from osmf_lib import tables
+    from osmf_lib.pairs import SPLITS, dpo_examples
+    from osmf_lib.spark import SparkSetupError, get_spark
+    from osmf_lib.tables import GROUP_PREFERENCE_PAIRS, GROUP_PROFILES, PRODUCTS, TableError
+
+    if split not in SPLITS:
+        _fail(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
+    try:
+        night = date.fromisoformat(ds)
+    except ValueError:
+        _fail(f"--ds must be an ISO date like 2026-11-03, got '{ds}'")
+    cfg: Config = ctx.obj
+    try:
+        spark = get_spark(cfg, app_name="osmf-export-pairs")
+        pairs = tables.read(spark, GROUP_PREFERENCE_PAIRS, cfg, ds=night).where(F.col("split") == split)
+        examples = dpo_examples(
+            pairs, tables.read(spark, GROUP_PROFILES, cfg), tables.read(spark, PRODUCTS, cfg, as_of=night)
+        ).toPandas()
+    except (SparkSetupError, TableError) as err:
+        _fail(str(err))
+    examples = examples.sort_values(["product_id", "group_id", "chosen_creative_id", "rejected_creative_id"])
+    # Written beside the target and renamed: a reader never sees half a file.
+    partial = out.with_name(f".{out.name}.partial")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with partial.open("w", encoding="utf-8") as lines:
+        for record in examples.to_dict("records"):
+            lines.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(partial, out)
+    typer.echo(f"{len(examples)} {split} pairs of ds={night} -> {out}")
 
 
 @app.command()

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
 DS = "ds"
+GROUPS_DS = "groups_ds"
 COMMIT_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 VIEWS_FOLDER = PROJECT_ROOT / "sql" / "views"
 
@@ -119,6 +120,7 @@ _GROUP = _c("group_id", "INT", "group index within the product, 0..K-1", key=Tru
 _PRODUCT = _c("product_id", "STRING", key=True)
 # Lineage: every row derived from a model names the registry version it came from ("NAME/VERSION").
 _PAAG_VERSION = _c("paag_version", "STRING", "osmf-paag registry version the embeddings came from", required=True)
+_GROUPS_DS = _c(GROUPS_DS, "DATE", "ds of the user_groups the group_id refers to", required=True)
 
 IMPRESSIONS = Table(
     "impressions",
@@ -278,9 +280,18 @@ GROUP_CREATIVE_CTR = Table(
         _c("impressions", "BIGINT", required=True),
         _c("clicks", "BIGINT", required=True),
         _c("ctr", "DOUBLE", "raw clicks / impressions"),
+        _c("prior_alpha", "DOUBLE", "alpha of the product's empirical-Bayes Beta prior", required=True),
+        _c(
+            "prior_beta",
+            "DOUBLE",
+            "beta of that prior; the posterior is Beta(prior_alpha + clicks, prior_beta + impressions - clicks)",
+            required=True,
+        ),
         _c("ctr_smoothed", "DOUBLE", "posterior mean under the Beta prior"),
         _c("ctr_low", "DOUBLE", "lower end of the 90% credible interval"),
         _c("ctr_high", "DOUBLE", "upper end of the 90% credible interval"),
+        _PAAG_VERSION,
+        _GROUPS_DS,
         _DS_COLUMN,
     ),
     keys=("product_id", "group_id", "creative_id"),
@@ -298,10 +309,13 @@ GROUP_PREFERENCE_PAIRS = Table(
         _c("rejected_creative_id", "STRING", key=True),
         _c("chosen_prompt", "STRING", required=True),
         _c("rejected_prompt", "STRING", required=True),
-        _c("chosen_ctr", "DOUBLE"),
-        _c("rejected_ctr", "DOUBLE"),
+        _c("chosen_ctr", "DOUBLE", "posterior mean CTR of the chosen creative for the group"),
+        _c("rejected_ctr", "DOUBLE", "posterior mean CTR of the rejected creative for the group"),
         _c("confidence", "DOUBLE", "P(CTR_chosen > CTR_rejected)"),
+        _c("conflict", "BOOLEAN", "another group of the product prefers the rejected creative", required=True),
         _c("split", "STRING", "train | validation | test, by product", required=True),
+        _PAAG_VERSION,
+        _GROUPS_DS,
         _DS_COLUMN,
     ),
     keys=("product_id", "group_id", "chosen_creative_id", "rejected_creative_id"),

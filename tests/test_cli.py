@@ -1,4 +1,5 @@
 import datetime as dt
+import json
 
 import yaml
 from pyspark.sql import Row
@@ -93,3 +94,62 @@ def test_where_lists_outputs(cfg):
     result = _cli(cfg, "where")
     assert result.exit_code == 0
     assert cfg.lakehouse.root in result.output and "make mlflow-ui" in result.output
+
+
+def test_export_pairs_writes_dpo_lines_for_one_split(spark, cfg, tmp_path):
+    night = dt.date(2026, 11, 3)
+    pair = dict(
+        group_id=0,
+        chosen_creative_id="c1",
+        rejected_creative_id="c2",
+        chosen_prompt="on a beach at dawn",
+        rejected_prompt="in a grey office",
+        chosen_ctr=0.12,
+        rejected_ctr=0.10,
+        confidence=0.93,
+        conflict=True,
+        paag_version="osmf-paag/1",
+        groups_ds=night,
+        ds=night,
+    )
+    rows = [
+        Row(product_id="p1", split="train", **pair),
+        Row(product_id="p2", split="train", **pair),  # not in products: named by its id
+        Row(product_id="p3", split="test", **pair),
+    ]
+    table = TABLES["group_preference_pairs"]
+    tables.overwrite_partition(spark, spark.createDataFrame(rows).select(*table.column_names), table, cfg, night)
+    profile = Row(
+        product_id="p1", group_id=0, k=1, size=10, silhouette=None, centroid=[0.0], anchors=None,
+        attribute_summary=None, description="women 25-34", paag_version="osmf-paag/1", ds=night,
+    )  # fmt: skip
+    profiles = TABLES["group_profiles"]
+    tables.overwrite_partition(spark, spark.createDataFrame([profile], profiles.schema()), profiles, cfg, night)
+    product = Row(
+        product_id="p1", title="Silk lipstick", category="cosmetics", price_band=None, image_uri=None, updated_ds=night
+    )
+    products = TABLES["products"]
+    tables.merge(spark, spark.createDataFrame([product], products.schema()), products, cfg, ds=night)
+
+    out = tmp_path / "exports" / "train.jsonl"
+    result = _cli(cfg, "export-pairs", "--ds", "2026-11-03", "--split", "train", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "2 train pairs of ds=2026-11-03" in result.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["product_id"] for line in lines] == ["p1", "p2"]
+    assert lines[0] == {
+        "prompt": "Describe the background of an ad for Silk lipstick (cosmetics), shown to women 25-34.",
+        "chosen": "on a beach at dawn",
+        "rejected": "in a grey office",
+        "product_id": "p1",
+        "group_id": 0,
+        "conflict": True,
+        "confidence": 0.93,
+        "chosen_creative_id": "c1",
+        "rejected_creative_id": "c2",
+    }
+    assert lines[1]["prompt"] == "Describe the background of an ad for p2, shown to group 0."
+    assert [p.name for p in out.parent.iterdir()] == ["train.jsonl"]  # no partial file left
+
+    bad = _cli(cfg, "export-pairs", "--ds", "2026-11-03", "--split", "holdout", "--out", str(out))
+    assert bad.exit_code == 1 and "--split must be one of train, validation, test" in bad.output

@@ -22,6 +22,7 @@ EXPECTED_TASKS = {
     "build_paag_embeddings",
     "group_users",
     "evaluate_grouping",
+    "build_preference_pairs",
 }
 SPARK_TASKS = EXPECTED_TASKS - {"train_paag"}
 
@@ -98,12 +99,18 @@ def test_spark_tasks_get_ds_and_run_id_and_delta(dag):
 
 
 def test_stages_run_in_order_and_declare_the_tables_they_write(dag):
-    order = ["preflight", "ingest_events", "train_paag", "build_paag_embeddings", "group_users", "evaluate_grouping"]
+    order = ["preflight", "ingest_events", "train_paag", "build_paag_embeddings", "group_users"]
     for before, after in pairwise(order):
         assert dag.get_task(after).upstream_task_ids == {before}
+    for after_groups in ("evaluate_grouping", "build_preference_pairs"):
+        assert dag.get_task(after_groups).upstream_task_ids == {"group_users"}
     outlets = {a.name for a in dag.get_task("ingest_events").outlets}
     assert outlets == {f"osmf.{t}" for t in ("impressions", "rejected_events", "users", "products", "creatives")}
     assert {a.name for a in dag.get_task("group_users").outlets} == {"osmf.user_groups", "osmf.group_profiles"}
+    assert {a.name for a in dag.get_task("build_preference_pairs").outlets} == {
+        "osmf.group_creative_ctr",
+        "osmf.group_preference_pairs",
+    }
 
 
 def test_gpu_stages_queue_in_the_gpu_pool_and_run_their_job(dag):
@@ -157,6 +164,7 @@ def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg):
     assert "preflight ok  spark + delta" in log
     assert "ingest events 2026-11-01: read 60000 = accepted 60000" in log
     assert "evaluate_grouping: ari" in log
+    assert "build_preference_pairs: " in log and " pairs (" in log
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     stages = MlflowClient().search_runs(

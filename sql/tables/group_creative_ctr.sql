@@ -7,9 +7,13 @@ CREATE TABLE IF NOT EXISTS group_creative_ctr (
   impressions BIGINT NOT NULL,
   clicks BIGINT NOT NULL,
   ctr DOUBLE COMMENT 'raw clicks / impressions',
+  prior_alpha DOUBLE NOT NULL COMMENT 'alpha of the product\'s empirical-Bayes Beta prior',
+  prior_beta DOUBLE NOT NULL COMMENT 'beta of that prior; the posterior is Beta(prior_alpha + clicks, prior_beta + impressions - clicks)',
   ctr_smoothed DOUBLE COMMENT 'posterior mean under the Beta prior',
   ctr_low DOUBLE COMMENT 'lower end of the 90% credible interval',
   ctr_high DOUBLE COMMENT 'upper end of the 90% credible interval',
+  paag_version STRING NOT NULL COMMENT 'osmf-paag registry version the embeddings came from',
+  groups_ds DATE NOT NULL COMMENT 'ds of the user_groups the group_id refers to',
   ds DATE NOT NULL COMMENT 'logical date of the nightly run that wrote the row'
 )
 USING DELTA

@@ -7,10 +7,13 @@ CREATE TABLE IF NOT EXISTS group_preference_pairs (
   rejected_creative_id STRING NOT NULL,
   chosen_prompt STRING NOT NULL,
   rejected_prompt STRING NOT NULL,
-  chosen_ctr DOUBLE,
-  rejected_ctr DOUBLE,
+  chosen_ctr DOUBLE COMMENT 'posterior mean CTR of the chosen creative for the group',
+  rejected_ctr DOUBLE COMMENT 'posterior mean CTR of the rejected creative for the group',
   confidence DOUBLE COMMENT 'P(CTR_chosen > CTR_rejected)',
+  conflict BOOLEAN NOT NULL COMMENT 'another group of the product prefers the rejected creative',
   split STRING NOT NULL COMMENT 'train | validation | test, by product',
+  paag_version STRING NOT NULL COMMENT 'osmf-paag registry version the embeddings came from',
+  groups_ds DATE NOT NULL COMMENT 'ds of the user_groups the group_id refers to',
   ds DATE NOT NULL COMMENT 'logical date of the nightly run that wrote the row'
 )
 USING DELTA
