@@ -184,21 +184,7 @@ def _user(spark, city, updated, user_id="u1"):
 
 def test_merge_unless_newer_never_rolls_a_dimension_back(spark, cfg):
     def user(city, updated):
-        return spark.createDataFrame(
-            [
-                Row(
-                    user_id="u1",
-                    age_band="25-34",
-                    gender="f",
-                    city_tier=city,
-                    purchase_power="high",
-                    occupation="engineer",
-                    device="ios",
-                    interests=["books"],
-                    updated_ds=updated,
-                )
-            ]
-        )
+        return _user(spark, city, updated)
 
     users = TABLES["users"]
     tables.merge(spark, user("tier-1", D2), users, cfg, unless_newer="updated_ds")
