@@ -68,6 +68,8 @@ day gives the same tables.
 | `group_users` | per-product K-Means, K by silhouette -> `user_groups`, `group_profiles` |
 | `evaluate_grouping` | groups vs the simulated world's hidden segments, NDCG by K -> `eval_metrics` |
 | `build_preference_pairs` | group-wise CTRs, preference pairs -> `group_creative_ctr`, `group_preference_pairs` |
+| `train_grm` | group-aware reward model and its group-agnostic baseline on the pairs -> `osmf-grm` |
+| `evaluate_grm` | both against the simulated world's oracle, on prompts never shown -> `eval_metrics` |
 
 Configuration: `conf/osmf.yaml`, then the files named in `$OSMF_CONFIG`, then
 `OSMF_<SECTION>__<KEY>` variables; every task runs with the same ones. The Spark master comes
@@ -186,4 +188,8 @@ with DAG(
     )
 
     preflight >> ingest_events >> train_paag >> build_paag_embeddings >> group_users
+    train_grm = gpu_job("train_grm", timeout=timedelta(hours=2))
+    evaluate_grm = spark_job("evaluate_grm", timedelta(hours=1), writes=(EVAL_METRICS,))
+
     group_users >> [evaluate_grouping, build_preference_pairs]
+    build_preference_pairs >> train_grm >> evaluate_grm

@@ -12,7 +12,6 @@ Only evaluation may read the oracle; results go to `eval_metrics` (stage "groupi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -27,18 +26,11 @@ from osmf_lib.config import Config
 from osmf_lib.job import JobContext, StageError
 from osmf_lib.paag import stages
 from osmf_lib.synth.oracle import Oracle
-from osmf_lib.tables import CREATIVES, EVAL_METRICS, IMPRESSIONS, PAAG_EMBEDDINGS, PRODUCTS, USER_GROUPS, USERS
+from osmf_lib.tables import CREATIVES, IMPRESSIONS, PAAG_EMBEDDINGS, PRODUCTS, USER_GROUPS, USERS, Metric
 
 STAGE = "grouping"
 TOP = 5
 KS = range(1, 6)
-
-
-@dataclass(frozen=True)
-class Metric:
-    metric: str
-    slice: str
-    value: float
 
 
 def ari_by_product(groups: pd.DataFrame, oracle: Oracle) -> pd.Series:
@@ -198,11 +190,7 @@ def run(ctx: JobContext) -> None:
         seed, scale = world
         mlflow.log_params({"world.seed": seed, "world.scale": scale})
         metrics = evaluate(ctx, Oracle.of_world(seed, scale))
-    run_id = mlflow.active_run().info.run_id
-    rows = ctx.spark.createDataFrame(
-        [(STAGE, m.metric, m.slice, m.value, run_id, ctx.ds) for m in metrics], EVAL_METRICS.schema()
-    )
-    tables.overwrite_partition(ctx.spark, rows, EVAL_METRICS, ctx.cfg, ctx.ds, where={"stage": STAGE})
+    tables.write_metrics(ctx.spark, ctx.cfg, ctx.ds, STAGE, metrics, mlflow.active_run().info.run_id)
     for m in metrics:
         print(f"evaluate_grouping: {m.metric:<9} {m.slice:<28} {m.value:.4f}")
     mlflow.log_metrics({f"{m.metric}.{m.slice}".replace("=", "_"): m.value for m in metrics})

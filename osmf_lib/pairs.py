@@ -5,8 +5,9 @@
                             posterior under an empirical-Bayes prior fitted per product (posterior
                             mean and 90% equal-tailed credible interval)
     group_preference_pairs  within one (product, group): creative A over creative B when both have
-                            >= pairs.min_impressions, A's posterior mean is pairs.ratio_min..ratio_max
-                            times B's, and P(CTR_A > CTR_B) >= pairs.min_confidence
+                            >= pairs.min_impressions, A's posterior mean is at least pairs.ratio_min
+                            (and at most pairs.ratio_max, if set) times B's, and
+                            P(CTR_A > CTR_B) >= pairs.min_confidence
 
 **The prior** is fitted per product, over its (group, creative) cells, by the method of moments
 of the beta-binomial: with n_i impressions and k_i clicks per cell, N = sum n_i, the pooled CTR
@@ -145,7 +146,10 @@ def product_pairs(ctr: pd.DataFrame, cfg: PairsConfig) -> pd.DataFrame:
     both = cells.merge(cells, on=GROUP, suffixes=("_chosen", "_rejected"))
     ratio = both["ctr_smoothed_chosen"] / both["ctr_smoothed_rejected"]
     # ratio > 1 orients each pair (chosen = the higher mean) even where ratio_min is below 1.
-    both = both[(ratio > 1) & (ratio >= cfg.ratio_min) & (ratio <= cfg.ratio_max)]
+    within = (ratio > 1) & (ratio >= cfg.ratio_min)
+    if cfg.ratio_max is not None:
+        within &= ratio <= cfg.ratio_max
+    both = both[within]
 
     def posterior(side: str) -> tuple[pd.Series, pd.Series]:
         clicks, impressions = both[f"clicks_{side}"], both[f"impressions_{side}"]

@@ -15,7 +15,10 @@ version tags) and to `eval_metrics` (stage "promotion", slice = the model's name
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING
@@ -26,12 +29,17 @@ from osmf_lib import tables, tracking
 from osmf_lib.config import Config
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from mlflow.entities.model_registry import ModelVersion
+    from pyspark.sql import DataFrame, SparkSession
 
 STAGE = "promotion"
 TAG_TRAINED_FOR = "osmf.trained_for_ds"
 TAG_CHAMPION_FROM = "osmf.champion_from_ds"
 TAG_DECISION = "osmf.promotion"
+# Version tags that make a rerun of the same night, on the same data and settings, reuse its
+# model instead of training anew (so a backfill reproduces the night's rows).
+TAG_DATA = "osmf.training_data"
+TAG_SETTINGS = "osmf.training_settings"
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,22 @@ def decide(
     return False, f"not better by more than {min_improvement:g} (gain {gain:.4f})"
 
 
+def challenge(
+    model: str, metric: str, challenger: str, champion: str | None, score: Callable[[str], float], cfg: Config
+) -> Decision:
+    """Score the challenger and the night's champion (None on a first night) with the same `score`
+    (a version -> its metric on the same held-out data), and apply the rule."""
+    challenger_score = score(challenger)
+    champion_score = score(champion) if champion else None
+    promoted, reason = decide(
+        challenger_score,
+        champion_score,
+        has_champion=champion is not None,
+        min_improvement=cfg.evaluate.min_improvement,
+    )
+    return Decision(model, metric, challenger, challenger_score, champion, champion_score, promoted, reason)
+
+
 def version_for_ds(name: str, ds: date) -> str | None:
     """The version that is champion for night `ds`: promoted on the latest night <= ds (newest wins ties)."""
     promoted = [
@@ -118,12 +142,35 @@ def record(spark: SparkSession, cfg: Config, ds: date, decision: Decision) -> No
     known = {key: value for key, value in values.items() if value is not None}
     mlflow.log_metrics({f"promotion.{key}": value for key, value in known.items()})
     mlflow.set_tag("osmf.promotion", decision.line())
-    run_id = mlflow.active_run().info.run_id
-    rows = spark.createDataFrame(
-        [(STAGE, key, decision.model, value, run_id, ds) for key, value in known.items()],
-        tables.EVAL_METRICS.schema(),
-    )
-    tables.overwrite_partition(
-        spark, rows, tables.EVAL_METRICS, cfg, ds, where={"stage": STAGE, "slice": decision.model}
-    )
+    metrics = [tables.Metric(key, decision.model, value) for key, value in known.items()]
+    tables.write_metrics(spark, cfg, ds, STAGE, metrics, mlflow.active_run().info.run_id, slice_=decision.model)
     print(f"promotion: {decision.line()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reruns: the same night, data and settings reuse the version trained then
+
+
+def _digest(payload: object) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fingerprint(rows: DataFrame, columns: Sequence[str]) -> dict[str, int]:
+    """Rows as a count and an order-free hash of `columns`: equal whatever later days added elsewhere."""
+    from pyspark.sql import functions as F
+
+    row = rows.agg(F.count("*").alias("rows"), F.bit_xor(F.xxhash64(*columns)).alias("hash")).first()
+    return {"rows": row["rows"], "hash": row["hash"] or 0}
+
+
+def training_tags(ds: date, data: dict, settings: dict) -> dict[str, str]:
+    """The tags that identify a training: its night, a digest of its data and one of its settings."""
+    return {TAG_TRAINED_FOR: ds.isoformat(), TAG_DATA: _digest(data), TAG_SETTINGS: _digest(settings)}
+
+
+def reusable_version(name: str, tags: dict[str, str]) -> ModelVersion | None:
+    """A version of `name` already trained with exactly these tags, so a rerun changes nothing."""
+    for version in MlflowClient().search_model_versions(f"name = '{name}'"):
+        if all(version.tags.get(key) == value for key, value in tags.items()):
+            return version
+    return None

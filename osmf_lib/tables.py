@@ -537,6 +537,32 @@ def overwrite_partition(
     return latest_version(spark, table, cfg)
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One offline metric of a stage: a row of eval_metrics without its run and ds."""
+
+    metric: str
+    slice: str
+    value: float
+
+
+def write_metrics(
+    spark: SparkSession,
+    cfg: Config,
+    ds: date | str,
+    stage: str,
+    metrics: list[Metric],
+    run_id: str,
+    slice_: str | None = None,
+) -> int:
+    """Replace what an earlier run of `stage` (only its `slice_`, when given) wrote to eval_metrics for ds."""
+    rows = spark.createDataFrame(
+        [(stage, m.metric, m.slice, float(m.value), run_id, _as_date(ds)) for m in metrics], EVAL_METRICS.schema()
+    )
+    where = {"stage": stage} | ({"slice": slice_} if slice_ is not None else {})
+    return overwrite_partition(spark, rows, EVAL_METRICS, cfg, ds, where=where)
+
+
 def merge(
     spark: SparkSession,
     df: DataFrame,

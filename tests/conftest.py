@@ -1,12 +1,17 @@
-"""Shared fixtures: one Spark session for the whole run, and Configs pointing at temp folders."""
+"""Shared fixtures: one Spark session for the whole run, Configs pointing at temp folders, and a
+clean Python to load registered models in, as a consumer without this checkout would."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from osmf_lib.config import PROJECT_ROOT, Config, load_config
@@ -62,3 +67,78 @@ def spark(make_cfg: Callable[..., Config]):
     session = get_spark(make_cfg(), app_name="osmf-tests")
     yield session
     session.stop()
+
+
+# A clean Python: the checkout is neither on sys.path (the virtualenv inside it stays) nor reachable
+# through the editable install's import hook, and every installed package that neither the model's
+# requirements.txt nor their dependencies name cannot be imported, as if it were not installed.
+CLEAN_PYTHON = """
+import json, sys
+from importlib.machinery import PathFinder
+from importlib.metadata import PackageNotFoundError, packages_distributions, requires
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+checkout, model, rows, out = sys.argv[1:]
+sys.path[:] = [p for p in sys.path if not p.startswith(checkout) or p.startswith(sys.prefix)]
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+
+
+def with_dependencies(names):
+    todo, seen = list(names), set()
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            needs = [Requirement(r) for r in requires(name) or []]
+        except PackageNotFoundError:
+            continue
+        todo += [r.name for r in needs if r.marker is None or r.marker.evaluate({"extra": ""})]
+    return seen
+
+
+allowed = with_dependencies(line.split("==")[0] for line in (Path(model) / "requirements.txt").read_text().split())
+absent = {
+    top for top, dists in packages_distributions().items() if not {canonicalize_name(d) for d in dists} & allowed
+} - {"osmf_lib"}
+
+
+class RequirementsOnly(PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        return None if name.partition(".")[0] in absent else super().find_spec(name, path, target)
+
+
+sys.meta_path[:] = [RequirementsOnly if finder is PathFinder else finder for finder in sys.meta_path]
+import importlib.util
+assert importlib.util.find_spec("osmf_lib") is None, "osmf_lib is importable before loading the model"
+assert {"pyspark", "airflow"} <= absent
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+mlflow.pyfunc.load_model(model).predict(pd.read_pickle(rows)).to_pickle(out)
+print(json.dumps([m.__file__ for name, m in sys.modules.items() if name.split(".")[0] == "osmf_lib"]))
+"""
+
+
+@pytest.fixture(scope="session")
+def predict_in_clean_python() -> Callable[[Path, pd.DataFrame, Path], tuple[pd.DataFrame, list[str]]]:
+    """(downloaded pyfunc folder, rows, work folder) -> its predictions and the osmf_lib files it imported."""
+
+    def predict(model: Path, rows: pd.DataFrame, work: Path) -> tuple[pd.DataFrame, list[str]]:
+        rows.to_pickle(work / "rows.pkl")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        args = [str(PROJECT_ROOT), str(model), str(work / "rows.pkl"), str(work / "out.pkl")]
+        done = subprocess.run(
+            [sys.executable, "-c", CLEAN_PYTHON, *args], cwd=work, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return pd.read_pickle(work / "out.pkl"), json.loads(done.stdout.strip().splitlines()[-1])
+
+    return predict

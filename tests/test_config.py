@@ -108,12 +108,12 @@ def test_unknown_keys_fail_naming_key_and_layer(tmp_path, layer, expected):
         ("render.product_scale=1.5", "config key 'render.product_scale'"),
         ("pairs.min_confidence=2", "config key 'pairs.min_confidence'"),
         ("grouping.k_min=6", "k_min (6) must not exceed k_max (5)"),
-        ("pairs.ratio_min=1.3", "ratio_min (1.3) must be below ratio_max (1.2)"),
+        ("pairs.ratio_max=1.2 pairs.ratio_min=1.3", "ratio_min (1.3) must be below ratio_max (1.2)"),
     ],
 )
 def test_bad_values_fail_naming_key_and_reason(tmp_path, override, expected):
     with pytest.raises(ConfigError, match="invalid configuration") as err:
-        _load(tmp_path, overrides=[override])
+        _load(tmp_path, overrides=override.split())
     assert expected in str(err.value)
 
 

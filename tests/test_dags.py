@@ -23,8 +23,11 @@ EXPECTED_TASKS = {
     "group_users",
     "evaluate_grouping",
     "build_preference_pairs",
+    "train_grm",
+    "evaluate_grm",
 }
-SPARK_TASKS = EXPECTED_TASKS - {"train_paag"}
+GPU_TASKS = {"train_paag", "train_grm"}
+SPARK_TASKS = EXPECTED_TASKS - GPU_TASKS
 
 
 PROFILES = sorted((PROJECT_ROOT / "conf").rglob("*.yaml"))
@@ -104,6 +107,8 @@ def test_stages_run_in_order_and_declare_the_tables_they_write(dag):
         assert dag.get_task(after).upstream_task_ids == {before}
     for after_groups in ("evaluate_grouping", "build_preference_pairs"):
         assert dag.get_task(after_groups).upstream_task_ids == {"group_users"}
+    for before, after in pairwise(["build_preference_pairs", "train_grm", "evaluate_grm"]):
+        assert dag.get_task(after).upstream_task_ids == {before}
     outlets = {a.name for a in dag.get_task("ingest_events").outlets}
     assert outlets == {f"osmf.{t}" for t in ("impressions", "rejected_events", "users", "products", "creatives")}
     assert {a.name for a in dag.get_task("group_users").outlets} == {"osmf.user_groups", "osmf.group_profiles"}
@@ -114,10 +119,10 @@ def test_stages_run_in_order_and_declare_the_tables_they_write(dag):
 
 
 def test_gpu_stages_queue_in_the_gpu_pool_and_run_their_job(dag):
-    task = dag.get_task("train_paag")
-    assert task.pool == "gpu"
-    assert str(PROJECT_ROOT / "jobs" / "train_paag.py") in task.bash_command
-    assert "--ds {{ ds }} --dag-run-id {{ run_id }}" in task.bash_command
+    for task in (dag.get_task(t) for t in GPU_TASKS):
+        assert task.pool == "gpu"
+        assert str(PROJECT_ROOT / "jobs" / f"{task.task_id}.py") in task.bash_command
+        assert "--ds {{ ds }} --dag-run-id {{ run_id }}" in task.bash_command
 
 
 def test_dag_file_imports_nothing_heavy():
@@ -165,6 +170,8 @@ def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg):
     assert "ingest events 2026-11-01: read 60000 = accepted 60000" in log
     assert "evaluate_grouping: ari" in log
     assert "build_preference_pairs: " in log and " pairs (" in log
+    # One tiny day may or may not hold training pairs; either way both GRM tasks say what they did.
+    assert "train_grm: " in log and "evaluate_grm: " in log
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     stages = MlflowClient().search_runs(

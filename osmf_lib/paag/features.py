@@ -211,6 +211,15 @@ class Encoders:
         )
         return model(**batch).last_hidden_state.float(), batch["attention_mask"].bool()
 
+    def clip(self, texts: Sequence[str], max_tokens: int) -> list[str]:
+        """Each text cut after its first `max_tokens` tokens (special tokens not counted); shorter ones unchanged."""
+        tokenizer, _ = self._text_model()
+        encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+        return [
+            text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
+            for text, offsets in zip(texts, encoded["offset_mapping"], strict=True)
+        ]
+
     def sentences(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Mean-pooled, L2-normalised sentence embeddings (n, dim), as all-MiniLM-L6-v2 is meant to be
         used; cached per text, since the same prompts come back for training and validation rows."""

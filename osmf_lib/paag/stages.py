@@ -14,8 +14,6 @@ and out of pandas, and keeps the registry tidy.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import tempfile
 import uuid
@@ -34,8 +32,6 @@ from osmf_lib.job import JobContext, StageError, worker_errors_as_stage_errors
 from osmf_lib.tables import CREATIVES, DS, IMPRESSIONS, PAAG_EMBEDDINGS, PRODUCTS, USER_ATTRIBUTES, USERS
 
 if TYPE_CHECKING:
-    from mlflow.entities.model_registry import ModelVersion
-
     from osmf_lib.paag import TrainedPaag
 
 MODEL_NAME = "osmf-paag"
@@ -90,50 +86,21 @@ def _to_pandas(df: DataFrame) -> pd.DataFrame:
 
 # What a night's features are read from, each as that night left it (tables.version_as_of).
 DIMENSIONS = (USERS, PRODUCTS, CREATIVES)
-# Version tags that make a rerun of the same night, on the same data and settings, reuse its
-# model instead of training anew (so a backfill reproduces the night's embeddings).
-TAG_DATA = "osmf.training_data"
-TAG_SETTINGS = "osmf.training_settings"
 METRIC = "val_auroc"
 
 
-def _digest(payload: object) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def window_fingerprint(seen: DataFrame) -> dict[str, int]:
-    """The window's impressions, as a count and an order-free hash: equal whatever later days added."""
-    row = seen.agg(
-        F.count("*").alias("rows"),
-        F.bit_xor(F.xxhash64("event_id", "user_id", "product_id", "creative_id", "clicked", DS)).alias("hash"),
-    ).first()
-    return {"rows": row["rows"], "hash": row["hash"] or 0}
-
-
-def _training_tags(cfg: Config, ds: date, seen: dict[str, int], dimensions: dict[str, int]) -> dict[str, str]:
-    """What makes two trainings the same: the night, the data, the model settings and its format."""
+def _training_tags(cfg: Config, ds: date, seen: DataFrame, dimensions: dict[str, int]) -> dict[str, str]:
+    """What makes two trainings the same: the night, the window's impressions, the dimension
+    versions, the model settings and its format."""
     from osmf_lib.paag.model import FORMAT
 
+    seen_print = promotion.fingerprint(seen, ("event_id", "user_id", "product_id", "creative_id", "clicked", DS))
     settings = {
         "paag": cfg.paag.model_dump(mode="json"),
         "models": cfg.models.model_dump(mode="json"),
         "format": FORMAT,
     }
-    return {
-        promotion.TAG_TRAINED_FOR: ds.isoformat(),
-        TAG_DATA: _digest({"impressions": seen, **dimensions}),
-        TAG_SETTINGS: _digest(settings),
-    }
-
-
-def _reusable_version(tags: dict[str, str]) -> ModelVersion | None:
-    """A version already trained with exactly these tags, so a rerun changes nothing."""
-    from mlflow import MlflowClient
-
-    for version in MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'"):
-        if all(version.tags.get(key) == value for key, value in tags.items()):
-            return version
-    return None
+    return promotion.training_tags(ds, {"impressions": seen_print, **dimensions}, settings)
 
 
 def _register(trained: TrainedPaag, baseline: TrainedPaag, cfg: Config, tags: dict[str, str]) -> str:
@@ -173,15 +140,11 @@ def challenge(
 
     held_out = examples[validation_users(examples["user_id"], cfg.paag.validation_fraction, cfg.paag.seed)]
     champion = promotion.version_for_ds(MODEL_NAME, ds)
-    challenger_score = held_out_auroc(version, held_out, products, creatives, cfg)
-    champion_score = held_out_auroc(champion, held_out, products, creatives, cfg) if champion else None
-    promoted, reason = promotion.decide(
-        challenger_score,
-        champion_score,
-        has_champion=champion is not None,
-        min_improvement=cfg.evaluate.min_improvement,
-    )
-    return promotion.Decision(MODEL_NAME, METRIC, version, challenger_score, champion, champion_score, promoted, reason)
+
+    def score(model_version: str) -> float:
+        return held_out_auroc(model_version, held_out, products, creatives, cfg)
+
+    return promotion.challenge(MODEL_NAME, METRIC, version, champion, score, cfg)
 
 
 def train_paag(ctx: JobContext) -> None:
@@ -192,8 +155,8 @@ def train_paag(ctx: JobContext) -> None:
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     dimensions = {t.name: tables.version_as_of(spark, t, cfg, ds) for t in DIMENSIONS}
     seen = window(tables.read(spark, IMPRESSIONS, cfg), ds, cfg.paag.lookback_days)
-    tags = _training_tags(cfg, ds, window_fingerprint(seen), dimensions)
-    reused = _reusable_version(tags)
+    tags = _training_tags(cfg, ds, seen, dimensions)
+    reused = promotion.reusable_version(MODEL_NAME, tags)
     if reused is not None and promotion.TAG_DECISION in reused.tags:
         print(
             f"train_paag: {MODEL_NAME} version {reused.version} was trained for ds={ds} on the same data and settings"

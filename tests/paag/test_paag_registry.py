@@ -3,10 +3,7 @@ torch model in Spark's Python workers."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +14,7 @@ import pytest
 from PIL import Image
 
 from osmf_lib import tracking
-from osmf_lib.config import PROJECT_ROOT, Config
+from osmf_lib.config import Config
 from osmf_lib.job import StageError, worker_errors_as_stage_errors
 from osmf_lib.paag import (
     SINGLE_VALUED_ATTRIBUTES,
@@ -34,63 +31,6 @@ from osmf_lib.paag.model import INTERESTS, PAIR_PRODUCT_COLUMNS
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 USERS = 60
-# A clean Python: the checkout is neither on sys.path (the virtualenv inside it stays) nor reachable
-# through the editable install's import hook, and every installed package that neither the model's
-# requirements.txt nor their dependencies name cannot be imported, as if it were not installed.
-CLEAN_PYTHON = """
-import json, sys
-from importlib.machinery import PathFinder
-from importlib.metadata import PackageNotFoundError, packages_distributions, requires
-from pathlib import Path
-
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
-
-checkout, model, pairs, out = sys.argv[1:]
-sys.path[:] = [p for p in sys.path if not p.startswith(checkout) or p.startswith(sys.prefix)]
-sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
-
-
-def with_dependencies(names):
-    todo, seen = list(names), set()
-    while todo:
-        name = canonicalize_name(todo.pop())
-        if name in seen:
-            continue
-        seen.add(name)
-        try:
-            needs = [Requirement(r) for r in requires(name) or []]
-        except PackageNotFoundError:
-            continue
-        todo += [r.name for r in needs if r.marker is None or r.marker.evaluate({"extra": ""})]
-    return seen
-
-
-allowed = with_dependencies(line.split("==")[0] for line in (Path(model) / "requirements.txt").read_text().split())
-absent = {
-    top for top, dists in packages_distributions().items() if not {canonicalize_name(d) for d in dists} & allowed
-} - {"osmf_lib"}
-
-
-class RequirementsOnly(PathFinder):
-    @classmethod
-    def find_spec(cls, name, path=None, target=None):
-        return None if name.partition(".")[0] in absent else super().find_spec(name, path, target)
-
-
-sys.meta_path[:] = [RequirementsOnly if finder is PathFinder else finder for finder in sys.meta_path]
-import importlib.util
-assert importlib.util.find_spec("osmf_lib") is None, "osmf_lib is importable before loading the model"
-assert {"pyspark", "airflow"} <= absent
-
-import mlflow
-import numpy as np
-import pandas as pd
-
-predicted = mlflow.pyfunc.load_model(model).predict(pd.read_pickle(pairs))
-np.save(out, np.stack(predicted["embedding"]))
-print(json.dumps([m.__file__ for name, m in sys.modules.items() if name.split(".")[0] == "osmf_lib"]))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +80,7 @@ def pairs_for(log, products: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_the_pyfunc_loads_and_embeds_in_a_clean_python_with_only_its_logged_requirements(
-    trained: TrainedPaag, log, cfg: Config, tmp_path: Path
+    trained: TrainedPaag, log, cfg: Config, tmp_path: Path, predict_in_clean_python
 ) -> None:
     assert trained.paag.unreadable_images == ["p-lamp"]
     tracking.configure(cfg)
@@ -151,16 +91,9 @@ def test_the_pyfunc_loads_and_embeds_in_a_clean_python_with_only_its_logged_requ
     # p-new is no trained product: the clean Python computes its features with the shipped encoders.
     new = pd.DataFrame({"product_id": ["p-new"], "title": ["Night Train"], "category": ["films"], "image_uri": [""]})
     pairs = pairs_for(log, pd.concat([products, new]))
-    pairs.to_pickle(tmp_path / "pairs.pkl")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    args = [str(PROJECT_ROOT), str(model), str(tmp_path / "pairs.pkl"), str(tmp_path / "out.npy")]
-    done = subprocess.run(
-        [sys.executable, "-c", CLEAN_PYTHON, *args], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    osmf_files = json.loads(done.stdout.strip().splitlines()[-1])
+    predicted, osmf_files = predict_in_clean_python(model, pairs, tmp_path)
 
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), embed(trained, pairs), atol=1e-5)
+    np.testing.assert_allclose(np.stack(predicted["embedding"]), embed(trained, pairs), atol=1e-5)
     code = model / "code" / "osmf_lib"
     assert osmf_files and all(Path(f).is_relative_to(code) for f in osmf_files)
     # Trained with models.unreadable_image=text_only, it logged how many pictures it went without.

@@ -1,0 +1,208 @@
+"""The train_grm stage on the lakehouse (DESIGN §6.5): tonight's group-wise CTRs and preference
+pairs -> osmf-grm, with its group-agnostic baseline trained in the same run on the same data.
+
+Reads the groups, CTRs and pairs of its ds and the dimensions as that night left them; promotes
+by the one like-for-like rule (osmf_lib.promotion) on the validation products' pairs, the champion
+scored with tonight's group profiles. A night without pairs is a logged skip: the champion stays.
+
+The torch side lives in osmf_lib.grm; this module selects data with Spark and moves it to pandas.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from osmf_lib import promotion, tables, tracking
+from osmf_lib.config import Config
+from osmf_lib.grouping import check_groups
+from osmf_lib.job import JobContext
+from osmf_lib.paag.stages import PRODUCT_FEATURES
+from osmf_lib.pairs import split_of
+from osmf_lib.tables import (
+    CREATIVES,
+    GROUP_CREATIVE_CTR,
+    GROUP_PREFERENCE_PAIRS,
+    MULTI_VALUED_ATTRIBUTES,
+    PRODUCTS,
+    SINGLE_VALUED_ATTRIBUTES,
+    USER_GROUPS,
+    USERS,
+)
+
+if TYPE_CHECKING:
+    from osmf_lib.grm.train import TrainedGrm
+
+MODEL_NAME = "osmf-grm"
+BASELINE_ARTIFACT = "osmf-grm-baseline"
+STAGE = "grm"
+# Promotion compares pair accuracy on the validation products: the GRM's job is to order prompts
+# within a group, and AUROC or log-loss over impressions mostly measure base click rates.
+METRIC = "val_pair_accuracy"
+DIMENSIONS = (USERS, PRODUCTS, CREATIVES)
+REPORTED = ("pair_accuracy", "conflict_pair_accuracy", "auroc", "log_loss", "pairs", "conflict_pairs")
+
+
+def _prefixed(attribute: str) -> Column:
+    """A multi-valued attribute's distinct values as "attribute=value" strings."""
+    return F.transform(F.array_distinct(F.col(attribute)), lambda value: F.concat(F.lit(f"{attribute}="), value))
+
+
+def attribute_profiles(members: DataFrame, users: DataFrame) -> DataFrame:
+    """Per (product, group): the share of members holding each attribute value ("gender=female"),
+    as long rows (product_id, group_id, feature, share); osmf_lib.grm.features has why."""
+    joined = members.select("product_id", "group_id", "user_id").join(users, "user_id")
+    single = [F.concat(F.lit(f"{attribute}="), F.col(attribute)) for attribute in SINGLE_VALUED_ATTRIBUTES]
+    multi = [_prefixed(attribute) for attribute in MULTI_VALUED_ATTRIBUTES]
+    features = F.flatten(F.array(F.filter(F.array(*single), lambda v: v.isNotNull()), *multi))
+    sizes = joined.groupBy("product_id", "group_id").agg(F.count("*").alias("size"))
+    held = (
+        joined.select("product_id", "group_id", F.explode(features).alias("feature"))
+        .groupBy("product_id", "group_id", "feature")
+        .agg(F.count("*").alias("holders"))
+    )
+    return held.join(sizes, ["product_id", "group_id"]).select(
+        "product_id", "group_id", "feature", (F.col("holders") / F.col("size")).alias("share")
+    )
+
+
+def training_cells(ctr: DataFrame, creatives: DataFrame, cfg: Config) -> DataFrame:
+    """group_creative_ctr rows with their creative's prompt and their product's split."""
+    prompts = creatives.select("product_id", "creative_id", "prompt")
+    return ctr.join(prompts, ["product_id", "creative_id"]).select(
+        "product_id",
+        "group_id",
+        "creative_id",
+        "prompt",
+        "impressions",
+        "clicks",
+        split_of(F.col("product_id"), cfg).alias("split"),
+    )
+
+
+def _skip(ds: date, reason: str) -> None:
+    import mlflow
+
+    champion = promotion.version_for_ds(MODEL_NAME, ds)
+    kept = f"{MODEL_NAME} v{champion} stays champion" if champion else f"{MODEL_NAME} has no champion yet"
+    print(f"train_grm: skipped for ds={ds}: {reason}; {kept}")
+    mlflow.set_tag("osmf.skipped", reason)
+
+
+def challenge(version: str, data: dict[str, pd.DataFrame], cfg: Config, ds: date) -> promotion.Decision:
+    """Score the challenger and the night's champion on the same validation pairs; apply the one rule."""
+    from osmf_lib.grm import evaluate, load_grm
+
+    champion = promotion.version_for_ds(MODEL_NAME, ds)
+    pairs = data["pairs"][data["pairs"]["split"] == "validation"]
+
+    def score(model_version: str) -> float:
+        grm = load_grm(f"models:/{MODEL_NAME}/{model_version}", unreadable_image=cfg.models.unreadable_image)
+        return evaluate(grm, data["cells"].iloc[:0], pairs, data["profiles"], data["products"])["pair_accuracy"]
+
+    return promotion.challenge(MODEL_NAME, METRIC, version, champion, score, cfg)
+
+
+def _report(ctx: JobContext, trained: TrainedGrm, baseline: TrainedGrm) -> None:
+    """Both models' held-out metrics side by side: MLflow, eval_metrics (stage "grm") and the log."""
+    import mlflow
+
+    metrics = [
+        tables.Metric(metric, slice_, value)
+        for slice_, model in (("group_aware", trained), ("group_agnostic", baseline))
+        for metric, value in model.metrics.items()
+        if not math.isnan(value)  # no such data tonight (e.g. no conflict pairs): nothing to store
+    ]
+    tables.write_metrics(ctx.spark, ctx.cfg, ctx.ds, STAGE, metrics, mlflow.active_run().info.run_id)
+    for split in ("val", "test"):
+        parts = []
+        for name, model in (("GRM", trained), ("group-agnostic", baseline)):
+            m = model.metrics
+            parts.append(
+                f"{name} {m[f'{split}_pair_accuracy']:.3f} (conflict {m[f'{split}_conflict_pair_accuracy']:.3f}), "
+                f"AUROC {m[f'{split}_auroc']:.3f}"
+            )
+        m = trained.metrics
+        print(
+            f"train_grm: {split} products, {int(m[f'{split}_pairs'])} pairs "
+            f"({int(m[f'{split}_conflict_pairs'])} conflict): pair accuracy " + " vs ".join(parts)
+        )
+
+
+def load_inputs(ctx: JobContext, dimensions: dict[str, int]) -> dict[str, pd.DataFrame]:
+    """Tonight's cells, pairs, group profiles and products, in pandas."""
+    spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
+    users, products, creatives = (tables.read(spark, t, cfg, version=dimensions[t.name]) for t in DIMENSIONS)
+    ctr = tables.read(spark, GROUP_CREATIVE_CTR, cfg, ds=ds)
+    pairs = tables.read(spark, GROUP_PREFERENCE_PAIRS, cfg, ds=ds).select(
+        "product_id", "group_id", "chosen_prompt", "rejected_prompt", "conflict", "split"
+    )
+    members = tables.read(spark, USER_GROUPS, cfg, ds=ds)
+    return {
+        "cells": training_cells(ctr, creatives, cfg).toPandas(),
+        "pairs": pairs.toPandas(),
+        "profiles": attribute_profiles(members, users).toPandas(),
+        "products": products.select(*PRODUCT_FEATURES).toPandas(),
+    }
+
+
+def train_grm(ctx: JobContext) -> None:
+    import mlflow
+
+    from osmf_lib.grm import fit_grm, log_grm
+
+    spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
+    check_groups(spark, cfg, ds)
+    pairs = tables.read(spark, GROUP_PREFERENCE_PAIRS, cfg, ds=ds)
+    counts = pairs.agg(F.count("*").alias("all"), F.count(F.when(F.col("split") == "train", 1)).alias("train")).first()
+    if counts["train"] == 0:
+        _skip(ds, f"no training pairs ({counts['all']} in all) in group_preference_pairs for ds={ds}")
+        return
+
+    dimensions = {t.name: tables.version_as_of(spark, t, cfg, ds) for t in DIMENSIONS}
+    data_print = {
+        "pairs": promotion.fingerprint(pairs, GROUP_PREFERENCE_PAIRS.column_names),
+        "cells": promotion.fingerprint(
+            tables.read(spark, GROUP_CREATIVE_CTR, cfg, ds=ds), GROUP_CREATIVE_CTR.column_names
+        ),
+        **dimensions,
+    }
+    tags = promotion.training_tags(
+        ds, data_print, {"grm": cfg.grm.model_dump(mode="json"), "models": cfg.models.model_dump(mode="json")}
+    )
+    reused = promotion.reusable_version(MODEL_NAME, tags)
+    if reused is not None and promotion.TAG_DECISION in reused.tags:
+        print(f"train_grm: {MODEL_NAME} version {reused.version} was trained for ds={ds} on the same data and settings")
+        print(f"train_grm: {reused.tags[promotion.TAG_DECISION]}")
+        mlflow.set_tag("osmf.reused_version", reused.version)
+        return
+
+    data = load_inputs(ctx, dimensions)
+    for table in (GROUP_CREATIVE_CTR, GROUP_PREFERENCE_PAIRS, USER_GROUPS):
+        tracking.log_table_input(spark, table, cfg, context="training")
+    for table in DIMENSIONS:
+        tracking.log_table_input(spark, table, cfg, context="features", version=dimensions[table.name])
+
+    args = (data["cells"], data["pairs"], data["profiles"], data["products"], cfg)
+    trained = fit_grm(*args, group_aware=True)
+    # The group-agnostic baseline of the evaluation: same model and data, group input removed.
+    baseline = fit_grm(*args, group_aware=False)
+    if reused is None:
+        uri = log_grm(trained, cfg, name=MODEL_NAME, ds=ds)
+        log_grm(baseline, cfg, name=BASELINE_ARTIFACT, ds=ds)
+        version = tracking.register(uri, MODEL_NAME)
+        for key, value in tags.items():
+            mlflow.MlflowClient().set_model_version_tag(MODEL_NAME, version, key, value)
+    else:
+        # Trained by an earlier run of this night that stopped before deciding.
+        version = reused.version
+    truncated = trained.grm.truncated_prompts
+    if truncated:
+        print(f"train_grm: {truncated} prompts longer than grm.max_prompt_tokens={cfg.grm.max_prompt_tokens} were cut")
+    _report(ctx, trained, baseline)
+    promotion.record(spark, cfg, ds, challenge(version, data, cfg, ds))
