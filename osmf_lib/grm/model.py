@@ -16,7 +16,6 @@ only the product, is the group-agnostic baseline of the evaluation.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,8 +253,3 @@ def build_featurizer(
     return Featurizer(
         ProfileVocab.fit(profiles), ProductStore(encoders, unreadable_image), PromptEncoder(encoders, max_prompt_tokens)
     )
-
-
-def score_columns(frame: pd.DataFrame, columns: Sequence[str] = SCORE_COLUMNS) -> pd.DataFrame:
-    require_columns(frame, columns, "rows to score")
-    return frame[list(columns)]

@@ -45,12 +45,12 @@ STAGE = "grm"
 # within a group, and AUROC or log-loss over impressions mostly measure base click rates.
 METRIC = "val_pair_accuracy"
 DIMENSIONS = (USERS, PRODUCTS, CREATIVES)
-REPORTED = ("pair_accuracy", "conflict_pair_accuracy", "auroc", "log_loss", "pairs", "conflict_pairs")
 
 
 def _prefixed(attribute: str) -> Column:
-    """A multi-valued attribute's distinct values as "attribute=value" strings."""
-    return F.transform(F.array_distinct(F.col(attribute)), lambda value: F.concat(F.lit(f"{attribute}="), value))
+    """A multi-valued attribute's distinct values as "attribute=value" strings (none when null)."""
+    values = F.coalesce(F.array_distinct(F.col(attribute)), F.array().cast("array<string>"))
+    return F.transform(values, lambda value: F.concat(F.lit(f"{attribute}="), value))
 
 
 def attribute_profiles(members: DataFrame, users: DataFrame) -> DataFrame:
@@ -85,13 +85,15 @@ def training_cells(ctr: DataFrame, creatives: DataFrame, cfg: Config) -> DataFra
     )
 
 
-def _skip(ds: date, reason: str) -> None:
+def _skip(ctx: JobContext, reason: str) -> None:
     import mlflow
 
-    champion = promotion.version_for_ds(MODEL_NAME, ds)
+    champion = promotion.version_for_ds(MODEL_NAME, ctx.ds)
     kept = f"{MODEL_NAME} v{champion} stays champion" if champion else f"{MODEL_NAME} has no champion yet"
-    print(f"train_grm: skipped for ds={ds}: {reason}; {kept}")
+    print(f"train_grm: skipped for ds={ctx.ds}: {reason}; {kept}")
     mlflow.set_tag("osmf.skipped", reason)
+    # Metrics an earlier run of this night stored no longer describe it.
+    tables.write_metrics(ctx.spark, ctx.cfg, ctx.ds, STAGE, [], mlflow.active_run().info.run_id)
 
 
 def challenge(version: str, data: dict[str, pd.DataFrame], cfg: Config, ds: date) -> promotion.Decision:
@@ -161,7 +163,7 @@ def train_grm(ctx: JobContext) -> None:
     pairs = tables.read(spark, GROUP_PREFERENCE_PAIRS, cfg, ds=ds)
     counts = pairs.agg(F.count("*").alias("all"), F.count(F.when(F.col("split") == "train", 1)).alias("train")).first()
     if counts["train"] == 0:
-        _skip(ds, f"no training pairs ({counts['all']} in all) in group_preference_pairs for ds={ds}")
+        _skip(ctx, f"no training pairs ({counts['all']} in all) in group_preference_pairs for ds={ds}")
         return
 
     dimensions = {t.name: tables.version_as_of(spark, t, cfg, ds) for t in DIMENSIONS}

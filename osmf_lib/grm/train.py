@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from osmf_lib.config import Config
 from osmf_lib.grm.features import GrmError, require_columns
-from osmf_lib.grm.model import Grm, GrmConfig, GrmModel, Inputs, build_featurizer
+from osmf_lib.grm.model import Featurizer, Grm, GrmConfig, GrmModel, Inputs, build_featurizer
 from osmf_lib.paag.features import Encoders, EncoderSpec
 from osmf_lib.paag.model import resolve_device
 
@@ -49,8 +49,7 @@ class Encoded:
     rejected: Inputs
 
 
-def _encode(grm_or_featurizer, cells: pd.DataFrame, pairs: pd.DataFrame, profiles: pd.DataFrame) -> Encoded:
-    featurizer = grm_or_featurizer.featurizer if isinstance(grm_or_featurizer, Grm) else grm_or_featurizer
+def _encode(featurizer: Featurizer, cells: pd.DataFrame, pairs: pd.DataFrame, profiles: pd.DataFrame) -> Encoded:
     device = featurizer.device
 
     def counts(column: str) -> torch.Tensor:

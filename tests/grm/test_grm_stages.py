@@ -57,7 +57,7 @@ def _world() -> dict[str, pd.DataFrame]:
         for i in range(MEMBERS):
             uid = f"u{group}{i:02d}"
             users.append({"user_id": uid, **{a: "x" for a in SINGLE_VALUED_ATTRIBUTES}, "gender": gender})
-            users[-1]["interests"] = ["home", "books"][: i % 3]
+            users[-1]["interests"] = [[], ["home"], ["home", "books"], None][i % 4]
     product_ids = [f"p{i:02d}" for i in range(PRODUCTS_N)]
     creatives = []
     for pid, (k, prompt) in itertools.product(product_ids, enumerate(PROMPTS)):
@@ -134,9 +134,10 @@ def test_attribute_profiles_hold_every_value_share(spark, lakehouse) -> None:
     shares = {(r.group_id, r.feature): r.share for r in rows.itertuples()}
     assert shares[(0, "gender=female")] == 1.0 and (0, "gender=male") not in shares
     assert shares[(1, "age_band=x")] == 1.0
-    # interests: [], [home], [home, books] in turn over 20 members -> 13 hold home, 6 books.
-    assert shares[(0, "interests=home")] == pytest.approx(13 / 20)
-    assert shares[(0, "interests=books")] == pytest.approx(6 / 20)
+    # interests: [], [home], [home, books], null in turn over 20 members -> 10 hold home, 5 books;
+    # a member without interests still counts for every other attribute.
+    assert shares[(0, "interests=home")] == pytest.approx(10 / 20)
+    assert shares[(0, "interests=books")] == pytest.approx(5 / 20)
 
 
 def test_training_registers_a_champion_and_reports_both_models(spark, lakehouse, first_run) -> None:
@@ -173,7 +174,10 @@ def test_a_night_without_pairs_is_a_logged_skip_that_keeps_the_champion(spark, l
         moved = tables.read(spark, table, lakehouse, ds=DS).withColumn("ds", F.lit(night))
         tables.overwrite_partition(spark, moved, table, lakehouse, night)
     _run(pairs.run, lakehouse, night)
+    stale = [tables.Metric("test_pair_accuracy", "group_aware", 0.9)]
+    tables.write_metrics(spark, lakehouse, night, "grm", stale, "an earlier run of the night")
     printed = _run(stages.train_grm, lakehouse, night)
     assert "train_grm: skipped for ds=2026-11-13: no training pairs (0 in all)" in printed
     assert "osmf-grm v1 stays champion" in printed
     assert len(MlflowClient().search_model_versions("name = 'osmf-grm'")) == 1
+    assert tables.read(spark, EVAL_METRICS, lakehouse, ds=night).where("stage = 'grm'").count() == 0
