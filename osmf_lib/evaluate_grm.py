@@ -88,9 +88,7 @@ def grade(
         metrics.append(Metric("label_agreement", "conflict", float(truth[conflict].mean())))
     for name, grm in models.items():
         if len(pairs):
-            ordered = grm.score(pairs, profiles, prompt="chosen_prompt") > grm.score(
-                pairs, profiles, prompt="rejected_prompt"
-            )
+            ordered = grm.prefers_chosen(pairs, profiles)
             right = ordered == truth
             metrics.append(Metric("oracle_pair_accuracy", name, float(right.mean())))
             if conflict.any():

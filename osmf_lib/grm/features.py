@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from osmf_lib.paag import model as paag_model
 from osmf_lib.paag.features import Encoders, PaagError, ProductStore
 
 PROFILE_COLUMNS = ("product_id", "group_id", "feature", "share")
@@ -44,9 +45,7 @@ class GrmError(PaagError):
 
 
 def require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise GrmError(f"{what} lack columns {missing}; expected {list(columns)}")
+    paag_model.require_columns(frame, columns, what, GrmError)
 
 
 def phrases(prompt: str) -> list[str]:

@@ -215,6 +215,13 @@ class Grm:
         inputs = self.featurizer.inputs(rows, self.profiles if profiles is None else profiles, products, prompt)
         return self.logits(inputs).cpu().numpy()
 
+    def prefers_chosen(
+        self, pairs: pd.DataFrame, profiles: pd.DataFrame | None = None, products: pd.DataFrame | None = None
+    ) -> np.ndarray:
+        """Per pair (product_id, group_id, chosen_prompt, rejected_prompt): is the chosen side scored higher?"""
+        chosen = self.score(pairs, profiles, products, prompt="chosen_prompt")
+        return chosen > self.score(pairs, profiles, products, prompt="rejected_prompt")
+
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         store = self.featurizer.store

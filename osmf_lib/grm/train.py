@@ -81,9 +81,7 @@ def evaluate(
     nan = float("nan")
     metrics = {"pairs": float(len(pairs)), "conflict_pairs": float(pairs["conflict"].sum()) if len(pairs) else 0.0}
     if len(pairs):
-        chosen = grm.score(pairs, profiles, products, prompt="chosen_prompt")
-        rejected = grm.score(pairs, profiles, products, prompt="rejected_prompt")
-        right = chosen > rejected
+        right = grm.prefers_chosen(pairs, profiles, products)
         conflict = pairs["conflict"].to_numpy(dtype=bool)
         metrics["pair_accuracy"] = float(right.mean())
         metrics["conflict_pair_accuracy"] = float(right[conflict].mean()) if conflict.any() else nan
