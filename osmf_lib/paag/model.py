@@ -59,9 +59,7 @@ FORMAT = 3
 ATTRIBUTE_INIT_STD = 0.02
 
 
-def require_columns(
-    frame: pd.DataFrame, columns: Sequence[str], what: str, error: type[PaagError] = PaagError
-) -> None:
+def require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str, error: type[PaagError] = PaagError) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise error(f"{what} lack columns {missing}; expected {list(columns)}")
