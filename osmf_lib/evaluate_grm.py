@@ -23,8 +23,9 @@ import pandas as pd
 from pyspark.sql import functions as F
 from scipy.stats import spearmanr
 
-from osmf_lib import ingest, promotion, tables, tracking
+from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
+from osmf_lib.evaluate_oracle import grade_night
 from osmf_lib.grm import Grm, load_grm
 from osmf_lib.grm.stages import BASELINE_ARTIFACT, MODEL_NAME, attribute_profiles
 from osmf_lib.job import JobContext
@@ -162,30 +163,9 @@ def evaluate(ctx: JobContext, models: dict[str, Grm], oracle: Oracle) -> list[Me
     )
 
 
-def _skip(reason: str) -> None:
-    import mlflow
-
-    print(f"evaluate_grm: skipped: {reason}")
-    mlflow.set_tag("osmf.skipped", reason)
-
-
 def run(ctx: JobContext) -> None:
-    import mlflow
-
-    world = ingest.world_of(ctx.spark, ctx.cfg, ctx.ds)
-    models = night_models(ctx.cfg, ctx.ds)
-    # Either way, no metrics of an earlier run of this ds are left behind.
-    metrics = []
-    if world is None:
-        _skip(f"ds={ctx.ds} was not simulated (no landing manifest): there is no answer key to grade against")
-    elif models is None:
-        _skip(f"train_grm trained no {MODEL_NAME} for ds={ctx.ds} (a night without pairs)")
-    else:
-        seed, scale = world
-        mlflow.log_params({"world.seed": seed, "world.scale": scale})
-        metrics = evaluate(ctx, models, Oracle.of_world(seed, scale))
-    tables.write_metrics(ctx.spark, ctx.cfg, ctx.ds, STAGE, metrics, mlflow.active_run().info.run_id)
-    for m in metrics:
-        print(f"evaluate_grm: {m.metric:<29} {m.slice:<14} {m.value:.4f}")
-    mlflow.log_metrics({f"{m.metric}.{m.slice}": m.value for m in metrics})
+    missing = f"train_grm trained no {MODEL_NAME} for ds={ctx.ds} (a night without pairs)"
+    grade_night(
+        ctx, STAGE, night_models(ctx.cfg, ctx.ds), missing, lambda models, oracle: evaluate(ctx, models, oracle)
+    )
     tracking.log_table_input(ctx.spark, GROUP_PREFERENCE_PAIRS, ctx.cfg, context="evaluation")

@@ -123,6 +123,12 @@ def _move_alias(name: str) -> None:
         tracking.promote(name, newest)
 
 
+def crown(name: str, version: str, ds: date) -> None:
+    """Make `version` the champion from night ds on (and move the alias if ds is the newest night)."""
+    MlflowClient().set_model_version_tag(name, version, TAG_CHAMPION_FROM, ds.isoformat())
+    _move_alias(name)
+
+
 def record(spark: SparkSession, cfg: Config, ds: date, decision: Decision) -> None:
     """Store the decision everywhere it is looked for, and promote when it says so."""
     import mlflow
@@ -130,8 +136,7 @@ def record(spark: SparkSession, cfg: Config, ds: date, decision: Decision) -> No
     client = MlflowClient()
     client.set_model_version_tag(decision.model, decision.challenger, TAG_DECISION, decision.line())
     if decision.promoted:
-        client.set_model_version_tag(decision.model, decision.challenger, TAG_CHAMPION_FROM, ds.isoformat())
-        _move_alias(decision.model)
+        crown(decision.model, decision.challenger, ds)
     values = {
         f"{decision.metric}.challenger": decision.challenger_score,
         f"{decision.metric}.champion": decision.champion_score,

@@ -3,6 +3,10 @@ clean Python to load registered models in, as a consumer without this checkout w
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import io
+import itertools
 import json
 import logging
 import os
@@ -11,10 +15,22 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 
+from osmf_lib import pairs, tables, tracking
 from osmf_lib.config import PROJECT_ROOT, Config, load_config
+from osmf_lib.job import JobContext
+from osmf_lib.tables import (
+    CREATIVES,
+    GROUP_PROFILES,
+    IMPRESSIONS,
+    PRODUCTS,
+    SINGLE_VALUED_ATTRIBUTES,
+    USER_GROUPS,
+    USERS,
+)
 
 # Tiny models and Spark share two cores in CI; oversubscribed BLAS threads slow both down.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -42,6 +58,7 @@ def make_cfg(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Config]:
             overrides=[
                 f"lakehouse.root={root}",
                 f"lakehouse.landing={root}/landing",
+                f"models.dir={root}/models",
                 "spark.master=local[2]",
                 "spark.shuffle_partitions=2",
                 "spark.show_progress=false",
@@ -142,3 +159,119 @@ def predict_in_clean_python() -> Callable[[Path, pd.DataFrame, Path], tuple[pd.D
         return pd.read_pickle(work / "out.pkl"), json.loads(done.stdout.strip().splitlines()[-1])
 
     return predict
+
+
+# --- a lakehouse whose groups want opposite backgrounds (GRM and G-MLLM stages) ---
+
+DS = dt.date(2026, 11, 3)
+VERSION = "osmf-paag/1"
+PRODUCTS_N = 12
+MEMBERS = 20
+SHOWN = 25
+# Per group, a click rate per prompt: the groups rank the four backgrounds in opposite orders.
+PROMPTS = (
+    "a sunlit beach scene, warm tones",
+    "a rustic kitchen scene, cool tones",
+    "a forest, soft light",
+    "a city at night",
+)
+RATES = {0: (0.12, 0.04, 0.08, 0.06), 1: (0.04, 0.12, 0.06, 0.08)}
+SETTINGS = (
+    "pairs.min_impressions=100",
+    "pairs.ratio_max=1000",
+    "pairs.validation_fraction=0.25",
+    "pairs.test_fraction=0.25",
+    "grm.epochs=20",
+    "grm.batch_size=16",
+    "gpu.device=cpu",
+)
+
+
+def _world() -> dict[str, pd.DataFrame]:
+    users, members, impressions = [], [], []
+    for group, gender in ((0, "female"), (1, "male")):
+        for i in range(MEMBERS):
+            uid = f"u{group}{i:02d}"
+            users.append({"user_id": uid, **{a: "x" for a in SINGLE_VALUED_ATTRIBUTES}, "gender": gender})
+            users[-1]["interests"] = [[], ["home"], ["home", "books"], None][i % 4]
+    product_ids = [f"p{i:02d}" for i in range(PRODUCTS_N)]
+    creatives = []
+    for pid, (k, prompt) in itertools.product(product_ids, enumerate(PROMPTS)):
+        creatives.append((f"{pid}-c{k}", pid, prompt))
+    for pid, group in itertools.product(product_ids, (0, 1)):
+        for user in (u for u in users if u["user_id"].startswith(f"u{group}")):
+            members.append((pid, user["user_id"], group))
+            for k, rate in enumerate(RATES[group]):
+                clicks = round(rate * SHOWN)
+                impressions += [(pid, user["user_id"], f"{pid}-c{k}", n < clicks) for n in range(SHOWN)]
+    frame = pd.DataFrame(impressions, columns=["product_id", "user_id", "creative_id", "clicked"])
+    frame = frame.assign(
+        event_id=[f"e{i}" for i in range(len(frame))], ts=pd.Timestamp(DS), position=1, source_file="t", ds=DS
+    )
+    groups = pd.DataFrame(members, columns=["product_id", "user_id", "group_id"])
+    groups = groups.assign(distance=0.0, paag_version=VERSION, ds=DS)
+    sizes = groups.groupby(["product_id", "group_id"]).size().rename("size").reset_index()
+    profiles = sizes.assign(
+        k=2,
+        silhouette=None,
+        centroid=[[0.0]] * len(sizes),
+        anchors=None,
+        attribute_summary=None,
+        description="a group",
+        paag_version=VERSION,
+        ds=DS,
+    )
+    return {
+        "impressions": frame,
+        "user_groups": groups,
+        "group_profiles": profiles,
+        "users": pd.DataFrame(users).assign(updated_ds=DS),
+        "products": pd.DataFrame(
+            {"product_id": product_ids, "title": [f"Mug {p}" for p in product_ids], "category": "home"}
+        ).assign(price_band=None, image_uri=None, updated_ds=DS),
+        "creatives": pd.DataFrame(creatives, columns=["creative_id", "product_id", "prompt"]).assign(
+            image_uri=None, origin="logged", updated_ds=DS
+        ),
+    }
+
+
+@pytest.fixture(scope="session")
+def make_group_lakehouse(spark, make_cfg, tmp_path_factory) -> Callable[..., Config]:
+    """A lakehouse of one night (DS) whose two groups per product rank four backgrounds in
+    opposite orders, with its preference pairs built; its own MLflow store per call."""
+
+    def make(name: str, *settings: str) -> Config:
+        return _group_lakehouse(spark, make_cfg, tmp_path_factory.mktemp(f"{name}-mlflow"), settings)
+
+    return make
+
+
+def _group_lakehouse(spark, make_cfg, store: Path, settings: tuple[str, ...]) -> Config:
+    cfg = make_cfg(
+        *SETTINGS, *settings, f"mlflow.tracking_uri=sqlite:///{store}/mlflow.db", f"mlflow.artifact_root={store}/a"
+    )
+    world = _world()
+    for table in (IMPRESSIONS, USER_GROUPS, GROUP_PROFILES):
+        frame = spark.createDataFrame(world[table.name][table.column_names], table.schema())
+        tables.overwrite_partition(spark, frame, table, cfg, DS)
+    for table in (USERS, PRODUCTS, CREATIVES):
+        tables.merge(
+            spark, spark.createDataFrame(world[table.name][table.column_names], table.schema()), table, cfg, ds=DS
+        )
+    tracking.configure(cfg)
+    _run_stage(pairs.run, cfg)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def run_stage() -> Callable[..., str]:
+    """Run a stage function as its job does (in an MLflow run, the night DS by default); returns
+    what it printed."""
+    return _run_stage
+
+
+def _run_stage(body, cfg: Config, ds: dt.date = DS) -> str:
+    printed = io.StringIO()
+    with mlflow.start_run(), contextlib.redirect_stdout(printed):
+        body(JobContext("stage", cfg, ds, "test"))
+    return printed.getvalue()

@@ -25,8 +25,11 @@ EXPECTED_TASKS = {
     "build_preference_pairs",
     "train_grm",
     "evaluate_grm",
+    "pretrain_gmllm",
+    "train_group_dpo",
+    "evaluate_gmllm",
 }
-GPU_TASKS = {"train_paag", "train_grm"}
+GPU_TASKS = {"train_paag", "train_grm", "pretrain_gmllm", "train_group_dpo"}
 SPARK_TASKS = EXPECTED_TASKS - GPU_TASKS
 
 
@@ -109,6 +112,9 @@ def test_stages_run_in_order_and_declare_the_tables_they_write(dag):
         assert dag.get_task(after_groups).upstream_task_ids == {"group_users"}
     for before, after in pairwise(["build_preference_pairs", "train_grm", "evaluate_grm"]):
         assert dag.get_task(after).upstream_task_ids == {before}
+    assert dag.get_task("pretrain_gmllm").upstream_task_ids == {"build_preference_pairs"}
+    assert dag.get_task("train_group_dpo").upstream_task_ids == {"train_grm", "pretrain_gmllm"}
+    assert dag.get_task("evaluate_gmllm").upstream_task_ids == {"train_group_dpo"}
     outlets = {a.name for a in dag.get_task("ingest_events").outlets}
     assert outlets == {f"osmf.{t}" for t in ("impressions", "rejected_events", "users", "products", "creatives")}
     assert {a.name for a in dag.get_task("group_users").outlets} == {"osmf.user_groups", "osmf.group_profiles"}
@@ -172,6 +178,7 @@ def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg):
     assert "build_preference_pairs: " in log and " pairs (" in log
     # One tiny day may or may not hold training pairs; either way both GRM tasks say what they did.
     assert "train_grm: " in log and "evaluate_grm: " in log
+    assert "pretrain_gmllm: " in log and "train_group_dpo: " in log and "evaluate_gmllm: " in log
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     stages = MlflowClient().search_runs(

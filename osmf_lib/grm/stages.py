@@ -136,6 +136,21 @@ def _report(ctx: JobContext, trained: TrainedGrm, baseline: TrainedGrm) -> None:
         )
 
 
+def night_data(ctx: JobContext, dimensions: dict[str, int]) -> dict:
+    """What a model trained on the night's pairs and CTRs saw: their fingerprints and the dimension
+    versions as of ds (the data half of promotion.training_tags)."""
+    spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
+    return {
+        "pairs": promotion.fingerprint(
+            tables.read(spark, GROUP_PREFERENCE_PAIRS, cfg, ds=ds), GROUP_PREFERENCE_PAIRS.column_names
+        ),
+        "cells": promotion.fingerprint(
+            tables.read(spark, GROUP_CREATIVE_CTR, cfg, ds=ds), GROUP_CREATIVE_CTR.column_names
+        ),
+        **dimensions,
+    }
+
+
 def load_inputs(ctx: JobContext, dimensions: dict[str, int]) -> dict[str, pd.DataFrame]:
     """Tonight's cells, pairs, group profiles and products, in pandas."""
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
@@ -167,16 +182,8 @@ def train_grm(ctx: JobContext) -> None:
         return
 
     dimensions = {t.name: tables.version_as_of(spark, t, cfg, ds) for t in DIMENSIONS}
-    data_print = {
-        "pairs": promotion.fingerprint(pairs, GROUP_PREFERENCE_PAIRS.column_names),
-        "cells": promotion.fingerprint(
-            tables.read(spark, GROUP_CREATIVE_CTR, cfg, ds=ds), GROUP_CREATIVE_CTR.column_names
-        ),
-        **dimensions,
-    }
-    tags = promotion.training_tags(
-        ds, data_print, {"grm": cfg.grm.model_dump(mode="json"), "models": cfg.models.model_dump(mode="json")}
-    )
+    settings = {"grm": cfg.grm.model_dump(mode="json"), "models": cfg.models.model_dump(mode="json")}
+    tags = promotion.training_tags(ds, night_data(ctx, dimensions), settings)
     reused = promotion.reusable_version(MODEL_NAME, tags)
     if reused is not None and promotion.TAG_DECISION in reused.tags:
         print(f"train_grm: {MODEL_NAME} version {reused.version} was trained for ds={ds} on the same data and settings")

@@ -1,0 +1,48 @@
+"""The frame every grading against the simulated world's oracle shares: find the world the night's
+landing manifest names, grade, and store the metrics; a logged skip on real logs or when the night
+trained nothing to grade. Either way no metrics of an earlier run of the ds are left behind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from osmf_lib import ingest, tables
+from osmf_lib.job import JobContext
+from osmf_lib.synth.oracle import Oracle
+from osmf_lib.tables import Metric
+
+Night = TypeVar("Night")
+
+
+def grade_night(
+    ctx: JobContext,
+    stage: str,
+    night: Night | None,
+    missing: str,
+    grade: Callable[[Night, Oracle], list[Metric]],
+) -> list[Metric]:
+    """Run `grade(night, oracle)` and store its metrics under `stage` (job name = ctx.stage);
+    `missing` says why there is nothing to grade when `night` is None."""
+    import mlflow
+
+    world = ingest.world_of(ctx.spark, ctx.cfg, ctx.ds)
+    reason = None
+    metrics: list[Metric] = []
+    if world is None:
+        reason = f"ds={ctx.ds} was not simulated (no landing manifest): there is no answer key to grade against"
+    elif night is None:
+        reason = missing
+    else:
+        seed, scale = world
+        mlflow.log_params({"world.seed": seed, "world.scale": scale})
+        metrics = grade(night, Oracle.of_world(seed, scale))
+    if reason:
+        print(f"{ctx.stage}: skipped: {reason}")
+        mlflow.set_tag("osmf.skipped", reason)
+    tables.write_metrics(ctx.spark, ctx.cfg, ctx.ds, stage, metrics, mlflow.active_run().info.run_id)
+    width = max((len(m.metric) for m in metrics), default=0) + 1
+    for m in metrics:
+        print(f"{ctx.stage}: {m.metric:<{width}} {m.slice:<14} {m.value:.4f}")
+    mlflow.log_metrics({f"{m.metric}.{m.slice}": m.value for m in metrics})
+    return metrics

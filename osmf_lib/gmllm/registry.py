@@ -1,0 +1,69 @@
+"""osmf-gmllm in MLflow: a pyfunc for consumers, and a torch-side loader for the pipeline's stages."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import date
+from importlib.metadata import version
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, DataType, Schema
+
+from osmf_lib.gmllm.features import GmllmError
+from osmf_lib.gmllm.generator import Gmllm
+from osmf_lib.paag.registry import OSMF_PACKAGE, REQUIREMENTS
+from osmf_lib.tracking import TrackingError
+
+ARTIFACT = "gmllm"
+SIGNATURE = ModelSignature(
+    Schema([ColSpec(DataType.string, "product_id"), ColSpec(DataType.long, "group_id")]),
+    Schema([ColSpec(DataType.string, "prompt"), ColSpec(DataType.boolean, "usable")]),
+)
+
+
+class GmllmPyfunc(mlflow.pyfunc.PythonModel):
+    """(product_id, group_id) rows of the groups of the night it was trained for in; the most likely
+    background description per row out, with `usable` (False: do not render it)."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.gmllm = Gmllm.load(Path(context.artifacts[ARTIFACT]))
+
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        return self.gmllm.write(model_input)[["prompt", "usable"]]
+
+
+def log_gmllm(gmllm: Gmllm, name: str, ds: date, example: pd.DataFrame) -> str:
+    """Log the generator to the active run; return the model URI."""
+    if mlflow.active_run() is None:
+        raise TrackingError("log_gmllm needs an active MLflow run")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / ARTIFACT
+        gmllm.save(folder)
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(Path(__file__).with_name("serving.py")),
+            artifacts={ARTIFACT: str(folder)},
+            signature=SIGNATURE,
+            input_example=example[["product_id", "group_id"]].astype({"group_id": "int64"}),
+            pip_requirements=[f"{package}=={version(package)}" for package in (*REQUIREMENTS, "pyarrow")],
+            code_paths=[str(OSMF_PACKAGE)],
+            metadata={"group_aware": gmllm.group_aware, "groups_ds": ds.isoformat()},
+        )
+    return info.model_uri
+
+
+def load_gmllm(model_uri: str, device: str = "cpu", unreadable_image: str = "fail") -> Gmllm:
+    """The torch-side generator behind a logged osmf-gmllm (any MLflow model URI); a missing or
+    unreadable one fails naming the URI."""
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        return Gmllm.load(local / "artifacts" / ARTIFACT, device, unreadable_image)
+    except GmllmError:
+        raise
+    except Exception as error:
+        raise GmllmError(f"cannot load the G-MLLM {model_uri}: {type(error).__name__}: {error}") from error

@@ -1,0 +1,414 @@
+"""The pretrain_gmllm and train_group_dpo stages on the lakehouse (DESIGN §6.6, §6.7).
+
+- **pretrain_gmllm** builds the four pre-training tasks from tonight's tables, trains the G-MLLM
+  around the profile's language model and registers it as `osmf-gmllm-base`, the reference every
+  later Group-DPO run starts from. Skipped, with a log line, while the base model for the night is
+  younger than `gmllm.fresh_days`.
+- **train_group_dpo** trains three generators from that base, on the same pairs and budget:
+  Group-DPO (group prefix + contrast term), DPO with the prefix only, and one-size-fits-all DPO (no
+  group input). Data: the logged training pairs, then `group_dpo.rounds` on-policy rounds whose
+  samples the night's osmf-grm (pinned for the ds) labels. Group-DPO is registered as
+  `osmf-gmllm` and promoted by the one rule on the validation products' groups: the mean GRM click
+  probability of the greedy descriptions (an unusable one scores 0). The baselines are logged in
+  the same run for the evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import date, timedelta
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from pyspark.sql import functions as F
+
+from osmf_lib import promotion, tables, tracking
+from osmf_lib.config import Config
+from osmf_lib.gmllm.base import base_checkpoint, new_gmllm
+from osmf_lib.gmllm.dpo import NO_CONTRAST, PAIR_COLUMNS, frozen_copy, train_dpo
+from osmf_lib.gmllm.features import Conditioning, GmllmError
+from osmf_lib.gmllm.generator import Gmllm
+from osmf_lib.gmllm.lora import merge_lora, with_lora
+from osmf_lib.gmllm.registry import load_gmllm, log_gmllm
+from osmf_lib.gmllm.train import EVERYONE, encode, fit, pretraining_examples, stable_sample
+from osmf_lib.grm import Grm, load_grm
+from osmf_lib.grm import stages as grm_stages
+from osmf_lib.grm.features import ProfileVocab
+from osmf_lib.grouping import check_groups
+from osmf_lib.job import JobContext
+from osmf_lib.paag.features import Encoders, EncoderSpec, ProductStore
+from osmf_lib.paag.model import resolve_device
+from osmf_lib.paag.stages import PRODUCT_FEATURES
+from osmf_lib.pairs import split_of
+from osmf_lib.tables import GROUP_CREATIVE_CTR, GROUP_PREFERENCE_PAIRS, GROUP_PROFILES, IMPRESSIONS, PRODUCTS
+
+MODEL_NAME = "osmf-gmllm"
+BASE_NAME = "osmf-gmllm-base"
+PRETRAIN_STAGE = "gmllm_pretrain"
+DPO_STAGE = "group_dpo"
+METRIC = "val_grm_reward"
+TAG_BASE = "osmf.gmllm_base_version"
+TAG_GRM = "osmf.grm_version"
+# name -> (reads the group prefix, contrast weight taken from the config)
+VARIANTS = {"group_dpo": (True, True), "prefix_dpo": (True, False), "onesize_dpo": (False, False)}
+BASELINE_ARTIFACTS = {"prefix_dpo": "osmf-gmllm-prefix", "onesize_dpo": "osmf-gmllm-onesize"}
+
+
+def dimension_versions(ctx: JobContext) -> dict[str, int]:
+    return {t.name: tables.version_as_of(ctx.spark, t, ctx.cfg, ctx.ds) for t in grm_stages.DIMENSIONS}
+
+
+def _reused(ctx: JobContext, name: str, tags: dict[str, str]) -> bool:
+    """A rerun of the night on the same data and settings keeps the version it made (same rows after)."""
+    reused = promotion.reusable_version(name, tags)
+    if reused is None:
+        return False
+    print(f"{ctx.stage}: {name} version {reused.version} was trained for ds={ctx.ds} on the same data and settings")
+    mlflow.set_tag("osmf.reused_version", reused.version)
+    return True
+
+
+def load_inputs(ctx: JobContext, dimensions: dict[str, int]) -> dict[str, pd.DataFrame]:
+    """Tonight's CTR cells, groups, attribute profiles, pairs and products (as of ds), in pandas."""
+    spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
+    data = grm_stages.load_inputs(ctx, dimensions)
+    smoothed = tables.read(spark, GROUP_CREATIVE_CTR, cfg, ds=ds).select(
+        "product_id", "group_id", "creative_id", "ctr_smoothed"
+    )
+    data["cells"] = data["cells"].merge(smoothed.toPandas(), on=["product_id", "group_id", "creative_id"])
+    data["groups"] = (
+        tables.read(spark, GROUP_PROFILES, cfg, ds=ds)
+        .select("product_id", "group_id", "size", "description", split_of(F.col("product_id"), cfg).alias("split"))
+        .toPandas()
+    )
+    data["products"] = (
+        tables.read(spark, PRODUCTS, cfg, version=dimensions[PRODUCTS.name])
+        .select(*PRODUCT_FEATURES, "price_band")
+        .toPandas()
+    )
+    window = F.col("ds").between(F.lit(ds - timedelta(days=cfg.paag.lookback_days - 1)), F.lit(ds))
+    shown = tables.read(spark, IMPRESSIONS, cfg).where(window).groupBy("product_id").agg(F.count("*").alias("shown"))
+    data["shown"] = shown.toPandas()
+    return data
+
+
+def corpus(data: dict[str, pd.DataFrame]) -> list[str]:
+    """The text the tiny tokenizer learns: every task's instructions and answers (titles,
+    categories and group descriptions among them) and every logged background."""
+    examples = pretraining_examples(data["cells"], data["groups"], data["products"], Config())
+    return [*examples["prompt"], *examples["completion"], *data["cells"]["prompt"]]
+
+
+def conditioning(cfg: Config, profiles: pd.DataFrame, device: torch.device) -> Conditioning:
+    store = ProductStore(Encoders(EncoderSpec.from_config(cfg), device), cfg.models.unreadable_image)
+    return Conditioning(ProfileVocab.fit(profiles), store)
+
+
+def _settings(cfg: Config) -> dict:
+    return {"gmllm": cfg.gmllm.model_dump(mode="json"), "models": cfg.models.model_dump(mode="json")}
+
+
+def _fresh_base(cfg: Config, ds: date) -> str | None:
+    """The base model for ds when it is younger than gmllm.fresh_days (else None)."""
+    version = promotion.version_for_ds(BASE_NAME, ds)
+    if version is None:
+        return None
+    made = date.fromisoformat(
+        mlflow.MlflowClient().get_model_version(BASE_NAME, version).tags[promotion.TAG_CHAMPION_FROM]
+    )
+    return version if (ds - made).days < cfg.gmllm.fresh_days else None
+
+
+def _skip(stage: str, reason: str) -> None:
+    print(f"{stage}: skipped: {reason}")
+    mlflow.set_tag("osmf.skipped", reason)
+
+
+def pretrain_gmllm(ctx: JobContext) -> None:
+    spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
+    check_groups(spark, cfg, ds)
+    fresh = _fresh_base(cfg, ds)
+    if fresh is not None:
+        _skip("pretrain_gmllm", f"{BASE_NAME} v{fresh} is younger than gmllm.fresh_days={cfg.gmllm.fresh_days}")
+        return
+    dimensions = dimension_versions(ctx)
+    tags = promotion.training_tags(ds, grm_stages.night_data(ctx, dimensions), _settings(cfg))
+    if _reused(ctx, BASE_NAME, tags):
+        return
+    data = load_inputs(ctx, dimensions)
+    examples = pretraining_examples(data["cells"], data["groups"], data["products"], cfg)
+    if not (examples["task"] == "write_background").any():
+        _skip("pretrain_gmllm", f"no group of a training product has a logged creative for ds={ds}")
+        return
+    device = resolve_device(cfg.gpu.device)
+    cond = conditioning(cfg, data["profiles"], device)
+    product_dim = cond.products(data["products"]["product_id"].iloc[:1].tolist(), data["products"]).shape[1]
+    model, tokenizer = new_gmllm(base_checkpoint(cfg, corpus(data)), cond.group_dim, product_dim, cfg)
+    if cfg.models.profile != "tiny":  # a pretrained language model is tuned through LoRA
+        with_lora(model, cfg.gmllm.lora_rank)
+    model.to(device)
+    encoded = encode(examples, tokenizer, cond, data["profiles"], data["products"], model.text_context)
+    if encoded.too_long:
+        print(f"pretrain_gmllm: {encoded.too_long} examples longer than the model's context were left out")
+    losses = fit(model, tokenizer, encoded, cfg)
+    merge_lora(model)
+    gmllm = Gmllm(
+        model, tokenizer, cond, data["profiles"], data["products"], cfg.gmllm.max_new_tokens,
+        cfg.gmllm.generation_batch_size,
+    )  # fmt: skip
+    counts = examples["task"].value_counts()
+    mlflow.log_params({f"gmllm.examples.{task}": int(n) for task, n in counts.items()})
+    for epoch, loss in enumerate(losses, start=1):
+        mlflow.log_metric("gmllm.pretrain_loss", loss, step=epoch)
+    uri = log_gmllm(gmllm, BASE_NAME, ds, examples[examples["group_id"] != EVERYONE])
+    version = tracking.register(uri, BASE_NAME)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(BASE_NAME, version, key, value)
+    promotion.crown(BASE_NAME, version, ds)
+    print(
+        f"pretrain_gmllm: {BASE_NAME} v{version} on {len(examples)} examples "
+        f"({', '.join(f'{t} {n}' for t, n in counts.items())}), loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+    )
+
+
+# --- Group-DPO ----------------------------------------------------------------------------------
+
+
+def logged_pairs(pairs: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """Training-split pairs (PAIR_COLUMNS), a stable sample of at most group_dpo.max_logged_pairs;
+    a pair's contrast group is one of the same product holding the opposite pair."""
+    train = pairs[pairs["split"] == "train"]
+    opposite = train.rename(
+        columns={"chosen_prompt": "rejected_prompt", "rejected_prompt": "chosen_prompt", "group_id": "contrast_group"}
+    )[["product_id", "chosen_prompt", "rejected_prompt", "contrast_group"]]
+    joined = train.merge(opposite, on=["product_id", "chosen_prompt", "rejected_prompt"], how="left")
+    joined = joined.drop_duplicates(["product_id", "group_id", "chosen_prompt", "rejected_prompt"])
+    joined["contrast_group"] = joined["contrast_group"].fillna(NO_CONTRAST).astype("int64")
+    key = ["product_id", "group_id", "chosen_prompt", "rejected_prompt"]
+    return stable_sample(joined[list(PAIR_COLUMNS)], cfg.group_dpo.max_logged_pairs, key).reset_index(drop=True)
+
+
+def one_group(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The same pairs with one group for everyone (one-size-fits-all): no group, no contrast."""
+    return pairs.assign(group_id=EVERYONE, contrast_group=NO_CONTRAST)
+
+
+def audience_scores(grm: Grm, rows: pd.DataFrame, groups: pd.DataFrame, profiles: pd.DataFrame) -> pd.DataFrame:
+    """GRM logits of (product_id, prompt) rows for every group of the product: long rows of
+    (row = the input's index, product_id, prompt, group_id, size, score)."""
+    expanded = rows[["product_id", "prompt"]].reset_index(names="row").merge(groups[["product_id", "group_id", "size"]])
+    expanded["score"] = grm.score(expanded, profiles)
+    return expanded
+
+
+def onpolicy_pairs(
+    gmllm: Gmllm,
+    grm: Grm,
+    targets: pd.DataFrame,
+    groups: pd.DataFrame,
+    profiles: pd.DataFrame,
+    products: pd.DataFrame,
+    cfg: Config,
+    seed: int,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Sample, let the GRM judge, pair the best samples of each target against its worst.
+
+    targets: (product_id, group_id) rows; group_id EVERYONE asks for one-size-fits-all samples,
+    judged by the member-weighted mean over the product's groups, with as many samples per product
+    as the product has groups times samples_per_group (the same budget)."""
+    d = cfg.group_dpo
+    if gmllm.group_aware:
+        samples = gmllm.write(targets, profiles, products, samples=d.samples_per_group, seed=seed)
+    else:
+        width = groups.groupby("product_id").size()
+        one = targets.drop_duplicates("product_id").assign(group_id=EVERYONE)
+        samples = pd.concat(
+            [
+                gmllm.write(part, profiles, products, samples=int(k) * d.samples_per_group, seed=seed + int(k))
+                for k, part in one.groupby(one["product_id"].map(width))
+            ],
+            ignore_index=True,
+        )
+    good = samples[samples["usable"]].drop_duplicates(["product_id", "group_id", "prompt"]).reset_index(drop=True)
+    stats = {
+        "samples": float(len(samples)),
+        "unusable_share": float(1 - samples["usable"].mean()) if len(samples) else 0.0,
+    }
+    scored = audience_scores(grm, good, groups, profiles)
+    wide = scored.pivot_table(index="row", columns="group_id", values="score")
+    weight = scored.assign(w=scored["size"] * scored["score"]).groupby("row")[["w", "size"]].sum()
+    good["audience"] = (weight["w"] / weight["size"]).reindex(good.index)
+    own = [
+        wide.at[i, g] if g != EVERYONE else good.at[i, "audience"]
+        for i, g in zip(good.index, good["group_id"], strict=True)
+    ]
+    good["own"] = own
+    rows = []
+    for (product_id, group_id), part in good.groupby(["product_id", "group_id"], sort=True):
+        ranked = part.sort_values(["own", "prompt"], ascending=[False, True])
+        # The i-th best against the i-th worst: disjoint pairs, the clearest first.
+        for (best, high), (worst, low) in zip(
+            ranked["own"].iloc[: len(ranked) // 2].items(), ranked["own"].iloc[::-1].items(), strict=False
+        ):
+            if high - low < d.min_margin:
+                break
+            rows.append((product_id, group_id, part.at[best, "prompt"], part.at[worst, "prompt"], NO_CONTRAST))
+            if group_id != EVERYONE:
+                # The other group of the product that most prefers the rejected sample, if any does.
+                gaps = (wide.loc[best] - wide.loc[worst]).drop(group_id).dropna()
+                if len(gaps) and gaps.min() < 0:
+                    rows[-1] = (*rows[-1][:4], int(gaps.idxmin()))
+    pairs = pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
+    stats["pairs"] = float(len(pairs))
+    stats["mean_own_score"] = float(good["own"].mean()) if len(good) else float("nan")
+    return pairs, stats
+
+
+def grm_reward(gmllm: Gmllm, grm: Grm, rows: pd.DataFrame, profiles: pd.DataFrame, products: pd.DataFrame) -> float:
+    """Mean GRM click probability of the greedy descriptions for (product_id, group_id) rows; an
+    unusable description scores 0 (it is never rendered). NaN without rows."""
+    if not len(rows):
+        return float("nan")
+    written = gmllm.write(rows, profiles, products)
+    probability = np.zeros(len(written))
+    ok = written["usable"].to_numpy()
+    if ok.any():
+        probability[ok] = 1 / (1 + np.exp(-grm.score(written[ok], profiles)))
+    return float(probability.mean())
+
+
+def target_products(data: dict[str, pd.DataFrame], cfg: Config, splits: tuple[str, ...]) -> pd.DataFrame:
+    """The night's (product, group) targets: every group of the top gmllm.target_products products
+    by impressions in the look-back window, among the products of `splits`."""
+    ranked = data["shown"].sort_values(["shown", "product_id"], ascending=[False, True])
+    top = set(ranked["product_id"].head(cfg.gmllm.target_products))
+    groups = data["groups"]
+    chosen = groups["product_id"].isin(top) & groups["split"].isin(splits)
+    return groups.loc[chosen, ["product_id", "group_id"]].reset_index(drop=True)
+
+
+def _night_grm(cfg: Config, ds: date) -> tuple[str, Grm] | None:
+    version = promotion.version_for_ds(grm_stages.MODEL_NAME, ds)
+    if version is None:
+        return None
+    return version, load_grm(f"models:/{grm_stages.MODEL_NAME}/{version}", unreadable_image=cfg.models.unreadable_image)
+
+
+def night_base(cfg: Config, ds: date) -> tuple[str, Gmllm]:
+    """The pre-trained G-MLLM for ds (the reference of every DPO variant); fails naming what is missing."""
+    version = promotion.version_for_ds(BASE_NAME, ds)
+    if version is None:
+        raise GmllmError(f"no pre-trained {BASE_NAME} for ds={ds}: run pretrain_gmllm for this night first")
+    device = resolve_device(cfg.gpu.device)
+    return version, load_gmllm(f"models:/{BASE_NAME}/{version}", str(device), cfg.models.unreadable_image)
+
+
+def train_variant(
+    name: str,
+    base: Gmllm,
+    grm: Grm | None,
+    logged: pd.DataFrame,
+    targets: pd.DataFrame,
+    data: dict[str, pd.DataFrame],
+    cfg: Config,
+) -> Gmllm:
+    """One DPO variant from the base: logged pairs, then on-policy rounds judged by the GRM."""
+    aware, contrast = VARIANTS[name]
+    model = copy.deepcopy(base.model)
+    model.config.group_aware = aware
+    policy = Gmllm(model, base.tokenizer, base.conditioning, data["profiles"], data["products"],
+                   base.max_new_tokens, base.batch_size)  # fmt: skip
+    reference = frozen_copy(model)
+    if cfg.models.profile != "tiny":
+        with_lora(model, cfg.gmllm.lora_rank)
+    weight = cfg.group_dpo.contrast_weight if contrast else 0.0
+    profiles, products = data["profiles"], data["products"]
+    pairs = logged if aware else one_group(logged)
+    result = train_dpo(policy, reference, pairs, profiles, products, cfg, weight)
+    mlflow.log_metrics({f"{name}.logged.{k.replace('/', '_')}": float(v) for k, v in result.items() if _number(v)})
+    for round_ in range(1, cfg.group_dpo.rounds + 1 if grm is not None else 1):
+        fresh, stats = onpolicy_pairs(
+            policy, grm, targets, data["groups"], profiles, products, cfg, seed=cfg.gmllm.seed + round_
+        )
+        mlflow.log_metrics({f"{name}.round.{k}": v for k, v in stats.items()}, step=round_)
+        print(f"train_group_dpo: {name} round {round_}: {int(stats['samples'])} samples, "
+              f"{stats['unusable_share']:.1%} unusable, {int(stats['pairs'])} pairs")  # fmt: skip
+        if len(fresh):
+            train_dpo(policy, reference, fresh, profiles, products, cfg, weight)
+    merge_lora(model)
+    return policy
+
+
+def _number(value: object) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def train_group_dpo(ctx: JobContext) -> None:
+    spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
+    check_groups(spark, cfg, ds)
+    dimensions = dimension_versions(ctx)
+    data = load_inputs(ctx, dimensions)
+    logged = logged_pairs(data["pairs"], cfg)
+    if logged.empty:
+        # Metrics an earlier run of this night stored no longer describe it.
+        tables.write_metrics(spark, cfg, ds, DPO_STAGE, [], mlflow.active_run().info.run_id)
+        _skip("train_group_dpo", f"no training pairs in {GROUP_PREFERENCE_PAIRS.name} for ds={ds}")
+        return
+    base_version, base = night_base(cfg, ds)
+    judged = _night_grm(cfg, ds)
+    inputs = {"base": base_version, "grm": judged[0] if judged else None, **grm_stages.night_data(ctx, dimensions)}
+    settings = {**_settings(cfg), "group_dpo": cfg.group_dpo.model_dump(mode="json")}
+    tags = promotion.training_tags(ds, inputs, settings)
+    reused = promotion.reusable_version(MODEL_NAME, tags)
+    if reused is not None and promotion.TAG_DECISION in reused.tags:
+        _reused(ctx, MODEL_NAME, tags)
+        print(f"train_group_dpo: {reused.tags[promotion.TAG_DECISION]}")
+        return
+    if judged is None:
+        print(f"train_group_dpo: no {grm_stages.MODEL_NAME} for ds={ds}: logged pairs only, no on-policy rounds")
+    grm_version, grm = judged if judged is not None else (None, None)
+    # On-policy practice on training products only: the validation products decide promotion and
+    # the test products are the evaluation's, so neither is optimised against the GRM here.
+    targets = target_products(data, cfg, splits=("train",))
+    mlflow.log_params({"gmllm_base_version": base_version, "grm_version": grm_version, "targets": len(targets),
+                       "logged_pairs": len(logged)})  # fmt: skip
+    models = {name: train_variant(name, base, grm, logged, targets, data, cfg) for name in VARIANTS}
+    example = targets.head(3)
+    for name, artifact in BASELINE_ARTIFACTS.items():
+        log_gmllm(models[name], artifact, ds, example)
+    uri = log_gmllm(models["group_dpo"], MODEL_NAME, ds, example)
+    version = tracking.register(uri, MODEL_NAME)
+    client = mlflow.MlflowClient()
+    for key, value in {**tags, TAG_BASE: base_version, TAG_GRM: grm_version or ""}.items():
+        client.set_model_version_tag(MODEL_NAME, version, key, value)
+    validation = data["groups"][data["groups"]["split"] == "validation"][["product_id", "group_id"]]
+    if grm is None:
+        print(f"train_group_dpo: {MODEL_NAME} v{version} kept as challenger: no GRM to score it with")
+        return
+
+    def score(model_version: str) -> float:
+        candidate = (
+            models["group_dpo"]
+            if model_version == version
+            else load_gmllm(f"models:/{MODEL_NAME}/{model_version}", unreadable_image=cfg.models.unreadable_image)
+        )
+        return grm_reward(candidate, grm, validation, data["profiles"], data["products"])
+
+    champion = promotion.version_for_ds(MODEL_NAME, ds)
+    rewards = {
+        name: grm_reward(model, grm, validation, data["profiles"], data["products"]) for name, model in models.items()
+    }
+    tables.write_metrics(
+        spark, cfg, ds, DPO_STAGE,
+        [tables.Metric(METRIC, name, value) for name, value in rewards.items() if not np.isnan(value)],
+        mlflow.active_run().info.run_id,
+    )  # fmt: skip
+    print("train_group_dpo: validation GRM reward " + ", ".join(f"{n} {v:.4f}" for n, v in rewards.items()))
+    promotion.record(spark, cfg, ds, promotion.challenge(MODEL_NAME, METRIC, version, champion, score, cfg))

@@ -1,0 +1,111 @@
+"""pretrain_gmllm and train_group_dpo as the DAG runs them, on a small lakehouse whose groups want
+opposite backgrounds, judged by the night's osmf-grm."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from osmf_lib import promotion, tables
+from osmf_lib.config import Config
+from osmf_lib.gmllm import GmllmError, load_gmllm, stages
+from osmf_lib.grm import stages as grm_stages
+from osmf_lib.tables import EVAL_METRICS
+
+DS = dt.date(2026, 11, 3)  # the night of make_group_lakehouse
+SETTINGS = (
+    "gmllm.epochs=20",
+    "gmllm.batch_size=16",
+    "gmllm.max_new_tokens=16",
+    "group_dpo.rounds=1",
+    "group_dpo.samples_per_group=3",
+    "group_dpo.min_margin=0.0",
+    "group_dpo.batch_size=16",
+)
+
+
+@pytest.fixture(scope="module")
+def lakehouse(make_group_lakehouse, run_stage):
+    cfg = make_group_lakehouse("gmllm", *SETTINGS)
+    run_stage(grm_stages.train_grm, cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def pretrained(lakehouse, run_stage) -> str:
+    return run_stage(stages.pretrain_gmllm, lakehouse)
+
+
+@pytest.fixture(scope="module")
+def aligned(lakehouse, pretrained, run_stage) -> str:
+    return run_stage(stages.train_group_dpo, lakehouse)
+
+
+def test_pretraining_registers_the_base_and_a_fresh_one_is_not_redone(lakehouse, pretrained, run_stage):
+    assert "pretrain_gmllm: osmf-gmllm-base v1 on " in pretrained
+    assert "write_background" in pretrained
+    client = MlflowClient()
+    (base,) = client.search_model_versions("name = 'osmf-gmllm-base'")
+    assert base.tags[promotion.TAG_CHAMPION_FROM] == DS.isoformat()
+    again = run_stage(stages.pretrain_gmllm, lakehouse, DS + dt.timedelta(days=3))
+    assert "pretrain_gmllm: skipped: osmf-gmllm-base v1 is younger than gmllm.fresh_days=7" in again
+    assert len(client.search_model_versions("name = 'osmf-gmllm-base'")) == 1
+
+
+def test_group_dpo_registers_a_champion_with_its_lineage_and_both_baselines(spark, lakehouse, aligned):
+    client = MlflowClient()
+    (version,) = client.search_model_versions("name = 'osmf-gmllm'")
+    assert version.tags[stages.TAG_BASE] == "1" and version.tags[stages.TAG_GRM] == "1"
+    assert "promoted (first version)" in aligned
+    assert "train_group_dpo: group_dpo round 1: " in aligned
+    assert "validation GRM reward group_dpo" in aligned
+    rewards = tables.read(spark, EVAL_METRICS, lakehouse, ds=DS).where("stage = 'group_dpo'").toPandas()
+    assert set(rewards["slice"]) == set(stages.VARIANTS)
+    assert not load_gmllm(f"runs:/{version.run_id}/osmf-gmllm-onesize").group_aware
+    group_dpo = load_gmllm(f"models:/osmf-gmllm/{version.version}")
+    written = group_dpo.write(pd.DataFrame({"product_id": ["p00", "p00"], "group_id": [0, 1]}))
+    assert written["usable"].all()
+
+
+def test_a_rerun_of_the_night_keeps_its_versions(lakehouse, aligned, run_stage):
+    again = run_stage(stages.train_group_dpo, lakehouse)
+    assert "osmf-gmllm version 1 was trained for ds=2026-11-03 on the same data and settings" in again
+    assert "promoted (first version)" in again  # the decision it made, repeated
+    assert len(MlflowClient().search_model_versions("name = 'osmf-gmllm'")) == 1
+    pretrained = run_stage(stages.pretrain_gmllm, lakehouse)
+    assert "skipped: osmf-gmllm-base v1 is younger" in pretrained
+
+
+def test_the_pyfunc_writes_for_product_and_group(lakehouse, aligned):
+    model = mlflow.pyfunc.load_model("models:/osmf-gmllm@champion")
+    out = model.predict(pd.DataFrame({"product_id": ["p01"], "group_id": [1]}))
+    assert list(out.columns) == ["prompt", "usable"] and len(out) == 1
+
+
+def test_a_missing_or_unloadable_reference_fails_naming_it(lakehouse, aligned):
+    with pytest.raises(GmllmError, match="no pre-trained osmf-gmllm-base for ds=2026-11-02: run pretrain_gmllm"):
+        stages.night_base(lakehouse, DS - dt.timedelta(days=1))
+    with pytest.raises(GmllmError, match="cannot load the G-MLLM models:/osmf-gmllm-base/9"):
+        load_gmllm("models:/osmf-gmllm-base/9")
+
+
+def test_without_a_grm_for_the_night_only_logged_pairs_train(lakehouse, aligned):
+    assert stages._night_grm(lakehouse, DS - dt.timedelta(days=1)) is None
+
+
+def test_logged_pairs_contrast_with_the_group_holding_the_opposite_pair():
+    pairs = pd.DataFrame(
+        {
+            "product_id": ["p", "p", "p"],
+            "group_id": [0, 1, 2],
+            "chosen_prompt": ["a", "b", "a"],
+            "rejected_prompt": ["b", "a", "c"],
+            "split": "train",
+        }
+    )
+    out = stages.logged_pairs(pairs, Config()).set_index("group_id")["contrast_group"]
+    assert out.to_dict() == {0: 1, 1: 0, 2: stages.NO_CONTRAST}
