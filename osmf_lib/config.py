@@ -336,8 +336,8 @@ class GmllmConfig(Section):
     max_new_tokens: PositiveInt = 48
     # Pre-training examples of each task are capped at this many (behaviour prediction has one
     # per logged (group, creative) cell and would drown the others).
-    max_examples_per_task: PositiveInt = 4000
-    epochs: PositiveInt = 8
+    max_examples_per_task: PositiveInt = 1500
+    epochs: PositiveInt = 4
     batch_size: PositiveInt = 64
     learning_rate: PositiveFloat = 2e-3
     seed: Annotated[int, Field(ge=0)] = 0
@@ -359,11 +359,11 @@ class GroupDpoConfig(Section):
     samples_per_group: Annotated[int, Field(ge=2)] = 6
     # On-policy pairs: best against worst sample of a group when their GRM logits differ by this.
     min_margin: NonNegativeFloat = 0.2
-    epochs: PositiveInt = 2
+    epochs: PositiveInt = 1
     batch_size: PositiveInt = 32
     learning_rate: PositiveFloat = 3e-4
     # Logged training pairs used per model (a stable sample), bounding the night's cost.
-    max_logged_pairs: PositiveInt = 6000
+    max_logged_pairs: PositiveInt = 2000
 
 
 class RenderConfig(Section):
