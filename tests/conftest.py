@@ -15,22 +15,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
 
-from osmf_lib import pairs, tables, tracking
 from osmf_lib.config import PROJECT_ROOT, Config, load_config
-from osmf_lib.job import JobContext
-from osmf_lib.tables import (
-    CREATIVES,
-    GROUP_PROFILES,
-    IMPRESSIONS,
-    PRODUCTS,
-    SINGLE_VALUED_ATTRIBUTES,
-    USER_GROUPS,
-    USERS,
-)
 
 # Tiny models and Spark share two cores in CI; oversubscribed BLAS threads slow both down.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -188,6 +176,8 @@ SETTINGS = (
 
 
 def _world() -> dict[str, pd.DataFrame]:
+    from osmf_lib.tables import SINGLE_VALUED_ATTRIBUTES
+
     users, members, impressions = [], [], []
     for group, gender in ((0, "female"), (1, "male")):
         for i in range(MEMBERS):
@@ -247,6 +237,11 @@ def make_group_lakehouse(spark, make_cfg, tmp_path_factory) -> Callable[..., Con
 
 
 def _group_lakehouse(spark, make_cfg, store: Path, settings: tuple[str, ...]) -> Config:
+    # Imported here, not at the top: they import torch, which must first see OMP_NUM_THREADS
+    # (set above), or its thread pool makes same-seed trainings differ in the last bits.
+    from osmf_lib import pairs, tables, tracking
+    from osmf_lib.tables import CREATIVES, GROUP_PROFILES, IMPRESSIONS, PRODUCTS, USER_GROUPS, USERS
+
     cfg = make_cfg(
         *SETTINGS, *settings, f"mlflow.tracking_uri=sqlite:///{store}/mlflow.db", f"mlflow.artifact_root={store}/a"
     )
@@ -271,6 +266,10 @@ def run_stage() -> Callable[..., str]:
 
 
 def _run_stage(body, cfg: Config, ds: dt.date = DS) -> str:
+    import mlflow
+
+    from osmf_lib.job import JobContext
+
     printed = io.StringIO()
     with mlflow.start_run(), contextlib.redirect_stdout(printed):
         body(JobContext("stage", cfg, ds, "test"))
