@@ -59,3 +59,10 @@ def test_lift_headroom_and_distinctness_read_the_oracle(oracle) -> None:
         weights=weights,
     )
     assert by[("oracle_ctr", "group_dpo")] == pytest.approx(expected)
+
+
+def test_a_night_without_test_groups_grades_nothing(oracle) -> None:
+    written, audiences, weights = _table(oracle)
+    empty = {name: frame.iloc[:0] for name, frame in written.items()}
+    metrics = grade(empty, audiences.iloc[:0], weights.iloc[:0], oracle, None, pd.DataFrame())
+    assert [(m.metric, m.value) for m in metrics] == [("groups", 0.0)]
