@@ -52,17 +52,11 @@ def night_generators(cfg: Config, ds: date) -> tuple[dict[str, Gmllm], Grm | Non
     """The generators of ds's train_group_dpo run (pre-trained, the two baselines, Group-DPO) and
     the GRM that judged them; None when none was trained for ds."""
     import mlflow
-    from mlflow import MlflowClient
 
     tracking.configure(cfg)
-    trained = [
-        v
-        for v in MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'")
-        if v.tags.get(promotion.TAG_TRAINED_FOR) == ds.isoformat()
-    ]
-    if not trained:
+    newest = promotion.trained_for_ds(MODEL_NAME, ds)
+    if newest is None:
         return None
-    newest = max(trained, key=lambda v: int(v.version))
     unreadable = cfg.models.unreadable_image
     mlflow.log_params({"gmllm_version": newest.version, "gmllm_base_version": newest.tags[TAG_BASE]})
     generators = {"pretrained": load_gmllm(f"models:/{BASE_NAME}/{newest.tags[TAG_BASE]}", unreadable_image=unreadable)}

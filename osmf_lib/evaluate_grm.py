@@ -115,17 +115,11 @@ def night_models(cfg: Config, ds: date) -> dict[str, Grm] | None:
     """The osmf-grm version trained for ds (promoted or not) and the baseline logged in its run;
     None when train_grm trained none for ds (it skips a night without pairs)."""
     import mlflow
-    from mlflow import MlflowClient
 
     tracking.configure(cfg)
-    trained = [
-        v
-        for v in MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'")
-        if v.tags.get(promotion.TAG_TRAINED_FOR) == ds.isoformat()
-    ]
-    if not trained:
+    newest = promotion.trained_for_ds(MODEL_NAME, ds)
+    if newest is None:
         return None
-    newest = max(trained, key=lambda v: int(v.version))
     unreadable = cfg.models.unreadable_image
     baseline_uri = f"runs:/{newest.run_id}/{BASELINE_ARTIFACT}"
     mlflow.log_params({"grm_version": newest.version})

@@ -173,6 +173,17 @@ def training_tags(ds: date, data: dict, settings: dict) -> dict[str, str]:
     return {TAG_TRAINED_FOR: ds.isoformat(), TAG_DATA: _digest(data), TAG_SETTINGS: _digest(settings)}
 
 
+def trained_for_ds(name: str, ds: date) -> ModelVersion | None:
+    """The newest version of `name` trained for night ds, promoted or not (what that night's
+    evaluation grades); None when the night trained none."""
+    trained = [
+        v
+        for v in MlflowClient().search_model_versions(f"name = '{name}'")
+        if v.tags.get(TAG_TRAINED_FOR) == ds.isoformat()
+    ]
+    return max(trained, key=lambda v: int(v.version)) if trained else None
+
+
 def reusable_version(name: str, tags: dict[str, str]) -> ModelVersion | None:
     """A version of `name` already trained with exactly these tags, so a rerun changes nothing."""
     for version in MlflowClient().search_model_versions(f"name = '{name}'"):

@@ -4,7 +4,6 @@ feature code of its prefix, the products it knows and the groups of the night it
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -13,8 +12,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from osmf_lib.gmllm.features import Conditioning, GmllmError, usable, write_background
 from osmf_lib.gmllm.model import GmllmModel
-from osmf_lib.grm.features import PROFILE_COLUMNS, ProfileVocab, require_columns
-from osmf_lib.paag.features import Encoders, EncoderSpec, ProductStore
+from osmf_lib.grm.features import PROFILE_COLUMNS, load_context, require_columns, save_context
 from osmf_lib.paag.model import resolve_device
 
 FORMAT = 1
@@ -125,40 +123,30 @@ class Gmllm:
         return out.assign(prompt=prompts, usable=[usable(p, done) for p, done in zip(prompts, finished, strict=True)])
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        store = self.conditioning.store
-        meta = {
-            "format": FORMAT,
-            "encoders": store.encoders.save(folder, store.encoders.spec.to_json()),
-            "profile_features": list(self.conditioning.vocab.features),
-            "max_new_tokens": self.max_new_tokens,
-            "batch_size": self.batch_size,
-        }
-        (folder / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        conditioning = self.conditioning
+        save_context(
+            folder,
+            FORMAT,
+            conditioning.store,
+            conditioning.vocab,
+            self.profiles,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+        )
         self.model.save_pretrained(folder / "model")
         self.tokenizer.save_pretrained(folder / "model")
-        torch.save(store.state(), folder / "products.pt")
         self.products.to_parquet(folder / "products.parquet", index=False)
-        self.profiles.to_parquet(folder / "group_profiles.parquet", index=False)
 
     @classmethod
     def load(cls, folder: Path, device: str | torch.device = "cpu", unreadable_image: str = "fail") -> Gmllm:
-        meta_file = folder / "meta.json"
-        if not meta_file.exists():
-            raise GmllmError(f"{folder} holds no G-MLLM (no meta.json)")
-        meta = json.loads(meta_file.read_text())
-        if meta.get("format") != FORMAT:
-            raise GmllmError(f"{folder} holds G-MLLM format {meta.get('format')}, this code reads {FORMAT}")
         device = resolve_device(device)
-        encoders = Encoders(EncoderSpec.from_json(meta["encoders"], folder), device)
-        store = ProductStore(encoders, unreadable_image)
-        store.restore(torch.load(folder / "products.pt", map_location=device, weights_only=True))
+        saved = load_context(folder, FORMAT, "G-MLLM", GmllmError, device, unreadable_image)
         return cls(
             GmllmModel.from_pretrained(folder / "model").to(device),
             AutoTokenizer.from_pretrained(folder / "model"),
-            Conditioning(ProfileVocab(tuple(meta["profile_features"])), store),
-            pd.read_parquet(folder / "group_profiles.parquet"),
+            Conditioning(saved.vocab, saved.store),
+            saved.profiles,
             pd.read_parquet(folder / "products.parquet"),
-            meta["max_new_tokens"],
-            meta["batch_size"],
+            saved.meta["max_new_tokens"],
+            saved.meta["batch_size"],
         )

@@ -23,17 +23,19 @@ prompt longer than `grm.max_prompt_tokens` tokens is cut there first, and counte
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from osmf_lib.paag import model as paag_model
-from osmf_lib.paag.features import Encoders, PaagError, ProductStore
+from osmf_lib.paag.features import Encoders, EncoderSpec, PaagError, ProductStore
 
 PROFILE_COLUMNS = ("product_id", "group_id", "feature", "share")
 _PHRASE_BREAK = re.compile(r"[,;\n]+")
@@ -122,3 +124,49 @@ class PromptEncoder:
                 self.truncated += sum(a != b for a, b in zip(todo, clipped, strict=True))
                 self._vectors.update(vectors)
         return torch.stack([self._vectors[prompt] for prompt in prompts])
+
+
+# ---------------------------------------------------------------------------------------------
+# What a group-conditioned model (GRM, G-MLLM) saves next to its weights
+
+
+@dataclass(frozen=True)
+class SavedContext:
+    """A saved model's meta.json, product features, attribute vocabulary and the night's group profiles."""
+
+    meta: dict
+    store: ProductStore
+    vocab: ProfileVocab
+    profiles: pd.DataFrame
+
+
+def save_context(
+    folder: Path, fmt: int, store: ProductStore, vocab: ProfileVocab, profiles: pd.DataFrame, **meta: object
+) -> None:
+    """Write the encoders, product features and group profiles; `meta` joins meta.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": fmt,
+        "encoders": store.encoders.save(folder, store.encoders.spec.to_json()),
+        "profile_features": list(vocab.features),
+        **meta,
+    }
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+    torch.save(store.state(), folder / "products.pt")
+    profiles.to_parquet(folder / "group_profiles.parquet", index=False)
+
+
+def load_context(
+    folder: Path, fmt: int, what: str, error: type[PaagError], device: torch.device, unreadable_image: str
+) -> SavedContext:
+    """Read what save_context wrote; `error` names `what` when the folder holds none or another format."""
+    meta_file = folder / "meta.json"
+    if not meta_file.exists():
+        raise error(f"{folder} holds no {what} (no meta.json)")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != fmt:
+        raise error(f"{folder} holds {what} format {meta.get('format')}, this code reads {fmt}")
+    store = ProductStore(Encoders(EncoderSpec.from_json(meta["encoders"], folder), device), unreadable_image)
+    store.restore(torch.load(folder / "products.pt", map_location=device, weights_only=True))
+    vocab = ProfileVocab(tuple(meta["profile_features"]))
+    return SavedContext(meta, store, vocab, pd.read_parquet(folder / "group_profiles.parquet"))

@@ -15,7 +15,6 @@ only the product, is the group-agnostic baseline of the evaluation.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +31,12 @@ from osmf_lib.grm.features import (
     ProfileVocab,
     PromptEncoder,
     group_keys,
+    load_context,
     product_vectors,
     require_columns,
+    save_context,
 )
-from osmf_lib.paag.features import Encoders, EncoderSpec, ProductStore
+from osmf_lib.paag.features import Encoders, ProductStore
 from osmf_lib.paag.model import resolve_device
 
 FORMAT = 1
@@ -223,35 +224,25 @@ class Grm:
         return chosen > self.score(pairs, profiles, products, prompt="rejected_prompt")
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        store = self.featurizer.store
-        meta = {
-            "format": FORMAT,
-            "encoders": store.encoders.save(folder, store.encoders.spec.to_json()),
-            "profile_features": list(self.featurizer.vocab.features),
-            "max_prompt_tokens": self.featurizer.prompt_encoder.max_tokens,
-            "batch_size": self.batch_size,
-        }
-        (folder / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        featurizer = self.featurizer
+        save_context(
+            folder,
+            FORMAT,
+            featurizer.store,
+            featurizer.vocab,
+            self.profiles,
+            max_prompt_tokens=featurizer.prompt_encoder.max_tokens,
+            batch_size=self.batch_size,
+        )
         self.model.save_pretrained(folder / "model")
-        torch.save(store.state(), folder / "products.pt")
-        self.profiles.to_parquet(folder / "group_profiles.parquet", index=False)
 
     @classmethod
     def load(cls, folder: Path, device: str | torch.device = "cpu", unreadable_image: str = "fail") -> Grm:
-        meta = json.loads((folder / "meta.json").read_text())
-        if meta.get("format") != FORMAT:
-            raise GrmError(f"{folder} holds GRM format {meta.get('format')}, this code reads {FORMAT}")
         device = resolve_device(device)
-        encoders = Encoders(EncoderSpec.from_json(meta["encoders"], folder), device)
-        store = ProductStore(encoders, unreadable_image)
-        store.restore(torch.load(folder / "products.pt", map_location=device, weights_only=True))
+        saved = load_context(folder, FORMAT, "GRM", GrmError, device, unreadable_image)
+        prompts = PromptEncoder(saved.store.encoders, saved.meta["max_prompt_tokens"])
         model = GrmModel.from_pretrained(folder / "model").to(device)
-        featurizer = Featurizer(
-            ProfileVocab(tuple(meta["profile_features"])), store, PromptEncoder(encoders, meta["max_prompt_tokens"])
-        )
-        profiles = pd.read_parquet(folder / "group_profiles.parquet")
-        return cls(model, featurizer, profiles, meta["batch_size"])
+        return cls(model, Featurizer(saved.vocab, saved.store, prompts), saved.profiles, saved.meta["batch_size"])
 
 
 def build_featurizer(
