@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
-from osmf_lib.evaluate_oracle import grade_night
+from osmf_lib.evaluate_oracle import grade_night, held_out_members
 from osmf_lib.gmllm.generator import Gmllm
 from osmf_lib.gmllm.registry import load_gmllm
 from osmf_lib.gmllm.stages import BASE_NAME, BASELINE_ARTIFACTS, MODEL_NAME, TAG_BASE, TAG_GRM
@@ -40,9 +40,8 @@ from osmf_lib.grm.stages import MODEL_NAME as GRM_NAME
 from osmf_lib.grm.stages import attribute_profiles
 from osmf_lib.job import JobContext
 from osmf_lib.paag.stages import PRODUCT_FEATURES
-from osmf_lib.pairs import split_of
 from osmf_lib.synth.oracle import Oracle
-from osmf_lib.tables import CREATIVES, GROUP_CREATIVE_CTR, IMPRESSIONS, PRODUCTS, USER_GROUPS, USERS, Metric
+from osmf_lib.tables import CREATIVES, GROUP_CREATIVE_CTR, IMPRESSIONS, PRODUCTS, USERS, Metric
 
 STAGE = "gmllm_oracle"
 ONESIZE = "onesize_dpo"
@@ -118,14 +117,8 @@ def grade(
 
 def evaluate(ctx: JobContext, generators: dict[str, Gmllm], grm: Grm | None, oracle: Oracle) -> list[Metric]:
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
-    members = tables.read(spark, USER_GROUPS, cfg, ds=ds).where(split_of(F.col("product_id"), cfg) == "test")
-    chosen = (
-        members.select("product_id")
-        .distinct()
-        .orderBy(F.xxhash64("product_id"), "product_id")
-        .limit(cfg.evaluate.max_products)
-    )
-    members = members.join(chosen, "product_id")
+    members = held_out_members(spark, cfg, ds)
+    chosen = members.select("product_id").distinct()
     window = F.col("ds").between(F.lit(ds - timedelta(days=cfg.paag.lookback_days - 1)), F.lit(ds))
     seen = (
         tables.read(spark, IMPRESSIONS, cfg).where(window).groupBy("product_id", "user_id").agg(F.count("*").alias("n"))

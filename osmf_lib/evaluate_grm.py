@@ -25,14 +25,13 @@ from scipy.stats import spearmanr
 
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
-from osmf_lib.evaluate_oracle import grade_night
+from osmf_lib.evaluate_oracle import grade_night, held_out_members
 from osmf_lib.grm import Grm, load_grm
 from osmf_lib.grm.stages import BASELINE_ARTIFACT, MODEL_NAME, attribute_profiles
 from osmf_lib.job import JobContext
-from osmf_lib.pairs import split_of
 from osmf_lib.synth.oracle import Oracle
 from osmf_lib.synth.vocab import STYLE_ATTRIBUTES, STYLE_VALUES, compose_prompt
-from osmf_lib.tables import CREATIVES, GROUP_PREFERENCE_PAIRS, USER_GROUPS, USERS, Metric
+from osmf_lib.tables import CREATIVES, GROUP_PREFERENCE_PAIRS, USERS, Metric
 
 STAGE = "grm_oracle"
 UNSEEN_PROMPTS = 50
@@ -133,15 +132,8 @@ def evaluate(ctx: JobContext, models: dict[str, Grm], oracle: Oracle) -> list[Me
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     test = F.col("split") == "test"
     pairs = tables.read(spark, GROUP_PREFERENCE_PAIRS, cfg, ds=ds).where(test)
-    members = tables.read(spark, USER_GROUPS, cfg, ds=ds).where(split_of(F.col("product_id"), cfg) == "test")
-    # A stable sample bounds the oracle's cost, as in evaluate_grouping.
-    chosen = (
-        members.select("product_id")
-        .distinct()
-        .orderBy(F.xxhash64("product_id"), "product_id")
-        .limit(cfg.evaluate.max_products)
-    )
-    members = members.join(chosen, "product_id")
+    members = held_out_members(spark, cfg, ds)
+    chosen = members.select("product_id").distinct()
     users = tables.read(spark, USERS, cfg, as_of=ds)
     profiles = attribute_profiles(members, users).toPandas()
     creatives = tables.read(spark, CREATIVES, cfg, as_of=ds).join(chosen, "product_id").toPandas()

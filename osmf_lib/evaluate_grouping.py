@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from sklearn.metrics import adjusted_rand_score
 
 from osmf_lib import grouping, ingest, tables, tracking
 from osmf_lib.config import Config
+from osmf_lib.evaluate_oracle import sample_products
 from osmf_lib.job import JobContext, StageError
 from osmf_lib.paag import stages
 from osmf_lib.synth.oracle import Oracle
@@ -91,10 +91,6 @@ def distinctness(
     return {k: float(np.mean(scores)) for k, scores in per_k.items() if scores}
 
 
-def _sample_products(products: DataFrame, limit: int) -> DataFrame:
-    return products.select("product_id").orderBy(F.xxhash64("product_id"), "product_id").limit(limit)
-
-
 def _weighted_mean(scores: pd.Series, sizes: pd.Series) -> float:
     weights = sizes.reindex(scores.index).fillna(0)
     return float(np.average(scores, weights=weights)) if weights.sum() else float("nan")
@@ -119,7 +115,7 @@ def evaluate(ctx: JobContext, oracle: Oracle) -> list[Metric]:
     night_groups = tables.read(spark, USER_GROUPS, cfg, ds=ds)
     night_embeddings = tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=ds)
     users, products, creatives = (tables.read(spark, t, cfg, as_of=ds) for t in (USERS, PRODUCTS, CREATIVES))
-    chosen = _sample_products(night_groups.select("product_id").distinct(), cfg.evaluate.max_products)
+    chosen = sample_products(night_groups, cfg.evaluate.max_products)
     groups = night_groups.join(chosen, "product_id").toPandas()
     if groups.empty:
         raise StageError(f"user_groups has no rows for ds={ds}: run group_users first")

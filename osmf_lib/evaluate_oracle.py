@@ -5,14 +5,31 @@ trained nothing to grade. Either way no metrics of an earlier run of the ds are 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 from typing import TypeVar
 
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
 from osmf_lib import ingest, tables
+from osmf_lib.config import Config
 from osmf_lib.job import JobContext
+from osmf_lib.pairs import split_of
 from osmf_lib.synth.oracle import Oracle
-from osmf_lib.tables import Metric
+from osmf_lib.tables import USER_GROUPS, Metric
 
 Night = TypeVar("Night")
+
+
+def sample_products(products: DataFrame, limit: int) -> DataFrame:
+    """A stable sample of `limit` product ids: it bounds the oracle's cost and is the same every rerun."""
+    return products.select("product_id").distinct().orderBy(F.xxhash64("product_id"), "product_id").limit(limit)
+
+
+def held_out_members(spark: SparkSession, cfg: Config, ds: date) -> DataFrame:
+    """The night's group members of a stable sample of held-out (test-split) products."""
+    members = tables.read(spark, USER_GROUPS, cfg, ds=ds).where(split_of(F.col("product_id"), cfg) == "test")
+    return members.join(sample_products(members, cfg.evaluate.max_products), "product_id")
 
 
 def grade_night(
