@@ -36,7 +36,7 @@ seed and the DPOConfig that `train_dpo` builds:
 - Group-DPO lambda=0: `osmf_lib.gmllm.dpo.train_dpo` (GroupDPOTrainer: prefix inputs, group-
   balanced weights) with contrast_weight=0;
 - Group-DPO lambda=0.5 (`--contrast-weight`): the same plus the contrast term on every pair (one
-  more policy forward and backward and one more reference forward over the chosen rows a step).
+  more policy and one more reference forward over the chosen rows a step, both without gradient).
 
 "train s" is the Trainer's loop (its train_runtime; train_dpo's read by a subclass of
 GroupDPOTrainer that only records it), "setup s" the rest of the call (trl tokenising the pairs,

@@ -7,7 +7,7 @@ simulated world's oracle on the test products (never in a training pair), per (p
 | pretrained | the pre-trained G-MLLM that night's DPO runs started from |
 | onesize_dpo | DPO with one group for everyone |
 | prefix_dpo | DPO with the group prefix, no contrast term |
-| group_dpo | Group-DPO (osmf-gmllm) |
+| group_dpo | Group-DPO: the group prefix and the contrast term |
 | ceiling | the oracle's best prompt for the group's members |
 
 Per row: `oracle_ctr` (the oracle's expected CTR for the group's members, each weighted by their
@@ -34,7 +34,7 @@ from osmf_lib.config import Config
 from osmf_lib.evaluate_oracle import grade_night, held_out_members
 from osmf_lib.gmllm.generator import Gmllm
 from osmf_lib.gmllm.registry import load_gmllm
-from osmf_lib.gmllm.stages import BASE_NAME, BASELINE_ARTIFACTS, MODEL_NAME, TAG_BASE, TAG_GRM
+from osmf_lib.gmllm.stages import ARTIFACTS, BASE_NAME, MODEL_NAME, TAG_BASE, TAG_GRM, TAG_VARIANT
 from osmf_lib.grm import Grm, load_grm
 from osmf_lib.grm.stages import MODEL_NAME as GRM_NAME
 from osmf_lib.grm.stages import attribute_profiles
@@ -48,8 +48,8 @@ ONESIZE = "onesize_dpo"
 
 
 def night_generators(cfg: Config, ds: date) -> tuple[dict[str, Gmllm], Grm | None] | None:
-    """The generators of ds's train_group_dpo run (pre-trained, the two baselines, Group-DPO) and
-    the GRM that judged them; None when none was trained for ds."""
+    """The generators of ds's train_group_dpo run (pre-trained and the three DPO variants) and the
+    GRM that judged them; None when none was trained for ds."""
     import mlflow
 
     tracking.configure(cfg)
@@ -57,11 +57,13 @@ def night_generators(cfg: Config, ds: date) -> tuple[dict[str, Gmllm], Grm | Non
     if newest is None:
         return None
     unreadable = cfg.models.unreadable_image
-    mlflow.log_params({"gmllm_version": newest.version, "gmllm_base_version": newest.tags[TAG_BASE]})
+    served = newest.tags.get(TAG_VARIANT, "group_dpo")
+    mlflow.log_params({"gmllm_version": newest.version, "gmllm_base_version": newest.tags[TAG_BASE],
+                       "gmllm_variant": served})  # fmt: skip
+    print(f"evaluate_gmllm: {MODEL_NAME} v{newest.version} serves {served}")
     generators = {"pretrained": load_gmllm(f"models:/{BASE_NAME}/{newest.tags[TAG_BASE]}", unreadable_image=unreadable)}
-    for name, artifact in BASELINE_ARTIFACTS.items():
+    for name, artifact in ARTIFACTS.items():
         generators[name] = load_gmllm(f"runs:/{newest.run_id}/{artifact}", unreadable_image=unreadable)
-    generators["group_dpo"] = load_gmllm(f"models:/{MODEL_NAME}/{newest.version}", unreadable_image=unreadable)
     grm_version = newest.tags.get(TAG_GRM)
     grm = load_grm(f"models:/{GRM_NAME}/{grm_version}", unreadable_image=unreadable) if grm_version else None
     return generators, grm

@@ -32,6 +32,12 @@ os.environ.setdefault("AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT", "300")
 logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The end-to-end DAG runs are a third of the suite's time and mostly one core busy at a time:
+    # started first, they overlap the rest of the suite on the other worker.
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
 @pytest.fixture(scope="session")
 def make_cfg(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Config]:
     """Build a Config over a fresh lakehouse folder; extra `key=value` overrides layer on top.

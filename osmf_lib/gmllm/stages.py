@@ -7,10 +7,10 @@
 - **train_group_dpo** trains three generators from that base, on the same pairs and budget:
   Group-DPO (group prefix + contrast term), DPO with the prefix only, and one-size-fits-all DPO (no
   group input). Data: the logged training pairs, then `group_dpo.rounds` on-policy rounds whose
-  samples the night's osmf-grm (pinned for the ds) labels. Group-DPO is registered as
-  `osmf-gmllm` and promoted by the one rule on the validation products' groups: the mean GRM click
-  probability of the greedy descriptions (an unusable one scores 0). The baselines are logged in
-  the same run for the evaluation.
+  samples the night's osmf-grm (pinned for the ds) labels. All three are logged in the run; the
+  group-aware one with the higher validation reward (the mean GRM click probability of the greedy
+  descriptions for the validation products' groups, an unusable one scoring 0) is registered as
+  `osmf-gmllm` (tag osmf.gmllm_variant) and promoted by the one rule on that same reward.
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ TAG_BASE = "osmf.gmllm_base_version"
 TAG_GRM = "osmf.grm_version"
 # name -> (reads the group prefix, contrast weight taken from the config)
 VARIANTS = {"group_dpo": (True, True), "prefix_dpo": (True, False), "onesize_dpo": (False, False)}
-BASELINE_ARTIFACTS = {"prefix_dpo": "osmf-gmllm-prefix", "onesize_dpo": "osmf-gmllm-onesize"}
+# Every variant is logged in the night's run under its artifact; osmf-gmllm registers one of them.
+ARTIFACTS = {"group_dpo": "osmf-gmllm-group", "prefix_dpo": "osmf-gmllm-prefix", "onesize_dpo": "osmf-gmllm-onesize"}
+TAG_VARIANT = "osmf.gmllm_variant"
 
 
 def dimension_versions(ctx: JobContext) -> dict[str, int]:
@@ -290,7 +292,7 @@ def target_products(data: dict[str, pd.DataFrame], cfg: Config, splits: tuple[st
     return groups.loc[chosen, ["product_id", "group_id"]].reset_index(drop=True)
 
 
-def _night_grm(cfg: Config, ds: date) -> tuple[str, Grm] | None:
+def night_grm(cfg: Config, ds: date) -> tuple[str, Grm] | None:
     version = promotion.version_for_ds(grm_stages.MODEL_NAME, ds)
     if version is None:
         return None
@@ -362,7 +364,7 @@ def train_group_dpo(ctx: JobContext) -> None:
         _skip("train_group_dpo", f"no training pairs in {GROUP_PREFERENCE_PAIRS.name} for ds={ds}")
         return
     base_version, base = night_base(cfg, ds)
-    judged = _night_grm(cfg, ds)
+    judged = night_grm(cfg, ds)
     inputs = {"base": base_version, "grm": judged[0] if judged else None, **grm_stages.night_data(ctx, dimensions)}
     settings = {**_settings(cfg), "group_dpo": cfg.group_dpo.model_dump(mode="json")}
     tags = promotion.training_tags(ds, inputs, settings)
@@ -381,34 +383,44 @@ def train_group_dpo(ctx: JobContext) -> None:
                        "logged_pairs": len(logged)})  # fmt: skip
     models = {name: train_variant(name, base, grm, logged, targets, data, cfg) for name in VARIANTS}
     example = targets.head(3)
-    for name, artifact in BASELINE_ARTIFACTS.items():
-        log_gmllm(models[name], artifact, ds, example)
-    uri = log_gmllm(models["group_dpo"], MODEL_NAME, ds, example)
-    version = tracking.register(uri, MODEL_NAME)
-    client = mlflow.MlflowClient()
-    for key, value in {**tags, TAG_BASE: base_version, TAG_GRM: grm_version or ""}.items():
-        client.set_model_version_tag(MODEL_NAME, version, key, value)
+    uris = {name: log_gmllm(models[name], ARTIFACTS[name], ds, example) for name in VARIANTS}
     validation = data["groups"][data["groups"]["split"] == "validation"][["product_id", "group_id"]]
-    if grm is None:
-        print(f"train_group_dpo: {MODEL_NAME} v{version} kept as challenger: no GRM to score it with")
-        return
-
-    def score(model_version: str) -> float:
-        candidate = (
-            models["group_dpo"]
-            if model_version == version
-            else load_gmllm(f"models:/{MODEL_NAME}/{model_version}", unreadable_image=cfg.models.unreadable_image)
-        )
-        return grm_reward(candidate, grm, validation, data["profiles"], data["products"])
-
-    champion = promotion.version_for_ds(MODEL_NAME, ds)
-    rewards = {
+    rewards = {} if grm is None else {
         name: grm_reward(model, grm, validation, data["profiles"], data["products"]) for name, model in models.items()
-    }
+    }  # fmt: skip
+    served = served_variant(rewards)
+    version = tracking.register(uris[served], MODEL_NAME)
+    client = mlflow.MlflowClient()
+    for key, value in {**tags, TAG_BASE: base_version, TAG_GRM: grm_version or "", TAG_VARIANT: served}.items():
+        client.set_model_version_tag(MODEL_NAME, version, key, value)
+    if grm is None:
+        print(f"train_group_dpo: {MODEL_NAME} v{version} ({served}) kept as challenger: no GRM to score it with")
+        return
     tables.write_metrics(
         spark, cfg, ds, DPO_STAGE,
         [tables.Metric(METRIC, name, value) for name, value in rewards.items() if not np.isnan(value)],
         mlflow.active_run().info.run_id,
     )  # fmt: skip
     print("train_group_dpo: validation GRM reward " + ", ".join(f"{n} {v:.4f}" for n, v in rewards.items()))
+    print(f"train_group_dpo: {MODEL_NAME} v{version} is {served}, the group-aware variant the validation prefers")
+
+    def score(model_version: str) -> float:
+        candidate = (
+            models[served]
+            if model_version == version
+            else load_gmllm(f"models:/{MODEL_NAME}/{model_version}", unreadable_image=cfg.models.unreadable_image)
+        )
+        return grm_reward(candidate, grm, validation, data["profiles"], data["products"])
+
+    champion = promotion.version_for_ds(MODEL_NAME, ds)
     promotion.record(spark, cfg, ds, promotion.challenge(MODEL_NAME, METRIC, version, champion, score, cfg))
+
+
+def served_variant(rewards: dict[str, float]) -> str:
+    """The group-aware variant osmf-gmllm registers: the one with the higher validation GRM reward.
+    The contrast weight is a setting like any other, so the night checks it against lambda = 0
+    (prefix_dpo) on held-out groups; Group-DPO keeps ties and nights without a GRM to judge."""
+    aware = {name: rewards.get(name, float("nan")) for name in ("group_dpo", "prefix_dpo")}
+    if any(np.isnan(value) for value in aware.values()):
+        return "group_dpo"
+    return max(aware, key=lambda name: (aware[name], name == "group_dpo"))

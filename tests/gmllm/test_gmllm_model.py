@@ -15,6 +15,7 @@ from osmf_lib.gmllm import features as text
 from osmf_lib.gmllm.base import build_tiny, new_gmllm
 from osmf_lib.gmllm.dpo import (
     NO_CONTRAST,
+    GroupDPOTrainer,
     GroupPreferenceCollator,
     balanced_weights,
     dpo_args,
@@ -191,8 +192,8 @@ def _pairs(chosen_group: int, products=PRODUCTS) -> pd.DataFrame:
     )
 
 
-def _margin(gmllm: Gmllm, pairs: pd.DataFrame, world) -> float:
-    """Mean log pi(chosen) - log pi(rejected) of the pairs."""
+def _batch(gmllm: Gmllm, pairs: pd.DataFrame, world) -> dict[str, torch.Tensor]:
+    """The pairs as one training batch, tokenized as trl tokenizes them."""
     dataset, collator = preference_data(gmllm, pairs, world["profiles"], world["products"])
     tok = gmllm.tokenizer
     rows = [
@@ -206,7 +207,12 @@ def _margin(gmllm: Gmllm, pairs: pd.DataFrame, world) -> float:
         }
         for e in dataset
     ]
-    batch = collator(rows)
+    return collator(rows)
+
+
+def _margin(gmllm: Gmllm, pairs: pd.DataFrame, world) -> float:
+    """Mean log pi(chosen) - log pi(rejected) of the pairs."""
+    batch = _batch(gmllm, pairs, world)
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     with torch.no_grad():
         logits = gmllm.model(
@@ -274,6 +280,27 @@ def test_group_dpo_moves_each_group_to_its_chosen_answer_and_never_the_reference
     assert all(torch.equal(before[k], v) for k, v in reference.state_dict().items())
     assert ("loss/contrast" in logs) == (contrast > 0) and "loss/sft" in logs
     assert not any(p.requires_grad for p in reference.parameters())
+
+
+def test_the_contrast_term_moves_the_answer_under_its_own_group_only(pretrained, world, tmp_path):
+    # The other group's pass is a fixed target: no gradient may reach it (or lower y_w under g').
+    base, cfg = pretrained
+    policy = copy.deepcopy(base.model).train()
+    gmllm = Gmllm(policy, base.tokenizer, base.conditioning, base.profiles, base.products, 16, 64)
+    trainer = GroupDPOTrainer(
+        model=policy,
+        ref_model=frozen_copy(base.model),
+        args=dpo_args(str(tmp_path), gmllm, cfg),
+        train_dataset=preference_data(gmllm, _pairs(-1, PRODUCTS[:2]), world["profiles"], world["products"])[0],
+        processing_class=base.tokenizer,
+        contrast_weight=1.0,
+    )
+    batch = _batch(gmllm, _pairs(-1, PRODUCTS[:2]), world)
+    own, other = batch["group_features"].requires_grad_(), batch["contrast_features"].requires_grad_()
+    trainer.compute_loss(policy, batch).backward()
+    assert trainer._metrics["train"]["loss/contrast"]
+    assert own.grad is not None and own.grad.abs().sum() > 0
+    assert other.grad is None
 
 
 def test_a_model_saved_with_tied_embeddings_loads_tied(pretrained, tmp_path):

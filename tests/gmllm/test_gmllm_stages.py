@@ -65,10 +65,20 @@ def test_group_dpo_registers_a_champion_with_its_lineage_and_both_baselines(spar
     assert "validation GRM reward group_dpo" in aligned
     rewards = tables.read(spark, EVAL_METRICS, lakehouse, ds=DS).where("stage = 'group_dpo'").toPandas()
     assert set(rewards["slice"]) == set(stages.VARIANTS)
+    by_variant = rewards.set_index("slice")["value"]
+    served = version.tags[stages.TAG_VARIANT]
+    assert served == stages.served_variant(by_variant.to_dict()) and f"v1 is {served}" in aligned
     assert not load_gmllm(f"runs:/{version.run_id}/osmf-gmllm-onesize").group_aware
     group_dpo = load_gmllm(f"models:/osmf-gmllm/{version.version}")
     written = group_dpo.write(pd.DataFrame({"product_id": ["p00", "p00"], "group_id": [0, 1]}))
     assert written["usable"].all()
+
+
+def test_the_served_variant_is_the_group_aware_one_the_validation_prefers():
+    assert stages.served_variant({"group_dpo": 0.4, "prefix_dpo": 0.5, "onesize_dpo": 0.9}) == "prefix_dpo"
+    assert stages.served_variant({"group_dpo": 0.5, "prefix_dpo": 0.5}) == "group_dpo"
+    assert stages.served_variant({"group_dpo": 0.6, "prefix_dpo": 0.5}) == "group_dpo"
+    assert stages.served_variant({}) == "group_dpo"  # no GRM to judge
 
 
 def test_a_rerun_of_the_night_keeps_its_versions(lakehouse, aligned, run_stage):
@@ -94,7 +104,7 @@ def test_a_missing_or_unloadable_reference_fails_naming_it(lakehouse, aligned):
 
 
 def test_without_a_grm_for_the_night_only_logged_pairs_train(lakehouse, aligned):
-    assert stages._night_grm(lakehouse, DS - dt.timedelta(days=1)) is None
+    assert stages.night_grm(lakehouse, DS - dt.timedelta(days=1)) is None
 
 
 def test_logged_pairs_contrast_with_the_group_holding_the_opposite_pair():
