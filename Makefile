@@ -65,7 +65,7 @@ airflow-init:
 # The Spark connection is derived from the resolved Config so the DAG and the CLI agree on the master.
 # The demo's config layer reaches the CLI, the DAG and every job through OSMF_CONFIG. Evaluation
 # grades against the world named by the manifest the synthesiser writes beside its files.
-STAGE_LINES := (preflight ok|ingest (users|products|creatives|events)|train_paag:|promotion:|build_paag_embeddings:|group_users:|evaluate_grouping:|build_preference_pairs:|train_grm:|evaluate_grm:|pretrain_gmllm:|train_group_dpo:|evaluate_gmllm:) .*
+STAGE_LINES := (preflight ok|ingest (users|products|creatives|events)|train_paag:|promotion:|build_paag_embeddings:|group_users:|evaluate_grouping:|build_preference_pairs:|train_grm:|evaluate_grm:|pretrain_gmllm:|train_group_dpo:|evaluate_gmllm:|generate_creatives:) .*
 demo: export OSMF_CONFIG = conf/demo.yaml
 demo: $(SETUP_DONE)
 	$(OSMF) synth --scale $(DEMO_SCALE) --days $(DEMO_DAYS)

@@ -73,6 +73,7 @@ day gives the same tables.
 | `pretrain_gmllm` | G-MLLM on the four pre-training tasks -> `osmf-gmllm-base` (skipped while a fresh one exists) |
 | `train_group_dpo` | Group-DPO, DPO with prefix and one-size-fits-all DPO from that base -> `osmf-gmllm` |
 | `evaluate_gmllm` | the generators' descriptions against the simulated world's oracle -> `eval_metrics` |
+| `generate_creatives` | best-of-N images per (product, group), the product untouched -> PNGs, `generated_creatives` |
 
 Configuration: `conf/osmf.yaml`, then the files named in `$OSMF_CONFIG`, then
 `OSMF_<SECTION>__<KEY>` variables; every task runs with the same ones. The Spark master comes
@@ -202,3 +203,6 @@ with DAG(
 
     build_preference_pairs >> pretrain_gmllm
     [train_grm, pretrain_gmllm] >> train_group_dpo >> evaluate_gmllm
+    # Renders with the night's osmf-gmllm and osmf-grm; `--shard I/N` splits it over N workers.
+    generate_creatives = gpu_job("generate_creatives", timeout=timedelta(hours=6))
+    train_group_dpo >> generate_creatives

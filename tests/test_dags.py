@@ -28,8 +28,9 @@ EXPECTED_TASKS = {
     "pretrain_gmllm",
     "train_group_dpo",
     "evaluate_gmllm",
+    "generate_creatives",
 }
-GPU_TASKS = {"train_paag", "train_grm", "pretrain_gmllm", "train_group_dpo"}
+GPU_TASKS = {"train_paag", "train_grm", "pretrain_gmllm", "train_group_dpo", "generate_creatives"}
 SPARK_TASKS = EXPECTED_TASKS - GPU_TASKS
 
 
@@ -115,6 +116,7 @@ def test_stages_run_in_order_and_declare_the_tables_they_write(dag):
     assert dag.get_task("pretrain_gmllm").upstream_task_ids == {"build_preference_pairs"}
     assert dag.get_task("train_group_dpo").upstream_task_ids == {"train_grm", "pretrain_gmllm"}
     assert dag.get_task("evaluate_gmllm").upstream_task_ids == {"train_group_dpo"}
+    assert dag.get_task("generate_creatives").upstream_task_ids == {"train_group_dpo"}
     outlets = {a.name for a in dag.get_task("ingest_events").outlets}
     assert outlets == {f"osmf.{t}" for t in ("impressions", "rejected_events", "users", "products", "creatives")}
     assert {a.name for a in dag.get_task("group_users").outlets} == {"osmf.user_groups", "osmf.group_profiles"}
@@ -162,10 +164,17 @@ def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg):
         "OSMF_EVALUATE__MAX_PRODUCTS": "5",
         "OSMF_GROUPING__SILHOUETTE_SAMPLE": "500",
         "OSMF_MODELS__DIR": str(tmp_path / "models"),
-        "OSMF_GMLLM__EPOCHS": "2",
+        # The night's chain, not its quality: every training as short as it gets (the stage tests
+        # cover on-policy rounds and what training achieves).
+        "OSMF_GRM__EPOCHS": "2",
+        "OSMF_GMLLM__EPOCHS": "1",
         "OSMF_GROUP_DPO__EPOCHS": "1",
-        "OSMF_GROUP_DPO__ROUNDS": "1",
+        "OSMF_GROUP_DPO__ROUNDS": "0",
         "OSMF_GROUP_DPO__MAX_LOGGED_PAIRS": "200",
+        "OSMF_RENDER__TINY__VAE_STEPS": "2",
+        "OSMF_RENDER__TINY__UNET_STEPS": "2",
+        "OSMF_RENDER__STEPS": "2",
+        "OSMF_RENDER__ARTIFACTS": str(tmp_path / "creatives"),
         "OSMF_MLFLOW__TRACKING_URI": cfg.mlflow.tracking_uri,
         "OSMF_MLFLOW__ARTIFACT_ROOT": cfg.mlflow.artifact_root,
         "OSMF_SPARK__SHOW_PROGRESS": "false",
@@ -184,6 +193,7 @@ def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg):
     # One tiny day may or may not hold training pairs; either way both GRM tasks say what they did.
     assert "train_grm: " in log and "evaluate_grm: " in log
     assert "pretrain_gmllm: " in log and "train_group_dpo: " in log and "evaluate_gmllm: " in log
+    assert "generate_creatives: " in log
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     stages = MlflowClient().search_runs(

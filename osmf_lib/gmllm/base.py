@@ -18,10 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -39,6 +36,7 @@ from transformers import (
 from osmf_lib.config import Config
 from osmf_lib.gmllm.features import GmllmError
 from osmf_lib.gmllm.model import GmllmConfig, GmllmModel, language_model_class
+from osmf_lib.model_folders import publish
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 TINY_CONTEXT = 256
@@ -101,22 +99,15 @@ def build_tiny(texts: Iterable[str], cfg: Config) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tiny.seed)
         model = AutoModelForCausalLM.from_config(config)
-    return _publish(model, tokenizer, folder)
+    return publish(folder, _saver(model, tokenizer))
 
 
-def _publish(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> Path:
-    """Save into a staging folder, then rename: an interrupted save leaves no folder behind."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        staging.chmod(0o755)  # mkdtemp's 0700 would hide the folder from other users of models.dir
-        if not folder.exists():  # else a concurrent run built the same bytes meanwhile
-            os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+def _saver(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> Callable[[Path], None]:
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return save
 
 
 def checkpoint_folder(cfg: Config, name: str) -> Path:
@@ -173,7 +164,7 @@ def convert_gguf(folder: Path, gguf_file: str, out: Path) -> Path:
     )
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
-    return _publish(model, tokenizer, out)
+    return publish(out, _saver(model, tokenizer))
 
 
 def small_gguf() -> Path:

@@ -5,6 +5,9 @@
                                                   day 1: every row; later days: new and changed rows
     {landing}/{ds}/synth-manifest.json            {"seed": ..., "scale": ...}: the world that wrote the day
     {landing}/images/products/{product_id}.png    written on the day the product first lands
+    {landing}/images/backgrounds/*.png, metadata.jsonl
+                                                  a stock library of painted backgrounds and their prompts
+                                                  ({"file_name", "text"} per line), written with day 1
 
 Ingestion (DESIGN 6.1) depends on this layout exactly. Every file is written under a hidden
 temporary name and renamed into place, so a reader never sees half a file, and a rerun with the
@@ -15,6 +18,7 @@ so ingestion tests can reconcile exactly.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections import Counter
@@ -28,7 +32,9 @@ import numpy as np
 import pandas as pd
 
 from osmf_lib.config import SYNTH_LINE_FAULTS, Config, FaultRates
+from osmf_lib.synth.backgrounds import paint_background
 from osmf_lib.synth.images import product_png
+from osmf_lib.synth.vocab import STYLE_VALUES, compose_prompt
 from osmf_lib.synth.world import Change, Impressions, Stream, World, build_world, rng_for
 
 EVENT_KEYS = ("event_id", "ts", "user_id", "product_id", "creative_id", "position", "clicked")
@@ -39,6 +45,8 @@ TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # ISO-8601, UTC, whole seconds
 CREATIVE_KEYS = ("creative_id", "product_id", "prompt", "image_uri", "origin")
 # Ingestion records it in `landing_manifests`, so evaluation grades against the world that wrote a day.
 MANIFEST_FILE = "synth-manifest.json"
+# The tiny renderer's canvas (render.tiny.size); larger renderers are not trained on these.
+BACKGROUND_SIZE = 64
 
 # The same bytes json.dumps(record, separators=(",", ":")) gives, at a fraction of the cost.
 _EVENT_LINE = (
@@ -307,6 +315,8 @@ class LandingWriter:
     def write_day(self, day: int, ds: date, redelivered: Sequence[str]) -> tuple[DaySummary, list[str]]:
         """Write one ds; return its summary and the lines to redeliver at the start of the next."""
         self._write_images(day)
+        if day == 0:
+            self._write_backgrounds()
         self._write_dims(day, ds)
         self._write_manifest(ds)
         return self._write_events(day, ds, redelivered)
@@ -320,6 +330,21 @@ class LandingWriter:
         for row in np.flatnonzero(products["since"].to_numpy() == day):
             png = product_png(products["category"].iat[row], self._rng(Stream.IMAGES, int(row)))
             write_atomically(self.image_path(products["product_id"].iat[row]), png)
+
+    def _write_backgrounds(self) -> None:
+        """Prompts naming a random value of each style attribute (each left out one time in
+        eight), painted at the tiny renderer's size; the listing is written last."""
+        folder = self.root / "images" / "backgrounds"
+        rng = self._rng(Stream.BACKGROUNDS)
+        lines = []
+        for i in range(self.world.scale.backgrounds):
+            values = {a: v[rng.integers(len(v))] for a, v in STYLE_VALUES.items() if rng.random() >= 1 / 8}
+            prompt, name = compose_prompt(values), f"{i:05d}.png"
+            buffer = io.BytesIO()
+            paint_background(prompt, BACKGROUND_SIZE, seed=i).save(buffer, format="PNG")
+            write_atomically(folder / name, buffer.getvalue())
+            lines.append(_json_line({"file_name": name, "text": prompt}))
+        _write_lines(folder / "metadata.jsonl", lines)
 
     def _write_dims(self, day: int, ds: date) -> None:
         """Day 0: every row. Later days: rows that arrive that day and rows that changed, as upserts."""

@@ -13,13 +13,12 @@ piling up phrases never beats choosing the right one.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
-from osmf_lib.synth.vocab import CATEGORIES, STYLE, STYLE_ATTRIBUTES, STYLE_VALUES, compose_prompt
+from osmf_lib.synth.vocab import CATEGORIES, STYLE_ATTRIBUTES, STYLE_VALUES, compose_prompt, parse_prompt
 from osmf_lib.synth.world import (
     INTERCEPT,
     MAX_SEGMENTS,
@@ -34,16 +33,6 @@ from osmf_lib.synth.world import (
 Users = str | Iterable[str] | None
 # Option STYLE_OPTIONS of an attribute means "not mentioned": it adds nothing.
 _OMIT = STYLE_OPTIONS
-
-
-def parse_prompt(text: str) -> dict[str, tuple[str, ...]]:
-    """The style values a prompt mentions, per attribute (attributes it does not mention are absent)."""
-    normalised = re.sub(r"\s+", " ", text.lower())
-    found = {
-        attribute: tuple(value for value, phrase in phrases.items() if phrase in normalised)
-        for attribute, phrases in STYLE.items()
-    }
-    return {attribute: values for attribute, values in found.items() if values}
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ model sees them in prompts. What the values *mean* for clicks is hidden in `worl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55+")
@@ -128,3 +129,13 @@ def compose_prompt(values: Mapping[str, str]) -> str:
     prompt says "no opinion beats every option here".
     """
     return ", ".join(STYLE[attribute][values[attribute]] for attribute in STYLE_ATTRIBUTES if attribute in values)
+
+
+def parse_prompt(text: str) -> dict[str, tuple[str, ...]]:
+    """The style values a prompt mentions, per attribute (attributes it does not mention are absent)."""
+    normalised = re.sub(r"\s+", " ", text.lower())
+    found = {
+        attribute: tuple(value for value, phrase in phrases.items() if phrase in normalised)
+        for attribute, phrases in STYLE.items()
+    }
+    return {attribute: values for attribute, values in found.items() if values}

@@ -51,13 +51,30 @@ class Scale:
     impressions_per_day: int
     # A log shipper rotates its files; bench writes one file at a time, so this also bounds memory.
     files_per_day: int
+    # Painted backgrounds with their prompts in the landing's image library (the tiny renderer's
+    # training set).
+    backgrounds: int
 
 
 SCALES: Mapping[str, Scale] = {
-    "tiny": Scale(users=2_000, products=24, creatives_per_product=8, impressions_per_day=60_000, files_per_day=4),
-    "demo": Scale(users=50_000, products=500, creatives_per_product=8, impressions_per_day=670_000, files_per_day=8),
+    "tiny": Scale(
+        users=2_000, products=24, creatives_per_product=8, impressions_per_day=60_000, files_per_day=4, backgrounds=128
+    ),
+    "demo": Scale(
+        users=50_000,
+        products=500,
+        creatives_per_product=8,
+        impressions_per_day=670_000,
+        files_per_day=8,
+        backgrounds=1024,
+    ),
     "bench": Scale(
-        users=200_000, products=2_000, creatives_per_product=8, impressions_per_day=7_000_000, files_per_day=32
+        users=200_000,
+        products=2_000,
+        creatives_per_product=8,
+        impressions_per_day=7_000_000,
+        files_per_day=32,
+        backgrounds=1024,
     ),
 }
 
@@ -240,6 +257,7 @@ class Stream(IntEnum):
     PRODUCT_CHANGES = 4
     EMPTY_DAYS = 5
     IMAGES = 6
+    BACKGROUNDS = 7
 
 
 def rng_for(seed: int, scale: str, stream: Stream, *keys: int) -> np.random.Generator:

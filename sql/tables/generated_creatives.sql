@@ -5,11 +5,12 @@ CREATE TABLE IF NOT EXISTS generated_creatives (
   group_id INT NOT NULL COMMENT 'group index within the product, 0..K-1',
   candidate INT NOT NULL,
   prompt STRING NOT NULL,
-  image_uri STRING,
-  grm_score DOUBLE,
-  gmllm_version STRING,
-  grm_version STRING,
-  selected BOOLEAN NOT NULL,
+  seed BIGINT NOT NULL COMMENT 'diffusion seed: the same seed, prompt and models render the same image',
+  image_uri STRING COMMENT 'the finished PNG; null when the image came out blank after one re-seed',
+  grm_score DOUBLE COMMENT 'osmf-grm click logit of the prompt for the group; null without a GRM',
+  gmllm_version STRING NOT NULL COMMENT 'osmf-gmllm registry version that wrote the prompt',
+  grm_version STRING COMMENT 'osmf-grm registry version that scored it',
+  selected BOOLEAN NOT NULL COMMENT 'best-of-N: the candidate this group gets',
   ds DATE NOT NULL COMMENT 'logical date of the nightly run that wrote the row'
 )
 USING DELTA

@@ -14,6 +14,7 @@ from PIL import Image
 
 from osmf_lib.config import SYNTH_LINE_FAULTS, Config, load_config
 from osmf_lib.synth import SCALES, LandingSummary, write_landing
+from osmf_lib.synth.backgrounds import paint_background
 from osmf_lib.synth.landing import EVENT_KEYS, FAULT_CLASSES, MANIFEST_FILE
 from osmf_lib.synth.vocab import CATEGORIES
 
@@ -127,6 +128,16 @@ def test_each_product_has_an_rgba_cutout_at_its_image_uri(clean: tuple[Path, Lan
         assert path.is_absolute() and path == root / "images" / "products" / f"{row['product_id']}.png"
         with Image.open(path) as image:
             assert image.mode == "RGBA" and image.getpixel((0, 0))[3] == 0
+
+
+def test_the_background_library_lists_each_painted_image_with_its_prompt(clean: tuple[Path, LandingSummary]) -> None:
+    folder = clean[0] / "images" / "backgrounds"
+    listing = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    assert len(listing) == TINY.backgrounds == len(list(folder.glob("*.png")))
+    assert len({entry["text"] for entry in listing}) > 0.9 * len(listing)
+    for i, entry in enumerate(listing[:5]):
+        with Image.open(folder / entry["file_name"]) as image:
+            assert np.array_equal(np.asarray(image), np.asarray(paint_background(entry["text"], 64, seed=i)))
 
 
 def test_clicks_look_like_ad_clicks(clean: tuple[Path, LandingSummary]) -> None:

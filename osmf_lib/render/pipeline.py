@@ -1,0 +1,117 @@
+"""The renderer: a diffusers ControlNet-inpaint pipeline built once per process, fed in batches.
+
+One loading path for every profile: `from_pretrained(base folder)` with the ControlNet from its
+own folder (`tiny`: the folder build-tiny trained, its ControlNet inside; `full`: an SD1.5-class
+inpainting checkpoint and a canny ControlNet under `models.dir`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import ControlNetModel, StableDiffusionControlNetInpaintPipeline
+from PIL import Image
+
+from osmf_lib.config import Config
+from osmf_lib.render.placement import composite, control_image, inpaint_mask, place
+from osmf_lib.render.tiny import RenderError, build_tiny_renderer
+
+# An image whose pixels all lie within this of black or white (in 0..1) shows nothing.
+BLANK = 0.02
+# Added to a seed whose image came out blank: another draw, still reproducible.
+RESEED = 1_000_003
+
+
+def renderer_folders(cfg: Config, library: Path) -> tuple[Path, Path]:
+    """(pipeline folder, ControlNet folder) of the configured profile; the tiny one is trained on
+    the background `library` when it is not built yet."""
+    if cfg.models.profile == "tiny":
+        folder = build_tiny_renderer(library, cfg)
+        return folder, folder / "controlnet"
+    root = Path(cfg.models.dir)
+    return root / cfg.render.full_checkpoint, root / cfg.render.full_controlnet
+
+
+def load_pipeline(base: Path, controlnet: Path, device: torch.device) -> StableDiffusionControlNetInpaintPipeline:
+    """The pipeline with every component from its folder, in bf16 on a GPU that has it."""
+    for folder in (base, controlnet):
+        if not folder.is_dir():
+            raise RenderError(f"renderer checkpoint folder {folder} does not exist")
+    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        net = ControlNetModel.from_pretrained(controlnet, torch_dtype=dtype)
+        pipeline = StableDiffusionControlNetInpaintPipeline.from_pretrained(
+            base, controlnet=net, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+    except (OSError, ValueError, KeyError) as err:
+        raise RenderError(f"cannot load the renderer from {base} and {controlnet}: {err}") from err
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline.to(device)
+
+
+def blank(pixels: np.ndarray) -> bool:
+    """NaN anywhere, or every pixel black, or every pixel white."""
+    return bool(np.isnan(pixels).any() or pixels.max() <= BLANK or pixels.min() >= 1 - BLANK)
+
+
+@dataclass
+class Renderer:
+    pipeline: StableDiffusionControlNetInpaintPipeline
+    size: int
+    steps: int
+    guidance_scale: float
+    batch_size: int
+    product_scale: float
+    mask_dilation: int
+    rejected: int = field(default=0)
+
+    @classmethod
+    def from_config(cls, pipeline: StableDiffusionControlNetInpaintPipeline, cfg: Config) -> Renderer:
+        r = cfg.render
+        size = r.size or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+        return cls(pipeline, size, r.steps, r.guidance_scale, r.batch_size, r.product_scale, r.mask_dilation)
+
+    def _denoise(self, prompts: list[str], placed: Image.Image, seeds: list[int]) -> np.ndarray:
+        """(n, size, size, 3) floats in 0..1, in batches of batch_size (the last one padded with its
+        own first row, so every batch has one shape)."""
+        canvas, mask, control = placed.convert("RGB"), inpaint_mask(placed, self.mask_dilation), control_image(placed)
+        out = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk, chunk_seeds = prompts[start : start + self.batch_size], seeds[start : start + self.batch_size]
+            padding = self.batch_size - len(chunk)
+            chunk, chunk_seeds = chunk + [chunk[0]] * padding, chunk_seeds + [chunk_seeds[0]] * padding
+            generators = [torch.Generator(device="cpu").manual_seed(s) for s in chunk_seeds]
+            images = self.pipeline(
+                chunk,
+                image=[canvas] * len(chunk),
+                mask_image=[mask] * len(chunk),
+                control_image=[control] * len(chunk),
+                height=self.size,
+                width=self.size,
+                num_inference_steps=self.steps,
+                guidance_scale=self.guidance_scale,
+                generator=generators,
+                output_type="np",
+            ).images
+            out.append(np.asarray(images, dtype=np.float32)[: len(chunk) - padding])
+        return np.concatenate(out)
+
+    def render(self, cut_out: Image.Image, prompts: list[str], seeds: list[int]) -> list[Image.Image | None]:
+        """One finished creative per prompt: the background rendered around the placed product, the
+        product's pixels laid back on top. A blank image is rendered once more with another seed
+        (counted in `rejected`); one blank again is None."""
+        if not prompts:
+            return []
+        placed = place(cut_out, self.size, self.product_scale)
+        pixels = self._denoise(prompts, placed, seeds)
+        again = [i for i, image in enumerate(pixels) if blank(image)]
+        if again:
+            self.rejected += len(again)
+            pixels[again] = self._denoise([prompts[i] for i in again], placed, [seeds[i] + RESEED for i in again])
+        return [
+            None if blank(p) else composite(Image.fromarray((p.clip(0, 1) * 255).round().astype(np.uint8)), placed)
+            for p in pixels
+        ]

@@ -1,0 +1,208 @@
+"""generate_creatives (DESIGN 6.8): finished images for every target (product, group) of the night.
+
+For each target: `render.candidates` background descriptions from osmf-gmllm (the version pinned
+for the ds), one rendered image per description around the untouched product, the GRM's score of
+each, the best one selected. Images go to `{render.artifacts}/{ds}/{product_id}/{group_id}/{k}.png`
+and a contact sheet per product to `{render.artifacts}/{ds}/{product_id}/contact-sheet.png`
+(groups as rows, candidates as columns, the selected one framed); `generated_creatives` gets a
+row per candidate.
+
+A product is the unit of work: its groups' descriptions are written together (seeded by the
+product), rendered, and committed with the other products of a chunk, so a killed run loses at
+most a chunk and a rerun of the ds renders only the products without rows, to the same pixels
+(every seed is fixed per night, product, group and candidate). `--shard i/n` takes the products
+whose stable hash falls in shard i, so n workers cover every target exactly once.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zlib
+from datetime import date
+
+import mlflow
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from osmf_lib import artifacts, promotion, tables
+from osmf_lib.gmllm import stages as gmllm_stages
+from osmf_lib.gmllm.registry import load_gmllm
+from osmf_lib.grouping import check_groups
+from osmf_lib.job import JobContext, Shard, StageError
+from osmf_lib.paag.features import image_path
+from osmf_lib.paag.model import resolve_device
+from osmf_lib.render.pipeline import Renderer, load_pipeline, renderer_folders
+from osmf_lib.render.tiny import library_of
+from osmf_lib.tables import GENERATED_CREATIVES
+
+STAGE = "generate_creatives"
+# Products rendered between two commits to generated_creatives.
+CHUNK_PRODUCTS = 16
+KEY = ["product_id", "group_id"]
+
+
+def in_shard(products: list[str], shard: Shard) -> list[str]:
+    """The products whose stable hash falls in the shard: a product's groups, its descriptions and
+    its contact sheet stay with one worker."""
+    return [p for p in products if zlib.crc32(p.encode()) % shard.count == shard.index]
+
+
+def seed_of(ds: date, product_id: str, group_id: int = -1, candidate: int = -1) -> int:
+    """Fixed per night, product, group and candidate, so a re-rendered target gives the same pixels."""
+    return zlib.crc32(f"{ds.isoformat()}/{product_id}/{group_id}/{candidate}".encode())
+
+
+def select_best(candidates: pd.DataFrame) -> pd.Series:
+    """True for the best-scored rendered candidate of each target (ties: the lowest candidate);
+    a target whose candidates have no score takes its first rendered one."""
+    rendered = candidates[candidates["image_uri"].notna()]
+    ranked = rendered.assign(_score=rendered["grm_score"].fillna(-np.inf)).sort_values(
+        [*KEY, "_score", "candidate"], ascending=[True, True, False, True]
+    )
+    best = ranked.drop_duplicates(KEY).index
+    return pd.Series(candidates.index.isin(best), index=candidates.index)
+
+
+def contact_sheet(rows: pd.DataFrame, images: dict[tuple[int, int], Image.Image | None], size: int) -> Image.Image:
+    """Groups as rows, candidates as columns, the selected image framed; a failed one stays grey."""
+    groups, columns = sorted(rows["group_id"].unique()), int(rows["candidate"].max()) + 1
+    pad = max(2, size // 32)
+    sheet = Image.new("RGB", (columns * (size + pad) + pad, len(groups) * (size + pad) + pad), (245, 245, 245))
+    draw = ImageDraw.Draw(sheet)
+    for _, row in rows.iterrows():
+        x = pad + int(row["candidate"]) * (size + pad)
+        y = pad + groups.index(row["group_id"]) * (size + pad)
+        image = images.get((row["group_id"], row["candidate"]))
+        if image is None:
+            draw.rectangle([x, y, x + size - 1, y + size - 1], fill=(200, 200, 200))
+        else:
+            sheet.paste(image.resize((size, size)), (x, y))
+        if row["selected"]:
+            draw.rectangle([x - pad // 2, y - pad // 2, x + size + pad // 2 - 1, y + size + pad // 2 - 1],
+                           outline=(220, 30, 30), width=max(1, pad // 2))  # fmt: skip
+    return sheet
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def rendered_products(ctx: JobContext) -> list[str]:
+    """Products with rows in generated_creatives for the ds (a chunk commits whole products)."""
+    if not tables.exists(ctx.spark, GENERATED_CREATIVES, ctx.cfg):
+        return []
+    rows = tables.read(ctx.spark, GENERATED_CREATIVES, ctx.cfg, ds=ctx.ds).select("product_id").distinct()
+    return [row["product_id"] for row in rows.collect()]
+
+
+def _cut_out(product_id: str, path: str) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(artifacts.read_bytes(path))).convert("RGBA")
+    except (OSError, ValueError) as err:
+        raise StageError(f"product {product_id}: cannot read its image {path}: {err}") from err
+
+
+ALL = Shard(0, 1)
+
+
+def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> None:
+    spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
+    check_groups(spark, cfg, ds)
+    dimensions = gmllm_stages.dimension_versions(ctx)
+    data = gmllm_stages.load_inputs(ctx, dimensions)
+    gmllm_version = promotion.version_for_ds(gmllm_stages.MODEL_NAME, ds)
+    if gmllm_version is None:
+        # A first night whose train_group_dpo found no training pairs has nothing to write with.
+        reason = f"no {gmllm_stages.MODEL_NAME} for ds={ds} (train_group_dpo registered none yet)"
+        print(f"{STAGE}: skipped: {reason}")
+        mlflow.set_tag("osmf.skipped", reason)
+        return
+    targets = gmllm_stages.target_products(data, cfg, splits=("train", "validation", "test"))
+    pictures = {row.product_id: image_path(row.image_uri) for row in data["products"].itertuples()}
+    products = in_shard(sorted(targets["product_id"].unique()), shard)
+    # A creative is the product on a background: a product without a picture gets none (counted).
+    no_image = [p for p in products if pictures.get(p) is None]
+    done = set(rendered_products(ctx))
+    todo = [p for p in products if p not in done and pictures.get(p) is not None]
+    print(f"{STAGE}: shard {shard}: {len(products)} products, {len(done & set(products))} already rendered for "
+          f"ds={ds}, {len(no_image)} without an image left out")  # fmt: skip
+    mlflow.log_params({"products": len(products), "shard": str(shard), "already_rendered": len(done & set(products))})
+    mlflow.log_metric("products_without_image", len(no_image))
+    if not todo:
+        return
+    judged = gmllm_stages.night_grm(cfg, ds)
+    if judged is None:
+        print(f"{STAGE}: no osmf-grm for ds={ds}: candidates stay unscored, the first rendered one is selected")
+    device = resolve_device(cfg.gpu.device)
+    writer = load_gmllm(f"models:/{gmllm_stages.MODEL_NAME}/{gmllm_version}", str(device), cfg.models.unreadable_image)
+    renderer = Renderer.from_config(load_pipeline(*renderer_folders(cfg, library_of(cfg)), device), cfg)
+    versions = {"gmllm_version": f"{gmllm_stages.MODEL_NAME}/{gmllm_version}",
+                "grm_version": f"osmf-grm/{judged[0]}" if judged else None}  # fmt: skip
+    unusable = rendered = 0
+    groups = targets[targets["product_id"].isin(todo)]
+    progress = tqdm(total=len(groups) * cfg.render.candidates, unit="img", desc=STAGE, mininterval=10)
+    started = time.monotonic()
+    for first in range(0, len(todo), CHUNK_PRODUCTS):
+        chunk = []
+        for product_id in todo[first : first + CHUNK_PRODUCTS]:
+            # One product's descriptions at a time, seeded by the product: the same on a resumed run.
+            written = writer.write(groups[groups["product_id"] == product_id], data["profiles"], data["products"],
+                                   samples=cfg.render.candidates, seed=seed_of(ds, product_id))  # fmt: skip
+            # A description without a usable background is counted and never rendered.
+            rows = written[written["usable"]].rename(columns={"sample": "candidate"}).reset_index(drop=True)
+            unusable += len(written) - len(rows)
+            if len(rows):
+                cut_out = _cut_out(product_id, pictures[product_id])
+                chunk.append(_render_product(ctx, renderer, judged, cut_out, rows, versions, data["profiles"]))
+            rendered += len(rows)
+            progress.update(len(written))
+        if chunk:
+            frame = pd.concat(chunk, ignore_index=True).assign(ds=ds)[GENERATED_CREATIVES.column_names]
+            rows = spark.createDataFrame(frame, GENERATED_CREATIVES.schema())
+            tables.merge(spark, rows, GENERATED_CREATIVES, cfg, ds=ds)
+    progress.close()
+    elapsed = time.monotonic() - started
+    metrics = {"images": rendered, "images_per_s": rendered / elapsed if elapsed else 0.0,
+               "unusable_prompts": unusable, "rejected_blank": renderer.rejected}  # fmt: skip
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    print(
+        f"{STAGE}: {rendered} images for {len(groups)} targets of {len(todo)} products in {elapsed:.0f} s "
+        f"({metrics['images_per_s']:.2f}/s); {unusable} unusable descriptions not rendered, "
+        f"{renderer.rejected} blank images re-seeded"
+    )
+
+
+def _render_product(
+    ctx: JobContext,
+    renderer: Renderer,
+    judged: tuple[str, object] | None,
+    cut_out: Image.Image,
+    rows: pd.DataFrame,
+    versions: dict[str, str | None],
+    profiles: pd.DataFrame,
+) -> pd.DataFrame:
+    """Render, score, select and store one product's candidates (rows: product_id, group_id,
+    candidate, prompt); its generated_creatives rows."""
+    cfg, ds = ctx.cfg, ctx.ds
+    product_id = rows["product_id"].iat[0]
+    keys = list(zip(rows["group_id"].astype(int), rows["candidate"].astype(int), strict=True))
+    seeds = [seed_of(ds, product_id, group_id, candidate) for group_id, candidate in keys]
+    images = renderer.render(cut_out, rows["prompt"].tolist(), seeds)
+    folder = artifacts.join(cfg.render.artifacts, ds.isoformat(), product_id)
+    uris = []
+    for (group_id, candidate), image in zip(keys, images, strict=True):
+        uri = None if image is None else artifacts.join(folder, str(group_id), f"{candidate}.png")
+        if image is not None:
+            artifacts.write_atomically(uri, _png(image))
+        uris.append(uri)
+    out = rows[["product_id", "group_id", "candidate", "prompt"]].assign(seed=seeds, image_uri=uris, **versions)
+    out["grm_score"] = judged[1].score(out, profiles).astype(float) if judged is not None else np.nan
+    out["selected"] = select_best(out)
+    sheet = contact_sheet(out, dict(zip(keys, images, strict=True)), renderer.size)
+    artifacts.write_atomically(artifacts.join(folder, "contact-sheet.png"), _png(sheet))
+    return out

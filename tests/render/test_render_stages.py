@@ -1,0 +1,160 @@
+"""generate_creatives as the DAG runs it, on the small lakehouse whose groups want opposite
+backgrounds: every target rendered once, best-of-N by the GRM, resumable, sharded."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from delta.tables import DeltaTable
+from PIL import Image
+
+from osmf_lib import artifacts, tables
+from osmf_lib.gmllm import stages as gmllm_stages
+from osmf_lib.grm import stages as grm_stages
+from osmf_lib.job import Shard, StageError
+from osmf_lib.render import stages
+from osmf_lib.render.tiny import METADATA
+from osmf_lib.synth.backgrounds import paint_background
+from osmf_lib.synth.images import product_png
+from osmf_lib.tables import GENERATED_CREATIVES, GROUP_PROFILES, PRODUCTS
+
+DS = dt.date(2026, 11, 3)  # the night of make_group_lakehouse
+NO_PICTURE = "p05"
+SETTINGS = (
+    "gmllm.epochs=20",
+    "gmllm.batch_size=16",
+    "gmllm.max_new_tokens=16",
+    "group_dpo.rounds=0",
+    "render.tiny.vae_steps=2",
+    "render.tiny.unet_steps=2",
+    "render.steps=2",
+    "render.candidates=3",
+    "render.batch_size=4",
+)
+
+
+def _library(landing: Path) -> None:
+    folder = landing / "images" / "backgrounds"
+    folder.mkdir(parents=True)
+    prompts = ["a sunlit beach scene, warm golden tones", "a misty forest scene, cool blue tones"] * 4
+    for i, prompt in enumerate(prompts):
+        paint_background(prompt, 64, seed=i).save(folder / f"{i}.png")
+    lines = [json.dumps({"file_name": f"{i}.png", "text": prompt}) + "\n" for i, prompt in enumerate(prompts)]
+    (folder / METADATA).write_text("".join(lines))
+
+
+def _pictures(spark, cfg) -> None:
+    """Cut-outs for every product but NO_PICTURE."""
+    folder = Path(cfg.lakehouse.landing) / "images" / "products"
+    folder.mkdir(parents=True)
+    products = tables.read(spark, PRODUCTS, cfg).toPandas().sort_values("product_id")
+    uris = []
+    for i, product_id in enumerate(products["product_id"]):
+        path = folder / f"{product_id}.png"
+        path.write_bytes(product_png("home", np.random.default_rng(i)))
+        uris.append(None if product_id == NO_PICTURE else str(path))
+    products["image_uri"] = uris
+    tables.merge(spark, spark.createDataFrame(products, PRODUCTS.schema()), PRODUCTS, cfg, ds=DS)
+
+
+@pytest.fixture(scope="module")
+def lakehouse(spark, make_group_lakehouse, run_stage, tmp_path_factory):
+    cfg = make_group_lakehouse("render", *SETTINGS, f"render.artifacts={tmp_path_factory.mktemp('creatives')}")
+    _library(Path(cfg.lakehouse.landing))
+    _pictures(spark, cfg)
+    run_stage(grm_stages.train_grm, cfg)
+    run_stage(gmllm_stages.pretrain_gmllm, cfg)
+    run_stage(gmllm_stages.train_group_dpo, cfg)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def rendered(lakehouse, run_stage) -> str:
+    return run_stage(stages.generate_creatives, lakehouse)
+
+
+def _rows(spark, cfg) -> pd.DataFrame:
+    return tables.read(spark, GENERATED_CREATIVES, cfg, ds=DS).toPandas()
+
+
+def test_every_target_gets_its_candidates_and_one_selected_the_grms_best(spark, lakehouse, rendered):
+    rows = _rows(spark, lakehouse)
+    targets = tables.read(spark, GROUP_PROFILES, lakehouse, ds=DS).select("product_id", "group_id").toPandas()
+    groups = targets[targets["product_id"] != NO_PICTURE]  # counted, not rendered
+    # Every target with a picture, three descriptions each: rendered, or counted as unusable.
+    unusable = int(re.search(r"(\d+) unusable descriptions", rendered).group(1))
+    assert len(rows) + unusable == 3 * len(groups) and unusable < len(rows)
+    assert set(map(tuple, rows[stages.KEY].to_numpy())) <= set(map(tuple, groups.to_numpy()))
+    assert rows.groupby(stages.KEY)["selected"].sum().eq(1).all()
+    best = rows.loc[rows.groupby(stages.KEY)["grm_score"].idxmax()]
+    assert best["selected"].all()
+    assert rows["gmllm_version"].eq("osmf-gmllm/1").all() and rows["grm_version"].eq("osmf-grm/1").all()
+    for uri in rows["image_uri"]:
+        with Image.open(uri) as image:
+            assert image.size == (64, 64)
+    sheet = Path(lakehouse.render.artifacts) / DS.isoformat() / "p00" / "contact-sheet.png"
+    assert sheet.exists()
+    assert f"{len(rows)} images for {len(groups)} targets of 11 products" in rendered
+    assert "12 products, 0 already rendered for ds=2026-11-03, 1 without an image left out" in rendered
+
+
+def test_a_rerun_renders_only_what_is_missing(spark, lakehouse, rendered, run_stage):
+    before = _rows(spark, lakehouse).set_index([*stages.KEY, "candidate"]).sort_index()
+    again = run_stage(stages.generate_creatives, lakehouse)
+    assert "12 products, 11 already rendered" in again and "images for" not in again
+    # A run killed before its last commit: the product's rows are missing; only they are redone.
+    DeltaTable.forPath(spark, GENERATED_CREATIVES.location(lakehouse)).delete("product_id = 'p01'")
+    resumed = run_stage(stages.generate_creatives, lakehouse)
+    redone = before.loc["p01"]
+    assert f"{len(redone)} images for 2 targets of 1 products" in resumed
+    after = _rows(spark, lakehouse).set_index([*stages.KEY, "candidate"]).sort_index()
+    pd.testing.assert_frame_equal(after, before)  # same seeds, same prompts, same scores and files
+
+
+def test_shards_cover_every_product_exactly_once():
+    products = [f"p{i:03d}" for i in range(200)]
+    parts = [stages.in_shard(products, Shard(i, 4)) for i in range(4)]
+    assert sorted(p for part in parts for p in part) == products and min(map(len, parts)) > 20
+    assert stages.in_shard(products, Shard(0, 1)) == products
+    with pytest.raises(Exception, match="need 0 <= INDEX < COUNT"):
+        Shard.parse("4/4")
+
+
+def test_best_of_n_takes_the_top_score_and_skips_failed_images():
+    rows = pd.DataFrame({
+        "product_id": ["a"] * 3 + ["b"] * 2, "group_id": [0] * 5, "candidate": [0, 1, 2, 0, 1],
+        "grm_score": [0.1, 0.9, 0.5, np.nan, np.nan], "image_uri": ["x", None, "y", "z", "w"],
+    })  # fmt: skip
+    assert stages.select_best(rows).tolist() == [False, False, True, True, False]
+
+
+def test_a_killed_write_leaves_no_file_under_the_real_name(tmp_path, monkeypatch):
+    import fsspec.implementations.local as local
+
+    target = str(tmp_path / "out" / "0.png")
+
+    def dies_halfway(self, path, value, **kwargs):
+        Path(path).write_bytes(value[: len(value) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local.LocalFileSystem, "pipe_file", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        artifacts.write_atomically(target, b"x" * 1000)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_night_without_a_generator_is_skipped_saying_why(lakehouse, run_stage):
+    out = run_stage(stages.generate_creatives, lakehouse, DS - dt.timedelta(days=2))
+    assert "generate_creatives: skipped: no osmf-gmllm for ds=2026-11-01" in out
+
+
+def test_an_unreadable_product_image_fails_naming_the_product_and_file(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(StageError, match=r"product p9: cannot read its image .*broken.png"):
+        stages._cut_out("p9", str(tmp_path / "broken.png"))
