@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from osmf_lib import artifacts, promotion, tables
 from osmf_lib.gmllm import stages as gmllm_stages
 from osmf_lib.gmllm.registry import load_gmllm
+from osmf_lib.grm import stages as grm_stages
 from osmf_lib.grouping import check_groups
 from osmf_lib.job import JobContext, Shard, StageError
 from osmf_lib.paag.features import image_path
@@ -142,7 +143,7 @@ def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> None:
     writer = load_gmllm(f"models:/{gmllm_stages.MODEL_NAME}/{gmllm_version}", str(device), cfg.models.unreadable_image)
     renderer = Renderer.from_config(load_pipeline(*renderer_folders(cfg, library_of(cfg)), device), cfg)
     versions = {"gmllm_version": f"{gmllm_stages.MODEL_NAME}/{gmllm_version}",
-                "grm_version": f"osmf-grm/{judged[0]}" if judged else None}  # fmt: skip
+                "grm_version": f"{grm_stages.MODEL_NAME}/{judged[0]}" if judged else None}  # fmt: skip
     unusable = rendered = 0
     groups = targets[targets["product_id"].isin(todo)]
     progress = tqdm(total=len(groups) * cfg.render.candidates, unit="img", desc=STAGE, mininterval=10)
@@ -163,8 +164,8 @@ def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> None:
             progress.update(len(written))
         if chunk:
             frame = pd.concat(chunk, ignore_index=True).assign(ds=ds)[GENERATED_CREATIVES.column_names]
-            rows = spark.createDataFrame(frame, GENERATED_CREATIVES.schema())
-            tables.merge(spark, rows, GENERATED_CREATIVES, cfg, ds=ds)
+            tables.merge(spark, spark.createDataFrame(frame, GENERATED_CREATIVES.schema()), GENERATED_CREATIVES, cfg,
+                         ds=ds)  # fmt: skip
     progress.close()
     elapsed = time.monotonic() - started
     metrics = {"images": rendered, "images_per_s": rendered / elapsed if elapsed else 0.0,
