@@ -7,7 +7,7 @@ inpainting checkpoint and a canny ControlNet under `models.dir`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,8 @@ def blank(pixels: np.ndarray) -> bool:
 
 @dataclass
 class Renderer:
+    """The pipeline with the night's render settings; `rejected` counts blank images re-seeded."""
+
     pipeline: StableDiffusionControlNetInpaintPipeline
     size: int
     steps: int
@@ -66,7 +68,7 @@ class Renderer:
     batch_size: int
     product_scale: float
     mask_dilation: int
-    rejected: int = field(default=0)
+    rejected: int = 0
 
     @classmethod
     def from_config(cls, pipeline: StableDiffusionControlNetInpaintPipeline, cfg: Config) -> Renderer:
