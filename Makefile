@@ -65,7 +65,7 @@ airflow-init:
 # The Spark connection is derived from the resolved Config so the DAG and the CLI agree on the master.
 # The demo's config layer reaches the CLI, the DAG and every job through OSMF_CONFIG. Evaluation
 # grades against the world named by the manifest the synthesiser writes beside its files.
-STAGE_LINES := (preflight ok|ingest (users|products|creatives|events)|train_paag:|promotion:|build_paag_embeddings:|group_users:|evaluate_grouping:|build_preference_pairs:|train_grm:|evaluate_grm:|pretrain_gmllm:|train_group_dpo:|evaluate_gmllm:|generate_creatives:) .*
+STAGE_LINES := (preflight ok|ingest (users|products|creatives|events)|train_paag:|promotion:|build_paag_embeddings:|group_users:|evaluate_grouping:|build_preference_pairs:|train_grm:|evaluate_grm:|pretrain_gmllm:|train_group_dpo:|evaluate_gmllm:|generate_creatives:|evaluate_and_publish:) .*
 demo: export OSMF_CONFIG = conf/demo.yaml
 demo: $(SETUP_DONE)
 	$(OSMF) synth --scale $(DEMO_SCALE) --days $(DEMO_DAYS)
@@ -77,7 +77,8 @@ demo: $(SETUP_DONE)
 		$(BIN)/airflow $$run > var/airflow/demo-$$ds.log 2>&1 \
 			|| { tail -n 40 var/airflow/demo-$$ds.log; echo "osmf_nightly failed for $$ds; log: var/airflow/demo-$$ds.log"; exit 1; }; \
 		grep -h -o -E "$(STAGE_LINES)" var/airflow/demo-$$ds.log | sed 's/ *\[airflow.*//' || true; \
-	done
+	done; \
+	echo "report      $$($(OSMF) report --ds $$last)  (open it in a browser)"
 	$(OSMF) where
 
 test: $(SETUP_DONE)

@@ -156,10 +156,12 @@ def classic_attention(pipe, on: bool):
 def time_renderer(renderer: Renderer, images: int) -> float:
     cut_out = product_image("electronics", np.random.default_rng(0))
     texts = prompts(images + renderer.batch_size, seed=1)
-    renderer.render(cut_out, texts[: renderer.batch_size], list(range(renderer.batch_size)))  # warm-up
+    renderer.render(
+        [cut_out] * renderer.batch_size, texts[: renderer.batch_size], list(range(renderer.batch_size))
+    )  # warm-up
     _sync(renderer.pipeline.device)
     start = time.perf_counter()
-    renderer.render(cut_out, texts[renderer.batch_size :], list(range(images)))
+    renderer.render([cut_out] * images, texts[renderer.batch_size :], list(range(images)))
     _sync(renderer.pipeline.device)
     return images / (time.perf_counter() - start)
 

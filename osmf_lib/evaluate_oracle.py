@@ -5,9 +5,10 @@ trained nothing to grade. Either way no metrics of an earlier run of the ds are 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
+from datetime import date, timedelta
 from typing import TypeVar
 
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -16,7 +17,7 @@ from osmf_lib.config import Config
 from osmf_lib.job import JobContext
 from osmf_lib.pairs import split_of
 from osmf_lib.synth.oracle import Oracle
-from osmf_lib.tables import USER_GROUPS, Metric
+from osmf_lib.tables import IMPRESSIONS, USER_GROUPS, Metric
 
 Night = TypeVar("Night")
 
@@ -30,6 +31,21 @@ def held_out_members(spark: SparkSession, cfg: Config, ds: date) -> DataFrame:
     """The night's group members of a stable sample of held-out (test-split) products."""
     members = tables.read(spark, USER_GROUPS, cfg, ds=ds).where(split_of(F.col("product_id"), cfg) == "test")
     return members.join(sample_products(members, cfg.evaluate.max_products), "product_id")
+
+
+def held_out_audiences(spark: SparkSession, cfg: Config, ds: date) -> tuple[DataFrame, pd.Series, pd.Series]:
+    """The held-out members (`held_out_members`), and per (product_id, group_id) the user ids who saw
+    the product in the look-back window, repeated by their impressions, and their count (the
+    weight of the group): the audience a background is graded on."""
+    members = held_out_members(spark, cfg, ds)
+    window = F.col("ds").between(F.lit(ds - timedelta(days=cfg.paag.lookback_days - 1)), F.lit(ds))
+    seen = (
+        tables.read(spark, IMPRESSIONS, cfg).where(window).groupBy("product_id", "user_id").agg(F.count("*").alias("n"))
+    )
+    shown = members.join(seen, ["product_id", "user_id"]).toPandas()
+    shown = shown.loc[shown.index.repeat(shown["n"])]
+    audiences = shown.groupby(["product_id", "group_id"])["user_id"].agg(list)
+    return members, audiences, audiences.map(len)
 
 
 def grade_night(

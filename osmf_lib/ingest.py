@@ -630,6 +630,13 @@ def world_of(spark: SparkSession, cfg: Config, ds: date) -> tuple[int, str] | No
     return None if row is None else (row["seed"], row["scale"])
 
 
+def first_day_of(spark: SparkSession, cfg: Config, world: tuple[int, str]) -> date:
+    """The first ds ingested from the simulated world (seed, scale): the world's day 0."""
+    seed, scale = world
+    manifests = tables.read(spark, LANDING_MANIFESTS, cfg)
+    return manifests.where((F.col("seed") == seed) & (F.col("scale") == scale)).agg(F.min("ds")).first()[0]
+
+
 def ingest_day(spark: SparkSession, cfg: Config, ds: date) -> Reconciliation:
     """Ingest `{landing}/{ds}`: dimensions first (a new user's first events land the same day)."""
     day = f"{cfg.lakehouse.landing.rstrip('/')}/{ds.isoformat()}"

@@ -346,14 +346,18 @@ GENERATED_CREATIVES = Table(
 
 SERVING_CREATIVES = Table(
     "serving_creatives",
-    "The creative served to each (product, group).",
+    "The creative served to each (product, group) of the night's groups.",
     (
         _PRODUCT,
         _GROUP,
-        _c("creative_id", "STRING", required=True),
-        _c("prompt", "STRING"),
+        _c("creative_id", "STRING", "a generated creative's id, or the logged creative served instead", required=True),
+        _c("origin", "STRING", "generated | logged (no generated image: the group's best logged one)", required=True),
+        _c("prompt", "STRING", required=True),
         _c("image_uri", "STRING"),
-        _c("grm_score", "DOUBLE"),
+        _c("grm_score", "DOUBLE", "osmf-grm click logit of the prompt for the group; null for a logged creative"),
+        _c("gmllm_version", "STRING", "osmf-gmllm registry version that wrote a generated prompt"),
+        _c("grm_version", "STRING", "osmf-grm registry version that selected it"),
+        _GROUPS_DS,
         _DS_COLUMN,
     ),
     keys=("product_id", "group_id"),

@@ -2,10 +2,12 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import date, timedelta
 from itertools import pairwise
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -29,6 +31,7 @@ EXPECTED_TASKS = {
     "train_group_dpo",
     "evaluate_gmllm",
     "generate_creatives",
+    "evaluate_and_publish",
 }
 GPU_TASKS = {"train_paag", "train_grm", "pretrain_gmllm", "train_group_dpo", "generate_creatives"}
 SPARK_TASKS = EXPECTED_TASKS - GPU_TASKS
@@ -48,9 +51,16 @@ def _parse(monkeypatch=None, **env):
 
 
 def _env(task) -> dict:
-    """The environment a task's job runs with, whatever the operator."""
-    env = getattr(task, "env_vars", None) or getattr(task, "env", None) or {}
+    """The environment a task's job runs with, whatever the operator, mapped or not."""
+    given = getattr(task, "partial_kwargs", None) or vars(task)
+    env = given.get("env_vars") or given.get("env") or {}
     return env if isinstance(env, dict) else {var.name: var.value for var in env}
+
+
+def _commands(task) -> list[str]:
+    """The shell command of each instance of a subprocess task (one per shard when mapped)."""
+    mapped = getattr(task, "expand_input", None)
+    return mapped.value["bash_command"] if mapped is not None else [task.bash_command]
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +127,12 @@ def test_stages_run_in_order_and_declare_the_tables_they_write(dag):
     assert dag.get_task("train_group_dpo").upstream_task_ids == {"train_grm", "pretrain_gmllm"}
     assert dag.get_task("evaluate_gmllm").upstream_task_ids == {"train_group_dpo"}
     assert dag.get_task("generate_creatives").upstream_task_ids == {"train_group_dpo"}
+    last = {"evaluate_grouping", "evaluate_grm", "evaluate_gmllm", "generate_creatives"}
+    assert dag.get_task("evaluate_and_publish").upstream_task_ids == last
+    assert {a.name for a in dag.get_task("evaluate_and_publish").outlets} == {
+        "osmf.serving_creatives",
+        "osmf.eval_metrics",
+    }
     outlets = {a.name for a in dag.get_task("ingest_events").outlets}
     assert outlets == {f"osmf.{t}" for t in ("impressions", "rejected_events", "users", "products", "creatives")}
     assert {a.name for a in dag.get_task("group_users").outlets} == {"osmf.user_groups", "osmf.group_profiles"}
@@ -128,9 +144,22 @@ def test_stages_run_in_order_and_declare_the_tables_they_write(dag):
 
 def test_gpu_stages_queue_in_the_gpu_pool_and_run_their_job(dag):
     for task in (dag.get_task(t) for t in GPU_TASKS):
-        assert task.pool == "gpu"
-        assert str(PROJECT_ROOT / "jobs" / f"{task.task_id}.py") in task.bash_command
-        assert "--ds {{ ds }} --dag-run-id {{ run_id }}" in task.bash_command
+        assert (getattr(task, "partial_kwargs", None) or vars(task))["pool"] == "gpu"
+        for command in _commands(task):
+            assert str(PROJECT_ROOT / "jobs" / f"{task.task_id}.py") in command
+            assert "--ds {{ ds }} --dag-run-id {{ run_id }}" in command
+
+
+def test_rendering_fans_out_over_one_mapped_instance_per_shard(monkeypatch):
+    commands = _commands(_parse(monkeypatch, OSMF_RENDER__SHARDS="3").get_task("generate_creatives"))
+    assert [c.rsplit(" ", 2)[1:] for c in commands] == [["--shard", f"{i}/3"] for i in range(3)]
+
+
+def test_gpu_pods_fan_out_the_same_way(monkeypatch):
+    dag = _parse(monkeypatch, OSMF_CONFIG="conf/profiles/cluster.yaml", OSMF_RENDER__SHARDS="2")
+    arguments = dag.get_task("generate_creatives").expand_input.value["arguments"]
+    assert [a[-2:] for a in arguments] == [["--shard", "0/2"], ["--shard", "1/2"]]
+    assert all(a[:2] == ["--ds", "{{ ds }}"] for a in arguments)
 
 
 def test_dag_file_imports_nothing_heavy():
@@ -194,6 +223,19 @@ def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg):
     assert "train_grm: " in log and "evaluate_grm: " in log
     assert "pretrain_gmllm: " in log and "train_group_dpo: " in log and "evaluate_gmllm: " in log
     assert "generate_creatives: " in log
+    assert "evaluate_and_publish: serving_creatives v" in log
+    # The night's report is where `osmf report` says, and every group of the night is served.
+    report = Path(cfg.lakehouse.root).parent / "creatives" / "2026-11-01" / "report.html"
+    assert f"evaluate_and_publish: report {report}" in log and report.exists()
+
+    # The closed loop: the next day's traffic shows the published creatives to their groups.
+    osmf = str(Path(airflow).with_name("osmf"))
+    served = subprocess.run([osmf, "synth", "serve", "--ds", "2026-11-01"], env=env, capture_output=True, text=True)
+    assert served.returncode == 0, served.stdout[-3000:] + served.stderr[-3000:]
+    generated = int(re.search(r"serving_creatives v\d+: \d+ targets, (\d+) generated", log).group(1))
+    next_day = Path(cfg.lakehouse.landing) / "2026-11-02"
+    shown = {json.loads(line)["creative_id"] for f in (next_day / "events").glob("*.jsonl") for line in f.open()}
+    assert (generated > 0) == any(c.startswith("gen-") for c in shown), served.stdout
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     stages = MlflowClient().search_runs(

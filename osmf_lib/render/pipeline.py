@@ -7,6 +7,8 @@ inpainting checkpoint and a canny ControlNet under `models.dir`).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +51,20 @@ def load_pipeline(base: Path, controlnet: Path, device: torch.device) -> StableD
     except (OSError, ValueError, KeyError) as err:
         raise RenderError(f"cannot load the renderer from {base} and {controlnet}: {err}") from err
     pipeline.set_progress_bar_config(disable=True)
+    # The text encoder reads a prompt's first max_position_embeddings tokens, as CLIP always does;
+    # the pipeline's warning about the rest, repeated per batch, drowned the task's log.
+    logging.getLogger(StableDiffusionControlNetInpaintPipeline.__module__).setLevel(logging.ERROR)
     return pipeline.to(device)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A product placed on the canvas, and what the pipeline gets from it."""
+
+    placed: Image.Image  # RGBA: the product where it goes, transparent around it
+    canvas: Image.Image
+    mask: Image.Image
+    control: Image.Image
 
 
 def blank(pixels: np.ndarray) -> bool:
@@ -76,21 +91,22 @@ class Renderer:
         size = r.size or pipeline.unet.config.sample_size * pipeline.vae_scale_factor
         return cls(pipeline, size, r.steps, r.guidance_scale, r.batch_size, r.product_scale, r.mask_dilation)
 
-    def _denoise(self, prompts: list[str], placed: Image.Image, seeds: list[int]) -> np.ndarray:
-        """(n, size, size, 3) floats in 0..1, in batches of batch_size (the last one padded with its
-        own first row, so every batch has one shape)."""
-        canvas, mask, control = placed.convert("RGB"), inpaint_mask(placed, self.mask_dilation), control_image(placed)
+    def _denoise(self, layouts: list[Layout], prompts: list[str], seeds: list[int]) -> np.ndarray:
+        """(n, size, size, 3) floats in 0..1, in batches of batch_size that may mix products (the last
+        one padded with its own first row, so every batch has one shape)."""
         out = []
         for start in range(0, len(prompts), self.batch_size):
-            chunk, chunk_seeds = prompts[start : start + self.batch_size], seeds[start : start + self.batch_size]
+            stop = start + self.batch_size
+            chunk, chunk_layouts, chunk_seeds = prompts[start:stop], layouts[start:stop], seeds[start:stop]
             padding = self.batch_size - len(chunk)
             chunk, chunk_seeds = chunk + [chunk[0]] * padding, chunk_seeds + [chunk_seeds[0]] * padding
+            chunk_layouts = chunk_layouts + [chunk_layouts[0]] * padding
             generators = [torch.Generator(device="cpu").manual_seed(s) for s in chunk_seeds]
             images = self.pipeline(
                 chunk,
-                image=[canvas] * len(chunk),
-                mask_image=[mask] * len(chunk),
-                control_image=[control] * len(chunk),
+                image=[layout.canvas for layout in chunk_layouts],
+                mask_image=[layout.mask for layout in chunk_layouts],
+                control_image=[layout.control for layout in chunk_layouts],
                 height=self.size,
                 width=self.size,
                 num_inference_steps=self.steps,
@@ -101,19 +117,30 @@ class Renderer:
             out.append(np.asarray(images, dtype=np.float32)[: len(chunk) - padding])
         return np.concatenate(out)
 
-    def render(self, cut_out: Image.Image, prompts: list[str], seeds: list[int]) -> list[Image.Image | None]:
-        """One finished creative per prompt: the background rendered around the placed product, the
-        product's pixels laid back on top. A blank image is rendered once more with another seed
+    def layout(self, cut_out: Image.Image) -> Layout:
+        placed = place(cut_out, self.size, self.product_scale)
+        return Layout(placed, placed.convert("RGB"), inpaint_mask(placed, self.mask_dilation), control_image(placed))
+
+    def render(self, cut_outs: Sequence[Image.Image], prompts: list[str], seeds: list[int]) -> list[Image.Image | None]:
+        """One finished creative per (cut-out, prompt, seed): the background rendered around the
+        placed product, the product's pixels laid back on top. Several products share batches, so
+        no batch is padded but the last. A blank image is rendered once more with another seed
         (counted in `rejected`); one blank again is None."""
         if not prompts:
             return []
-        placed = place(cut_out, self.size, self.product_scale)
-        pixels = self._denoise(prompts, placed, seeds)
+        # One layout per product, however many of its prompts there are.
+        by_cut_out: dict[int, Layout] = {}
+        for cut_out in cut_outs:
+            if id(cut_out) not in by_cut_out:
+                by_cut_out[id(cut_out)] = self.layout(cut_out)
+        layouts = [by_cut_out[id(cut_out)] for cut_out in cut_outs]
+        pixels = self._denoise(layouts, prompts, seeds)
         again = [i for i, image in enumerate(pixels) if blank(image)]
         if again:
             self.rejected += len(again)
-            pixels[again] = self._denoise([prompts[i] for i in again], placed, [seeds[i] + RESEED for i in again])
+            retry = [layouts[i] for i in again], [prompts[i] for i in again], [seeds[i] + RESEED for i in again]
+            pixels[again] = self._denoise(*retry)
         return [
-            None if blank(p) else composite(Image.fromarray((p.clip(0, 1) * 255).round().astype(np.uint8)), placed)
-            for p in pixels
+            None if blank(p) else composite(Image.fromarray((p.clip(0, 1) * 255).round().astype(np.uint8)), lay.placed)
+            for p, lay in zip(pixels, layouts, strict=True)
         ]

@@ -3,15 +3,15 @@
 For each target: `render.candidates` background descriptions from osmf-gmllm (the version pinned
 for the ds), one rendered image per description around the untouched product, the GRM's score of
 each, the best one selected. Images go to `{render.artifacts}/{ds}/{product_id}/{group_id}/{k}.png`
-and a contact sheet per product to `{render.artifacts}/{ds}/{product_id}/contact-sheet.png`
-(groups as rows, candidates as columns, the selected one framed); `generated_creatives` gets a
-row per candidate.
+with a contact sheet per product beside them (`render.product_folder`: groups as rows,
+candidates as columns, the selected one framed); `generated_creatives` gets a row per candidate.
 
 A product is the unit of work: its groups' descriptions are written together (seeded by the
-product), rendered, and committed with the other products of a chunk, so a killed run loses at
-most a chunk and a rerun of the ds renders only the products without rows, to the same pixels
-(every seed is fixed per night, product, group and candidate). `--shard i/n` takes the products
-whose stable hash falls in shard i, so n workers cover every target exactly once.
+product); the products of a chunk are rendered in shared batches and committed together, so a
+killed run loses at most a chunk and a rerun of the ds renders only the products without rows,
+to the same pixels (every seed is fixed per night, product, group and candidate, and an image
+does not depend on what shares its batch). `--shard i/n` takes the products whose stable hash falls
+in shard i, so n workers cover every target exactly once.
 """
 
 from __future__ import annotations
@@ -35,13 +35,15 @@ from osmf_lib.grouping import check_groups
 from osmf_lib.job import JobContext, Shard, StageError
 from osmf_lib.paag.features import image_path
 from osmf_lib.paag.model import resolve_device
+from osmf_lib.render import CONTACT_SHEET, product_folder
 from osmf_lib.render.pipeline import Renderer, load_pipeline, renderer_folders
 from osmf_lib.render.tiny import library_of
 from osmf_lib.tables import GENERATED_CREATIVES
 
 STAGE = "generate_creatives"
-# Products rendered between two commits to generated_creatives.
-CHUNK_PRODUCTS = 16
+# Products rendered in shared batches and committed together to generated_creatives: what a
+# killed run loses at most (about half a minute of tiny rendering here), against a commit's cost.
+CHUNK_PRODUCTS = 32
 KEY = ["product_id", "group_id"]
 
 
@@ -149,19 +151,19 @@ def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> None:
     progress = tqdm(total=len(groups) * cfg.render.candidates, unit="img", desc=STAGE, mininterval=10)
     started = time.monotonic()
     for first in range(0, len(todo), CHUNK_PRODUCTS):
-        chunk = []
+        written = []
         for product_id in todo[first : first + CHUNK_PRODUCTS]:
             # One product's descriptions at a time, seeded by the product: the same on a resumed run.
-            written = writer.write(groups[groups["product_id"] == product_id], data["profiles"], data["products"],
-                                   samples=cfg.render.candidates, seed=seed_of(ds, product_id))  # fmt: skip
+            out = writer.write(groups[groups["product_id"] == product_id], data["profiles"], data["products"],
+                               samples=cfg.render.candidates, seed=seed_of(ds, product_id))  # fmt: skip
             # A description without a usable background is counted and never rendered.
-            rows = written[written["usable"]].rename(columns={"sample": "candidate"}).reset_index(drop=True)
-            unusable += len(written) - len(rows)
+            rows = out[out["usable"]].rename(columns={"sample": "candidate"}).reset_index(drop=True)
+            unusable += len(out) - len(rows)
+            progress.update(len(out) - len(rows))
             if len(rows):
-                cut_out = _cut_out(product_id, pictures[product_id])
-                chunk.append(_render_product(ctx, renderer, judged, cut_out, rows, versions, data["profiles"]))
-            rendered += len(rows)
-            progress.update(len(written))
+                written.append((rows, _cut_out(product_id, pictures[product_id])))
+        chunk = _render_chunk(ctx, renderer, judged, written, versions, data["profiles"], progress)
+        rendered += sum(len(rows) for rows, _ in written)
         if chunk:
             frame = pd.concat(chunk, ignore_index=True).assign(ds=ds)[GENERATED_CREATIVES.column_names]
             tables.merge(spark, spark.createDataFrame(frame, GENERATED_CREATIVES.schema()), GENERATED_CREATIVES, cfg,
@@ -178,23 +180,44 @@ def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> None:
     )
 
 
-def _render_product(
+def _render_chunk(
     ctx: JobContext,
     renderer: Renderer,
     judged: tuple[str, object] | None,
-    cut_out: Image.Image,
-    rows: pd.DataFrame,
+    written: list[tuple[pd.DataFrame, Image.Image]],
     versions: dict[str, str | None],
     profiles: pd.DataFrame,
+    progress: tqdm,
+) -> list[pd.DataFrame]:
+    """Render a chunk's products together (rows: product_id, group_id, candidate, prompt, and the
+    product's cut-out), then score, select and store each; their generated_creatives rows."""
+    seeds = [[seed_of(ctx.ds, r.product_id, r.group_id, r.candidate) for r in rows.itertuples()] for rows, _ in written]
+    cut_outs = [cut_out for rows, cut_out in written for _ in range(len(rows))]
+    prompts = [prompt for rows, _ in written for prompt in rows["prompt"]]
+    images = renderer.render(cut_outs, prompts, [seed for product in seeds for seed in product])
+    progress.update(len(images))
+    out, at = [], 0
+    for (rows, _), product_seeds in zip(written, seeds, strict=True):
+        out.append(_store_product(ctx, judged, rows, product_seeds, images[at : at + len(rows)], versions, profiles,
+                                  renderer.size))  # fmt: skip
+        at += len(rows)
+    return out
+
+
+def _store_product(
+    ctx: JobContext,
+    judged: tuple[str, object] | None,
+    rows: pd.DataFrame,
+    seeds: list[int],
+    images: list[Image.Image | None],
+    versions: dict[str, str | None],
+    profiles: pd.DataFrame,
+    size: int,
 ) -> pd.DataFrame:
-    """Render, score, select and store one product's candidates (rows: product_id, group_id,
-    candidate, prompt); its generated_creatives rows."""
-    cfg, ds = ctx.cfg, ctx.ds
+    """Write one product's images, score and select its candidates, draw its contact sheet."""
     product_id = rows["product_id"].iat[0]
     keys = list(zip(rows["group_id"].astype(int), rows["candidate"].astype(int), strict=True))
-    seeds = [seed_of(ds, product_id, group_id, candidate) for group_id, candidate in keys]
-    images = renderer.render(cut_out, rows["prompt"].tolist(), seeds)
-    folder = artifacts.join(cfg.render.artifacts, ds.isoformat(), product_id)
+    folder = product_folder(ctx.cfg, ctx.ds, product_id)
     uris = []
     for (group_id, candidate), image in zip(keys, images, strict=True):
         uri = None if image is None else artifacts.join(folder, str(group_id), f"{candidate}.png")
@@ -204,6 +227,6 @@ def _render_product(
     out = rows[["product_id", "group_id", "candidate", "prompt"]].assign(seed=seeds, image_uri=uris, **versions)
     out["grm_score"] = judged[1].score(out, profiles).astype(float) if judged is not None else np.nan
     out["selected"] = select_best(out)
-    sheet = contact_sheet(out, dict(zip(keys, images, strict=True)), renderer.size)
-    artifacts.write_atomically(artifacts.join(folder, "contact-sheet.png"), _png(sheet))
+    sheet = contact_sheet(out, dict(zip(keys, images, strict=True)), size)
+    artifacts.write_atomically(artifacts.join(folder, CONTACT_SHEET), _png(sheet))
     return out

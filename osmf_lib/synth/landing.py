@@ -23,7 +23,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 from functools import cached_property
 from pathlib import Path
@@ -34,7 +34,7 @@ import pandas as pd
 from osmf_lib.config import SYNTH_LINE_FAULTS, Config, FaultRates
 from osmf_lib.synth.backgrounds import paint_background
 from osmf_lib.synth.images import product_png
-from osmf_lib.synth.vocab import STYLE_VALUES, compose_prompt
+from osmf_lib.synth.vocab import STYLE_VALUES, compose_prompt, parse_prompt
 from osmf_lib.synth.world import Change, Impressions, Stream, World, build_world, rng_for
 
 EVENT_KEYS = ("event_id", "ts", "user_id", "product_id", "creative_id", "position", "clicked")
@@ -153,6 +153,8 @@ class EventBatch:
     part: int
     impressions: Impressions
     world: World
+    # Per impression, the published creative it showed instead of its logged one ("" for none).
+    served: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.impressions)
@@ -167,10 +169,14 @@ class EventBatch:
             "ts": [f"{moment}Z" for moment in np.datetime_as_string(moments, unit="s")],
             "user_id": _ids(self.world.users["user_id"])[imp.user].tolist(),
             "product_id": _ids(self.world.products["product_id"])[imp.product].tolist(),
-            "creative_id": _ids(self.world.creatives["creative_id"])[imp.creative].tolist(),
+            "creative_id": self._creative_ids().tolist(),
             "position": imp.position.tolist(),
             "clicked": imp.clicked.tolist(),
         }
+
+    def _creative_ids(self) -> np.ndarray:
+        logged = _ids(self.world.creatives["creative_id"])[self.impressions.creative]
+        return logged if self.served is None else np.where(self.served != "", self.served, logged)
 
     def lines(self) -> list[str]:
         c = self.columns
@@ -184,6 +190,74 @@ class EventBatch:
 
 def _ids(column: pd.Series) -> np.ndarray:
     return column.to_numpy(dtype=str)
+
+
+# --- the closed loop ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Serving:
+    """A night's published creatives as the next day's traffic meets them.
+
+    `lookup`: user_id, product_id, creative_id, prompt, image_uri, one row per user and product
+    (the user's group's creative). An impression of a listed (user, product) shows that creative
+    instead of its logged one with probability `share`; the hidden click model decides the click
+    from the creative's prompt, exactly as for a logged background.
+    """
+
+    lookup: pd.DataFrame
+    share: float
+
+    def creatives(self) -> pd.DataFrame:
+        rows = self.lookup.drop_duplicates("creative_id").sort_values("creative_id")
+        return rows[["creative_id", "product_id", "prompt", "image_uri"]].assign(origin="generated")
+
+
+@dataclass(frozen=True)
+class ServedIndex:
+    """`Serving` in the world's row numbers, built once for a day's files."""
+
+    keys: np.ndarray  # sorted user_row * products + product_row
+    creative: np.ndarray  # per key: the row of its creative in ids and styles
+    ids: np.ndarray  # creative ids
+    styles: np.ndarray  # [creative, segment]: the prompt's effect on the segment's logit
+    share: float
+
+    @classmethod
+    def build(cls, serving: Serving, world: World) -> ServedIndex:
+        lookup = serving.lookup
+        users = pd.Index(world.users["user_id"]).get_indexer(lookup["user_id"])
+        products = pd.Index(world.products["product_id"]).get_indexer(lookup["product_id"])
+        known = (users >= 0) & (products >= 0)  # rows of another world never match an impression
+        keys = users[known].astype(np.int64) * len(world.products) + products[known]
+        order = np.argsort(keys, kind="stable")
+        ids, creative = np.unique(lookup["creative_id"].to_numpy(dtype=str)[known][order], return_inverse=True)
+        prompts = lookup.drop_duplicates("creative_id").set_index("creative_id")
+        model = world.click_model
+        category = dict(zip(world.products["product_id"], model.product_category, strict=True))
+        styles = [model.prompt_shift(category[prompts.at[i, "product_id"]], parse_prompt(prompts.at[i, "prompt"]))
+                  for i in ids]  # fmt: skip
+        styles = np.stack(styles) if styles else np.zeros((0, 1))
+        return cls(keys[order], creative, ids, styles, serving.share)
+
+    def apply(self, impressions: Impressions, world: World, rng: np.random.Generator) -> tuple[Impressions, np.ndarray]:
+        """The impressions with served ones re-clicked, and per impression the served id or ""."""
+        n, imp = len(impressions), impressions
+        chance, draws = rng.random(n), rng.random(n)
+        served = np.full(n, "", dtype=object)
+        if not len(self.keys):
+            return impressions, served
+        key = imp.user.astype(np.int64) * len(world.products) + imp.product
+        at = np.searchsorted(self.keys, key).clip(max=len(self.keys) - 1)
+        shown = (self.keys[at] == key) & (chance < self.share)
+        creative = self.creative[at[shown]]
+        model = world.click_model
+        user, product = imp.user[shown], imp.product[shown]
+        style = self.styles[creative, model.segments_of(user, product)]
+        clicked = imp.clicked.copy()
+        clicked[shown] = draws[shown] < model.probability(user, product, imp.position[shown], style)
+        served[shown] = self.ids[creative]
+        return replace(imp, clicked=clicked), served
 
 
 # --- faults ------------------------------------------------------------------------------------
@@ -312,14 +386,16 @@ class LandingWriter:
     def image_path(self, product_id: str) -> Path:
         return self.root / "images" / "products" / f"{product_id}.png"
 
-    def write_day(self, day: int, ds: date, redelivered: Sequence[str]) -> tuple[DaySummary, list[str]]:
+    def write_day(
+        self, day: int, ds: date, redelivered: Sequence[str], serving: Serving | None = None
+    ) -> tuple[DaySummary, list[str]]:
         """Write one ds; return its summary and the lines to redeliver at the start of the next."""
         self._write_images(day)
         if day == 0:
             self._write_backgrounds()
-        self._write_dims(day, ds)
+        self._write_dims(day, ds, serving)
         self._write_manifest(ds)
-        return self._write_events(day, ds, redelivered)
+        return self._write_events(day, ds, redelivered, serving)
 
     def _write_manifest(self, ds: date) -> None:
         manifest = {"seed": self.world.seed, "scale": self.world.scale_name}
@@ -346,14 +422,17 @@ class LandingWriter:
             lines.append(_json_line({"file_name": name, "text": prompt}))
         _write_lines(folder / "metadata.jsonl", lines)
 
-    def _write_dims(self, day: int, ds: date) -> None:
-        """Day 0: every row. Later days: rows that arrive that day and rows that changed, as upserts."""
+    def _write_dims(self, day: int, ds: date, serving: Serving | None) -> None:
+        """Day 0: every row. Later days: rows that arrive that day and rows that changed, as
+        upserts; a served day also lists the creatives it serves."""
         world = self.world
         folder = self.root / ds.isoformat() / "dims"
         users = _landed_rows(world.users_on(day), day, world.user_changes(day))
         products = _landed_rows(world.products_on(day), day, world.product_changes(day))
         products["image_uri"] = [str(self.image_path(pid)) for pid in products["product_id"]]
         creatives = world.creatives[world.creatives["since"] == day].assign(image_uri=None, origin="logged")
+        if serving is not None:
+            creatives = pd.concat([creatives, serving.creatives()], ignore_index=True)
         for name, frame, keys in (
             ("users", users, USER_KEYS),
             ("products", products, PRODUCT_KEYS),
@@ -362,7 +441,9 @@ class LandingWriter:
             records = frame[list(keys)].to_dict("records")
             _write_lines(folder / f"{name}.jsonl", [_json_line(_plain(record)) for record in records])
 
-    def _write_events(self, day: int, ds: date, redelivered: Sequence[str]) -> tuple[DaySummary, list[str]]:
+    def _write_events(
+        self, day: int, ds: date, redelivered: Sequence[str], serving: Serving | None
+    ) -> tuple[DaySummary, list[str]]:
         folder = self.root / ds.isoformat() / "events"
         faults = Counter(dict.fromkeys(FAULT_CLASSES, 0))
         if self._rng(Stream.EMPTY_DAYS, ds.toordinal()).random() < self.rates.empty_day:
@@ -373,13 +454,18 @@ class LandingWriter:
             return DaySummary(ds, files=1, lines=0, faults=dict(faults), empty=True), []
 
         traffic = self.world.traffic(day)
+        served = None if serving is None else ServedIndex.build(serving, self.world)
         files = self.world.scale.files_per_day
         sizes = np.diff(np.linspace(0, self.world.scale.impressions_per_day, files + 1).astype(int))
         written, tomorrow = 0, []
         for part, size in enumerate(sizes):
             window = (part / files, (part + 1) / files)
             impressions = traffic.draw(int(size), self._rng(Stream.TRAFFIC, ds.toordinal(), part), window)
-            batch = EventBatch(ds, part, impressions, self.world)
+            shown = None
+            if served is not None:
+                rng = self._rng(Stream.SERVING, ds.toordinal(), part)
+                impressions, shown = served.apply(impressions, self.world, rng)
+            batch = EventBatch(ds, part, impressions, self.world, shown)
             faulted = _inject_faults(batch, self.rates, self._rng(Stream.FAULTS, ds.toordinal(), part))
             # The shipper re-sends what it was unsure of yesterday before anything new.
             lines = [*redelivered, *faulted.lines] if part == 0 else faulted.lines
@@ -426,3 +512,14 @@ def write_landing(
         summary, redelivered = writer.write_day(day, start + timedelta(days=day), redelivered)
         summaries.append(summary)
     return LandingSummary(writer.root, synth.seed, scale, tuple(summaries))
+
+
+def write_served_day(cfg: Config, world: tuple[int, str], first: date, ds: date, serving: Serving) -> DaySummary:
+    """Rewrite the landing files of `ds` for the world (seed, scale) whose first day was `first`,
+    with `serving`'s creatives shown to their groups. The logged traffic is the same as without
+    serving (its own random streams); a served day carries no redeliveries of the day before."""
+    day = (ds - first).days
+    if day < 1:
+        raise ValueError(f"ds={ds} is not after the world's first day {first}: serve the day after a published night")
+    writer = LandingWriter(build_world(*world), Path(cfg.lakehouse.landing).resolve(), cfg.synth.faults)
+    return writer.write_day(day, ds, [], serving)[0]

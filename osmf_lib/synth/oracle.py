@@ -13,7 +13,7 @@ piling up phrases never beats choosing the right one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -76,7 +76,7 @@ class Oracle:
         product's audience, weighted by how often the logging policy shows them the product.
         """
         product = self._product_row(product_id)
-        shift = self._prompt_shift(self._category(product), parse_prompt(prompt))
+        shift = self._model.prompt_shift(self._category(product), parse_prompt(prompt))
         return float(self._ctr(product, self._mix(product, users), shift[:, None])[0])
 
     def best_prompt(self, product_id: str, users: Users = None) -> str:
@@ -158,16 +158,6 @@ class Oracle:
     def _best(self, product: int, mix: np.ndarray) -> str:
         ctr = self._ctr(product, mix, self._all_combo_shifts(self._category(product)))
         return self._combo_prompt(int(np.argmax(ctr)))
-
-    def _prompt_shift(self, category: int, values: Mapping[str, tuple[str, ...]]) -> np.ndarray:
-        """shift[s]: what the mentioned style values add to each segment's logit."""
-        preferences = self._model.preferences[category]
-        shift = np.zeros(MAX_SEGMENTS)
-        for a, attribute in enumerate(STYLE_ATTRIBUTES):
-            picked = [STYLE_VALUES[attribute].index(value) for value in values.get(attribute, ())]
-            if picked:
-                shift += preferences[:, a, picked].mean(axis=1)
-        return shift
 
     def _all_combo_shifts(self, category: int) -> np.ndarray:
         """shift[s, combo] for every prompt with at most one value per attribute (7^5 of them).

@@ -258,6 +258,7 @@ class Stream(IntEnum):
     EMPTY_DAYS = 5
     IMAGES = 6
     BACKGROUNDS = 7
+    SERVING = 8
 
 
 def rng_for(seed: int, scale: str, stream: Stream, *keys: int) -> np.random.Generator:
@@ -491,16 +492,33 @@ class ClickModel:
         picked = self.preferences[category[:, None], :, attributes[None, :], self.creative_style]
         return picked.sum(axis=1)
 
+    def prompt_shift(self, category: int, values: Mapping[str, tuple[str, ...]]) -> np.ndarray:
+        """shift[s]: what a prompt's style values (vocab.parse_prompt) add to each segment's logit;
+        several values of one attribute count as their mean."""
+        preferences = self.preferences[category]
+        shift = np.zeros(MAX_SEGMENTS)
+        for a, attribute in enumerate(STYLE_ATTRIBUTES):
+            picked = [STYLE_VALUES[attribute].index(value) for value in values.get(attribute, ())]
+            if picked:
+                shift += preferences[:, a, picked].mean(axis=1)
+        return shift
+
+    def segments_of(self, user: np.ndarray, product: np.ndarray) -> np.ndarray:
+        return self.segment[user, self.product_category[product]]
+
     def click_probability(
         self, user: np.ndarray, product: np.ndarray, creative: np.ndarray, position: np.ndarray
     ) -> np.ndarray:
-        segment = self.segment[user, self.product_category[product]]
+        return self.probability(user, product, position, self.creative_shift[creative, self.segments_of(user, product)])
+
+    def probability(self, user: np.ndarray, product: np.ndarray, position: np.ndarray, style: np.ndarray) -> np.ndarray:
+        """Click probability of each impression whose background adds `style` to the user's logit."""
         logit = (
             INTERCEPT
             + self.product_effect[product]
             + POSITION_EFFECT[position - 1]
             + PROPENSITY_LEVELS[self.propensity[user]]
-            + self.creative_shift[creative, segment]
+            + style
         )
         return 1.0 / (1.0 + np.exp(-logit))
 

@@ -79,15 +79,28 @@ def test_a_bad_library_is_named(tmp_path):
 def test_the_product_is_untouched_and_batches_are_padded(renderer):
     cut_out = product_image("toys", np.random.default_rng(0))
     prompts = [PROMPTS[i % 2] for i in range(5)]  # one full batch of 4 and one padded batch
-    images = renderer.render(cut_out, prompts, seeds=list(range(5)))
+    images = renderer.render([cut_out] * 5, prompts, seeds=list(range(5)))
     assert len(images) == 5 and all(image.size == (64, 64) for image in images)
     placed = np.asarray(place(cut_out, 64, renderer.product_scale))
     opaque = placed[..., 3] == 255
     for image in images:
         assert np.array_equal(np.asarray(image)[opaque], placed[..., :3][opaque])
-    again = renderer.render(cut_out, prompts[:1], seeds=[0])
+    again = renderer.render([cut_out], prompts[:1], seeds=[0])
     assert np.array_equal(np.asarray(again[0]), np.asarray(images[0]))
     assert not np.array_equal(np.asarray(images[0]), np.asarray(images[2]))  # same prompt, another seed
+
+
+def test_products_share_batches_and_each_keeps_its_own_pixels(renderer):
+    cut_outs = [product_image(category, np.random.default_rng(3)) for category in ("home", "sports")]
+    mixed = renderer.render([cut_outs[0]] * 2 + [cut_outs[1]] * 3, [PROMPTS[0], PROMPTS[1]] * 2 + [PROMPTS[0]], [7] * 5)
+    for i, cut_out in enumerate(cut_outs):
+        placed = np.asarray(place(cut_out, 64, renderer.product_scale))
+        opaque = placed[..., 3] == 255
+        mine = mixed[:2] if i == 0 else mixed[2:]
+        assert all(np.array_equal(np.asarray(image)[opaque], placed[..., :3][opaque]) for image in mine)
+    # Rendered alone, in a batch padded with itself, a product's image is the same bits.
+    (alone,) = renderer.render([cut_outs[1]], [PROMPTS[1]], [7])
+    assert np.array_equal(np.asarray(alone), np.asarray(mixed[3]))
 
 
 def test_a_blank_image_is_rendered_once_more_then_given_up(tiny):
@@ -97,7 +110,7 @@ def test_a_blank_image_is_rendered_once_more_then_given_up(tiny):
     with torch.no_grad():
         pipeline.vae.decoder.conv_out.bias.fill_(-100.0)
     broken = Renderer.from_config(pipeline, cfg)
-    out = broken.render(product_image("books", np.random.default_rng(1)), PROMPTS, seeds=[1, 2])
+    out = broken.render([product_image("books", np.random.default_rng(1))] * 2, PROMPTS, seeds=[1, 2])
     assert out == [None, None] and broken.rejected == 2
     assert blank(np.zeros((4, 4, 3))) and blank(np.ones((4, 4, 3))) and blank(np.full((4, 4, 3), np.nan))
     assert not blank(np.linspace(0, 1, 48).reshape(4, 4, 3))
@@ -116,7 +129,7 @@ def test_the_full_profile_loads_an_inpainting_checkpoint_and_a_controlnet_by_fol
     ControlNetModel.from_unet(source.unet).save_pretrained(controlnet)
     renderer = Renderer.from_config(load_pipeline(base, controlnet, torch.device("cpu")), cfg)
     assert renderer.size == 64  # the checkpoint's own size, as render.size is unset
-    (image,) = renderer.render(product_image("food", np.random.default_rng(2)), PROMPTS[:1], seeds=[0])
+    (image,) = renderer.render([product_image("food", np.random.default_rng(2))], PROMPTS[:1], seeds=[0])
     assert image is not None and image.size == (64, 64)
     with pytest.raises(RenderError, match="renderer checkpoint folder .*missing does not exist"):
         load_pipeline(tmp_path / "missing", controlnet, torch.device("cpu"))

@@ -9,13 +9,15 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from osmf_lib.config import SYNTH_LINE_FAULTS, Config, load_config
-from osmf_lib.synth import SCALES, LandingSummary, write_landing
+from osmf_lib.synth import SCALES, LandingSummary, build_world, write_landing
 from osmf_lib.synth.backgrounds import paint_background
-from osmf_lib.synth.landing import EVENT_KEYS, FAULT_CLASSES, MANIFEST_FILE
+from osmf_lib.synth.landing import EVENT_KEYS, FAULT_CLASSES, MANIFEST_FILE, Serving, write_served_day
+from osmf_lib.synth.oracle import Oracle
 from osmf_lib.synth.vocab import CATEGORIES
 
 START = date(2026, 11, 1)
@@ -260,3 +262,69 @@ def test_summary_as_dict_reconciles(faulty: tuple[Path, LandingSummary]) -> None
 def test_remote_landing_locations_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="local files"):
         write_landing(load_config(overrides=["lakehouse.landing=s3a://bucket/landing"], environ={}, base_file=None))
+
+
+# --- the closed loop ---------------------------------------------------------------------------
+
+
+def _lookup(world, prompt_for) -> pd.DataFrame:
+    """Every (user, product) of the first 20 products, one creative per product and gender."""
+    users = world.users[["user_id", "gender"]]
+    rows = []
+    for product_id in world.products["product_id"].head(20):
+        for gender, members in users.groupby("gender"):
+            creative_id = f"gen-{product_id}-{gender}"
+            rows += [(u, product_id, creative_id, prompt_for(product_id, gender), f"/img/{creative_id}.png")
+                     for u in members["user_id"]]  # fmt: skip
+    return pd.DataFrame(rows, columns=["user_id", "product_id", "creative_id", "prompt", "image_uri"])
+
+
+def _served_day(root: Path, lookup: pd.DataFrame, share: float = 0.5) -> list[dict]:
+    cfg = _config(root)
+    write_served_day(cfg, (cfg.synth.seed, "tiny"), START, START + timedelta(days=1), Serving(lookup, share))
+    return [json.loads(line) for line in _read_lines(root / (START + timedelta(days=1)).isoformat() / "events")]
+
+
+def test_a_served_day_shows_each_group_its_creative_and_keeps_the_rest_of_the_traffic(tmp_path: Path) -> None:
+    root = tmp_path / "landing"
+    write_landing(_config(root, "synth.faults.duplicate_previous_day=0"), days=2)
+    plain = [json.loads(line) for line in _read_lines(root / "2026-11-02" / "events")]
+    world = build_world(_config(root).synth.seed, "tiny")
+    lookup = _lookup(world, lambda product_id, gender: f"a sunlit beach scene for {gender} shoppers")
+    served = _served_day(root, lookup)
+    # The same impressions in the same order, faults included; only some creatives (and clicks) differ.
+    assert [e["event_id"] for e in served] == [e["event_id"] for e in plain]
+    shown = {(u, p): c for u, p, c in lookup[["user_id", "product_id", "creative_id"]].itertuples(index=False)}
+    eligible = [(s, e) for s, e in zip(served, plain, strict=True) if (s["user_id"], s["product_id"]) in shown]
+    swapped = [s for s, _ in eligible if s["creative_id"].startswith("gen-")]
+    assert all(s["creative_id"] == shown[s["user_id"], s["product_id"]] for s in swapped)
+    assert 0.4 < len(swapped) / len(eligible) < 0.6
+    untouched = [(s, e) for s, e in zip(served, plain, strict=True) if not s["creative_id"].startswith("gen-")]
+    assert all(s == e for s, e in untouched)
+    creatives = {c["creative_id"]: c for c in _read_dims(root, START + timedelta(days=1), "creatives")}
+    assert {c["origin"] for c in creatives.values() if c["creative_id"].startswith("gen-")} == {"generated"}
+    assert set(lookup["creative_id"]) <= set(creatives)
+    # Served again: the same bytes.
+    before = _tree(root)
+    _served_day(root, lookup)
+    assert _tree(root) == before
+
+
+def test_the_click_model_decides_a_served_creatives_clicks(tmp_path: Path) -> None:
+    root = tmp_path / "landing"
+    write_landing(_config(root), days=1)
+    oracle = Oracle(build_world(_config(root).synth.seed, "tiny"))
+    world = build_world(_config(root).synth.seed, "tiny")
+    rates = {}
+    for name, pick in (("best", max), ("worst", min)):
+
+        def prompt_for(product_id, gender, pick=pick):
+            candidates = [oracle.best_prompt(product_id), "a misty forest scene, cool blue tones, neon glow",
+                          "a sunlit beach scene, warm golden tones, soft morning light"]  # fmt: skip
+            return pick(candidates, key=lambda prompt: oracle.expected_ctr(product_id, prompt))
+
+        events = [
+            e for e in _served_day(root, _lookup(world, prompt_for), share=1.0) if e["creative_id"].startswith("gen-")
+        ]
+        rates[name] = np.mean([e["clicked"] for e in events])
+    assert rates["best"] > 1.2 * rates["worst"], rates

@@ -1,0 +1,243 @@
+"""The night's report: one self-contained HTML page a person opens to see what OSMF did.
+
+The headline numbers, the models, the click-through rate by day (overall and, after nights that
+served generated creatives, of the served and the control arm), the night's metrics from
+eval_metrics (every stage, the one-size-fits-all comparison and, on a simulated world, the
+oracle's grades), then per product (the first `publish.report_products`, those with generated
+creatives first) its groups with their descriptions and sizes, the creative served to each, the
+candidates' GRM scores (the selected one marked) and the contact sheet. Images are embedded as
+thumbnails, so the page reads the same from the artifacts root, MLflow or a mail attachment.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from datetime import date
+
+import mlflow
+import pandas as pd
+from PIL import Image
+from pyspark.sql import functions as F
+
+from osmf_lib import artifacts, tables, tracking
+from osmf_lib.config import Config
+from osmf_lib.job import JobContext, StageError
+from osmf_lib.render import CONTACT_SHEET, product_folder
+from osmf_lib.tables import EVAL_METRICS, GENERATED_CREATIVES, GROUP_PROFILES, IMPRESSIONS, PRODUCTS
+
+MODELS = ("osmf-paag", "osmf-grm", "osmf-gmllm")
+# The headline numbers: (stage, metric, slice) -> how the page names them.
+HEADLINE = {
+    ("publish", "generated_share", "all"): "targets with a generated creative",
+    ("publish_oracle", "lift_vs_best_logged", "served"): "oracle CTR lift of the served creatives over the best logged",
+    ("gmllm_oracle", "lift_vs_onesize", "group_dpo"): "oracle CTR lift of Group-DPO over one-size-fits-all DPO",
+    ("gmllm_oracle", "lift_vs_onesize", "prefix_dpo"): "oracle CTR lift of DPO with prefix over one-size-fits-all",
+    ("gmllm_oracle", "headroom_captured", "group_dpo"): "share of the oracle's headroom Group-DPO captures",
+}
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 72rem; }
+table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; }
+td, th { border: 1px solid #ddd; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.selected { font-weight: bold; color: #b01c1c; }
+.muted { color: #777; }
+section.product { border-top: 2px solid #eee; padding-top: 0.5rem; }
+td img { min-width: 96px; image-rendering: pixelated; }
+"""
+
+
+def report_uri(cfg: Config, ds: date) -> str:
+    return artifacts.join(cfg.render.artifacts, ds.isoformat(), "report.html")
+
+
+def _thumbnail(uri: str, side: int) -> str:
+    """The image at `uri` as a data URI no larger than side x side."""
+    try:
+        with Image.open(io.BytesIO(artifacts.read_bytes(uri))) as image:
+            image = image.convert("RGB")
+            image.thumbnail((side, side))
+    except (OSError, ValueError) as err:
+        raise StageError(f"report: cannot read image {uri}: {err}") from err
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _img(uri: str | None, side: int, alt: str) -> str:
+    if not uri:
+        return '<span class="muted">no image</span>'
+    return f'<img src="{_thumbnail(uri, side)}" alt="{html.escape(alt)}">'
+
+
+def _e(value: object) -> str:
+    return html.escape("" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value))
+
+
+def line_chart(series: dict[str, pd.Series], width: int = 640, height: int = 220) -> str:
+    """An inline SVG line chart of a few series sharing a date index (values as fractions)."""
+    days = sorted({d for s in series.values() for d in s.index})
+    values = [v for s in series.values() for v in s.dropna()]
+    if not days or not values:
+        return '<p class="muted">no impressions yet</p>'
+    pad, top = 48, max(values) * 1.1 or 1.0
+    x = {d: pad + (width - 2 * pad) * (i / max(len(days) - 1, 1)) for i, d in enumerate(days)}
+
+    def y(v: float) -> float:
+        return height - pad + (v / top) * (2 * pad - height)
+
+    colours = ["#1f5fa8", "#b01c1c", "#2a8a3e", "#8a5a2a"]
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>',
+        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#999"/>',
+        f'<text x="4" y="{pad + 4}" font-size="11">{top:.1%}</text>',
+        f'<text x="4" y="{height - pad + 4}" font-size="11">0%</text>',
+        f'<text x="{pad}" y="{height - pad + 16}" font-size="11">{days[0]}</text>',
+        f'<text x="{width - pad}" y="{height - pad + 16}" font-size="11" text-anchor="end">{days[-1]}</text>',
+    ]
+    drawn = {name: s.dropna().sort_index() for name, s in series.items() if s.notna().any()}
+    for i, (name, s) in enumerate(drawn.items()):
+        colour = colours[i % len(colours)]
+        points = " ".join(f"{x[d]:.1f},{y(v):.1f}" for d, v in s.items())
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>')
+        parts += [f'<circle cx="{x[d]:.1f}" cy="{y(v):.1f}" r="3" fill="{colour}"/>' for d, v in s.items()]
+        parts.append(f'<text x="{width - pad + 4}" y="{pad + 14 * i}" font-size="11" fill="{colour}">{_e(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def ctr_by_day(ctx: JobContext) -> dict[str, pd.Series]:
+    """Observed CTR per day up to ds: every impression, and the two arms of the closed loop
+    (the `closed_loop_ab` view, registered with the others) after nights that served generated
+    creatives."""
+    spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
+    impressions = tables.read(spark, IMPRESSIONS, cfg).where(F.col("ds") <= F.lit(ds))
+    daily = impressions.groupBy("ds").agg(F.avg(F.col("clicked").cast("double")).alias("ctr")).toPandas()
+    series = {"all impressions": daily.set_index("ds")["ctr"]}
+    if spark.catalog.tableExists("closed_loop_ab"):  # registered by publish when its tables exist
+        arms = spark.table("closed_loop_ab").where(F.col("ds") <= F.lit(ds)).toPandas()
+        for arm, name in (("served", "served creatives"), ("control", "their control")):
+            series[name] = arms[arms["arm"] == arm].set_index("ds")["ctr"].astype(float)
+    return series
+
+
+def _version(version: str | None) -> str:
+    return "none yet" if version is None else f"v{version}"
+
+
+def _metrics_table(metrics: pd.DataFrame) -> str:
+    rows = "".join(
+        f"<tr><td>{_e(r.stage)}</td><td>{_e(r.metric)}</td><td>{_e(r.slice)}</td>"
+        f'<td class="num">{r.value:.4g}</td></tr>'
+        for r in metrics.sort_values(["stage", "metric", "slice"]).itertuples()
+    )
+    return f"<table><tr><th>stage</th><th>metric</th><th>slice</th><th>value</th></tr>{rows}</table>"
+
+
+def _headline(metrics: pd.DataFrame) -> str:
+    values = metrics.set_index(["stage", "metric", "slice"])["value"]
+    items = [
+        f"<li>{text}: <b>{values[key]:{'+.1%' if 'lift' in key[1] else '.0%'}}</b></li>"
+        for key, text in HEADLINE.items()
+        if key in values.index
+    ]
+    return f"<ul>{''.join(items)}</ul>" if items else ""
+
+
+def _product_section(product: pd.Series, groups: pd.DataFrame, served: pd.DataFrame, candidates: pd.DataFrame,
+                     sheet_uri: str | None, side: int) -> str:  # fmt: skip
+    rows = []
+    for group in groups.itertuples():
+        mine = served[served["group_id"] == group.group_id]
+        creative = mine.iloc[0] if len(mine) else pd.Series({"image_uri": None, "origin": None, "prompt": None})
+        scores = candidates[candidates["group_id"] == group.group_id].sort_values("candidate")
+        listed = ", ".join(
+            f'<span class="selected">{c.grm_score:.2f}</span>' if c.selected else f"{c.grm_score:.2f}"
+            for c in scores.itertuples()
+            if pd.notna(c.grm_score)
+        )
+        rows.append(
+            f'<tr><td class="num">{group.group_id}</td><td class="num">{group.size}</td>'
+            f"<td>{_e(group.description)}</td>"
+            f"<td>{_img(creative['image_uri'], side, f'group {group.group_id}')}</td><td>{_e(creative['origin'])}</td>"
+            f"<td>{_e(creative['prompt'])}</td><td>{listed}</td></tr>"
+        )
+    sheet = (
+        "<p>Contact sheet: groups as rows, candidates as columns, the selected one framed.<br>"
+        f"{_img(sheet_uri, side * 4, 'contact sheet')}</p>"
+        if sheet_uri
+        else ""
+    )
+    return (
+        f'<section class="product"><h3>{_e(product["title"])} <span class="muted">{_e(product.name)} · '
+        f"{_e(product['category'])}</span></h3>"
+        "<table><tr><th>group</th><th>users</th><th>description</th><th>served creative</th><th>origin</th>"
+        f"<th>prompt</th><th>candidates' GRM logits</th></tr>{''.join(rows)}</table>{sheet}</section>"
+    )
+
+
+def build(ctx: JobContext, served: pd.DataFrame) -> str:
+    spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
+    side = cfg.publish.thumbnail
+    generated = served.assign(_generated=served["origin"] == "generated")
+    ranked = generated.groupby("product_id")["_generated"].any().reset_index()
+    chosen = ranked.sort_values(["_generated", "product_id"], ascending=[False, True])["product_id"]
+    chosen = chosen.head(cfg.publish.report_products).tolist()
+    products = tables.read(spark, PRODUCTS, cfg, as_of=ds).where(F.col("product_id").isin(chosen)).toPandas()
+    groups = tables.read(spark, GROUP_PROFILES, cfg, ds=ds).where(F.col("product_id").isin(chosen))
+    groups = groups.select("product_id", "group_id", "size", "description").toPandas()
+    candidates = (
+        tables.read_or_empty(spark, GENERATED_CREATIVES, cfg)
+        .where((F.col("ds") == F.lit(ds)) & F.col("product_id").isin(chosen))
+        .toPandas()
+    )
+    metrics = tables.read_or_empty(spark, EVAL_METRICS, cfg).where(F.col("ds") == F.lit(ds)).toPandas()
+    tracking.configure(cfg)
+    champions = "".join(f"<li>{name}@champion: {_e(_version(tracking.alias_version(name)))}</li>" for name in MODELS)
+    lineage = served[["gmllm_version", "grm_version"]].drop_duplicates().dropna(how="all")
+    used = "".join(
+        f"<li>written by {_e(r.gmllm_version)}, selected by {_e(r.grm_version)}</li>" for r in lineage.itertuples()
+    )
+    products = products.set_index("product_id")
+    rendered = set(candidates.loc[candidates["image_uri"].notna(), "product_id"])
+    sections = "".join(
+        _product_section(
+            products.loc[p],
+            groups[groups["product_id"] == p].sort_values("group_id"),
+            served[served["product_id"] == p],
+            candidates[candidates["product_id"] == p],
+            artifacts.join(product_folder(cfg, ds, p), CONTACT_SHEET) if p in rendered else None,
+            side,
+        )
+        for p in chosen
+        if p in products.index
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>OSMF night {ds}</title><style>{STYLE}</style></head>
+<body>
+<h1>OSMF night {ds}</h1>
+<p>{len(served)} (product, group) targets served, {int(generated["_generated"].sum())} with a generated
+creative; the other groups get their best logged creative.</p>
+{_headline(metrics)}
+<h2>Models</h2><ul>{used}{champions}</ul>
+<h2>Click-through rate by day</h2>
+{line_chart(ctr_by_day(ctx))}
+<h2>Metrics of the night</h2>
+{_metrics_table(metrics)}
+<h2>Products</h2>
+<p class="muted">{len(chosen)} of {served["product_id"].nunique()} products, those with generated creatives first.</p>
+{sections}
+</body></html>
+"""
+
+
+def write(ctx: JobContext, served: pd.DataFrame) -> str:
+    """Build the night's report, write it under the artifacts root and log it to the stage's run."""
+    page = build(ctx, served)
+    uri = report_uri(ctx.cfg, ctx.ds)
+    artifacts.write_atomically(uri, page.encode())
+    mlflow.log_text(page, "report/report.html")
+    return uri

@@ -1,0 +1,8 @@
+-- What an ad server reads by key: for a user and a product, the user's group and the creative
+-- served to that group, from the latest night that published the product.
+SELECT g.user_id, s.product_id, s.group_id, s.creative_id, s.origin, s.image_uri, s.prompt,
+       s.gmllm_version, s.grm_version, s.groups_ds, s.ds
+FROM serving_creatives s
+JOIN (SELECT product_id, max(ds) AS ds FROM serving_creatives GROUP BY product_id) latest
+  ON s.product_id = latest.product_id AND s.ds = latest.ds
+JOIN user_groups g ON g.product_id = s.product_id AND g.group_id = s.group_id AND g.ds = s.groups_ds

@@ -1,0 +1,188 @@
+"""evaluate_and_publish on the small lakehouse whose groups want opposite backgrounds, with a
+night of rendered candidates laid out as generate_creatives leaves them."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from osmf_lib import artifacts, publish, tables
+from osmf_lib.cli import app
+from osmf_lib.render import CONTACT_SHEET, product_folder
+from osmf_lib.tables import (
+    EVAL_METRICS,
+    GENERATED_CREATIVES,
+    GROUP_CREATIVE_CTR,
+    GROUP_PROFILES,
+    IMPRESSIONS,
+    SERVING_CREATIVES,
+    USER_GROUPS,
+)
+
+DS = dt.date(2026, 11, 3)  # the night of make_group_lakehouse
+# (product, group) -> the candidates' GRM scores; None: the image came out blank.
+CANDIDATES = {("p00", 0): [0.2, 0.9], ("p00", 1): [0.5, None], ("p01", 0): [None, None], ("p01", 1): [0.1, 0.3]}
+
+
+def _png(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _generated(cfg) -> pd.DataFrame:
+    """generate_creatives' rows and files for two products: p00 fully rendered, p01's group 0 blank."""
+    rows = []
+    for (product_id, group_id), scores in CANDIDATES.items():
+        folder = product_folder(cfg, DS, product_id)
+        for candidate, score in enumerate(scores):
+            uri = None if score is None else artifacts.join(folder, str(group_id), f"{candidate}.png")
+            if uri:
+                artifacts.write_atomically(uri, _png((40 * candidate, 90, 160)))
+            rows.append({"product_id": product_id, "group_id": group_id, "candidate": candidate,
+                         "prompt": f"background {candidate} for {product_id}/{group_id}", "seed": candidate,
+                         "image_uri": uri, "grm_score": score, "gmllm_version": "osmf-gmllm/3",
+                         "grm_version": "osmf-grm/2", "ds": DS})  # fmt: skip
+    for product_id in ("p00", "p01"):
+        artifacts.write_atomically(artifacts.join(product_folder(cfg, DS, product_id), CONTACT_SHEET), _png((9, 9, 9)))
+    frame = pd.DataFrame(rows)
+    best = frame.dropna(subset=["grm_score"]).sort_values("grm_score").drop_duplicates(publish.KEY, keep="last").index
+    return frame.assign(selected=frame.index.isin(best))
+
+
+@pytest.fixture(scope="module")
+def night(spark, make_group_lakehouse, run_stage, tmp_path_factory):
+    cfg = make_group_lakehouse("publish", f"render.artifacts={tmp_path_factory.mktemp('creatives')}")
+    generated = _generated(cfg)
+    frame = spark.createDataFrame(generated[GENERATED_CREATIVES.column_names], GENERATED_CREATIVES.schema())
+    tables.overwrite_partition(spark, frame, GENERATED_CREATIVES, cfg, DS)
+    printed = run_stage(publish.evaluate_and_publish, cfg)
+    return cfg, generated, printed
+
+
+def _served(spark, cfg) -> pd.DataFrame:
+    return tables.read(spark, SERVING_CREATIVES, cfg, ds=DS).toPandas().set_index(publish.KEY).sort_index()
+
+
+def test_every_group_is_served_its_best_render_or_else_its_best_logged_creative(spark, night):
+    cfg, generated, printed = night
+    served = _served(spark, cfg)
+    targets = tables.read(spark, GROUP_PROFILES, cfg, ds=DS).toPandas().set_index(publish.KEY).sort_index()
+    assert served.index.equals(targets.index)
+    chosen = generated[generated["selected"]].set_index(publish.KEY)
+    mine = served.loc[chosen.index]
+    assert (mine["origin"] == "generated").all() and mine["creative_id"].str.match(r"^gen-[0-9a-f]{16}$").all()
+    assert (
+        mine["prompt"].tolist() == chosen["prompt"].tolist()
+        and mine["image_uri"].tolist() == chosen["image_uri"].tolist()
+    )
+    assert mine["grm_score"].tolist() == chosen["grm_score"].tolist()
+    assert (mine["gmllm_version"] == "osmf-gmllm/3").all() and (mine["grm_version"] == "osmf-grm/2").all()
+    assert served["creative_id"].nunique() == len(served)
+    # The rest, p01's blank group 0 among them, get the group's top logged creative by smoothed CTR.
+    ctr = tables.read(spark, GROUP_CREATIVE_CTR, cfg, ds=DS).toPandas()
+    top = ctr.sort_values(["ctr_smoothed", "creative_id"], ascending=[False, True]).drop_duplicates(publish.KEY)
+    logged = served[served["origin"] == "logged"]
+    assert ("p01", 0) in logged.index and len(logged) == len(served) - len(chosen)
+    assert logged["creative_id"].to_dict() == top.set_index(publish.KEY)["creative_id"].loc[logged.index].to_dict()
+    assert logged["grm_score"].isna().all() and logged["gmllm_version"].isna().all()
+    assert (served["groups_ds"] == DS).all()
+    assert f"{len(targets)} targets, 3 generated, {len(targets) - 3} logged (the group's best), 0 without" in printed
+
+
+def test_the_night_records_what_it_served(spark, night):
+    cfg, _, printed = night
+    metrics = tables.read(spark, EVAL_METRICS, cfg, ds=DS).where("stage = 'publish'").toPandas()
+    values = metrics.set_index(["metric", "slice"])["value"]
+    assert values["served", "generated"] == 3 and values["unserved", "all"] == 0
+    assert values["generated_share", "all"] == pytest.approx(3 / values["targets", "all"])
+    # No simulated world behind this lakehouse: the oracle's part is a logged skip, not an error.
+    assert "skipped: ds=2026-11-03 was not simulated" in printed
+
+
+def test_a_rerun_gives_the_same_rows(spark, night, run_stage):
+    cfg, _, _ = night
+    before = _served(spark, cfg)
+    run_stage(publish.evaluate_and_publish, cfg)
+    pd.testing.assert_frame_equal(_served(spark, cfg), before)
+
+
+def test_an_ad_server_reads_a_users_creative_by_key(spark, night):
+    cfg, generated, _ = night
+    tables.register_views(spark, cfg)
+    member = spark.sql("SELECT user_id FROM user_groups WHERE product_id = 'p00' AND group_id = 0").first()["user_id"]
+    row = spark.sql(f"SELECT * FROM serving_lookup WHERE user_id = '{member}' AND product_id = 'p00'").collect()
+    best = generated[generated["selected"] & (generated["product_id"] == "p00") & (generated["group_id"] == 0)]
+    assert len(row) == 1 and row[0]["group_id"] == 0 and row[0]["image_uri"] == best["image_uri"].iat[0]
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_the_report_shows_every_group_with_its_served_image(spark, night):
+    cfg, generated, printed = night
+    path = Path(printed.split("report ")[-1].strip())
+    assert path.exists() and path.parent == Path(cfg.render.artifacts) / DS.isoformat()
+    page = _Page()
+    page.feed(path.read_text())
+    text = " ".join(page.text)
+    assert "OSMF night 2026-11-03" in text and "Mug p00" in text and "Mug p11" in text
+    # Rendered products first; each of their groups' served images and the contact sheets embedded.
+    assert text.index("Mug p00") < text.index("Mug p11")
+    rendered = generated[generated["selected"]]
+    assert len(page.images) == len(rendered) + 2
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
+            assert max(image.size) <= 4 * cfg.publish.thumbnail
+    assert "publish" in text and "generated_share" in text
+
+
+def test_osmf_report_prints_where_the_report_is(night):
+    cfg, _, printed = night
+    runner = CliRunner()
+    found = runner.invoke(app, ["--set", f"render.artifacts={cfg.render.artifacts}", "report", "--ds", "2026-11-03"])
+    assert (found.exit_code, found.output.strip()) == (0, printed.split("report ")[-1].strip())
+    missing = runner.invoke(app, ["--set", f"render.artifacts={cfg.render.artifacts}", "report", "--ds", "2026-11-04"])
+    assert missing.exit_code == 1 and "no report for ds=2026-11-04" in missing.output
+
+
+def test_the_closed_loop_view_splits_the_next_days_traffic_into_served_and_control(spark, night):
+    cfg, _, _ = night
+    served = _served(spark, cfg).loc[("p00", 0)]
+    members = tables.read(spark, USER_GROUPS, cfg, ds=DS).where("product_id = 'p00' AND group_id = 0").toPandas()
+    user, other = members["user_id"].iat[0], "u100"  # u1xx: group 1, whose creative is generated too
+    shown = served["creative_id"]
+    rows = [(user, "p00", shown, True), (user, "p00", shown, False), (user, "p00", shown, False),
+            (user, "p00", "p00-c1", False), (other, "p00", "p00-c2", True),
+            (user, "p02", "p02-c0", True)]  # p02 was served logged creatives only: not in the test  # fmt: skip
+    day = DS + dt.timedelta(days=1)
+    frame = pd.DataFrame(rows, columns=["user_id", "product_id", "creative_id", "clicked"]).assign(
+        event_id=[f"next{i}" for i in range(len(rows))], ts=pd.Timestamp(day), position=1, source_file="t", ds=day
+    )
+    tables.overwrite_partition(spark, spark.createDataFrame(frame[IMPRESSIONS.column_names], IMPRESSIONS.schema()),
+                               IMPRESSIONS, cfg, day)  # fmt: skip
+    tables.register_views(spark, cfg)
+    arms = spark.table("closed_loop_ab").toPandas().set_index("arm")
+    assert (arms["ds"] == day).all()
+    assert arms.loc["served", ["impressions", "clicks"]].tolist() == [3, 1]
+    assert arms.loc["control", ["impressions", "clicks"]].tolist() == [2, 1]

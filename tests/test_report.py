@@ -1,0 +1,32 @@
+"""The report's parts that need no night: the chart and what an unreadable image does."""
+
+from __future__ import annotations
+
+import datetime as dt
+from xml.etree import ElementTree
+
+import pandas as pd
+import pytest
+
+from osmf_lib import report
+from osmf_lib.job import StageError
+
+
+def test_the_ctr_chart_is_valid_svg_with_a_line_per_series_that_has_data():
+    days = [dt.date(2026, 11, d) for d in (1, 2, 3)]
+    svg = report.line_chart({
+        "all impressions": pd.Series([0.05, 0.06, 0.055], index=days),
+        "generated creatives": pd.Series([None, None, 0.07], index=days),
+        "nothing yet": pd.Series([None, None, None], index=days),
+    })  # fmt: skip
+    lines = ElementTree.fromstring(svg).findall("{http://www.w3.org/2000/svg}polyline")
+    assert [len(line.get("points").split()) for line in lines] == [3, 1]
+    assert "2026-11-01" in svg and "2026-11-03" in svg and "nothing yet" not in svg
+    assert "no impressions yet" in report.line_chart({"all impressions": pd.Series(dtype=float)})
+
+
+def test_an_unreadable_image_fails_naming_it(tmp_path):
+    broken = tmp_path / "0.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(StageError, match=f"cannot read image {broken}"):
+        report._thumbnail(str(broken), 64)
