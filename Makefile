@@ -20,7 +20,8 @@ export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 
 # `make demo` simulates these days at this scale, ingests the earlier ones (one Airflow task
-# each) and runs the whole nightly DAG for the last one.
+# each), runs the whole nightly DAG for the last one, then serves that night's creatives into
+# the next day's traffic and ingests it (the closed loop's A/B test).
 DEMO_SCALE ?= demo
 DEMO_DAYS ?= 3
 
@@ -69,7 +70,7 @@ STAGE_LINES := (preflight ok|ingest (users|products|creatives|events)|train_paag
 demo: export OSMF_CONFIG = conf/demo.yaml
 demo: $(SETUP_DONE)
 	$(OSMF) synth --scale $(DEMO_SCALE) --days $(DEMO_DAYS)
-	export AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "'"$$($(OSMF) config get spark.master)"'"}'; \
+	set -o pipefail; export AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "'"$$($(OSMF) config get spark.master)"'"}'; \
 	days=($$($(OSMF) synth --list-days --days $(DEMO_DAYS))); last=$${days[-1]}; \
 	for ds in "$${days[@]}"; do \
 		if [ "$$ds" = "$$last" ]; then run="dags test osmf_nightly $$ds"; else run="tasks test osmf_nightly ingest_events $$ds"; fi; \
@@ -78,7 +79,15 @@ demo: $(SETUP_DONE)
 			|| { tail -n 40 var/airflow/demo-$$ds.log; echo "osmf_nightly failed for $$ds; log: var/airflow/demo-$$ds.log"; exit 1; }; \
 		grep -h -o -E "$(STAGE_LINES)" var/airflow/demo-$$ds.log | sed 's/ *\[airflow.*//' || true; \
 	done; \
-	echo "report      $$($(OSMF) report --ds $$last)  (open it in a browser)"
+	report=$$($(OSMF) report --ds $$last); \
+	next=$$($(OSMF) synth --list-days --start $$last --days 2 | tail -n 1); \
+	echo "== closed loop: $$next's traffic sees night $$last's creatives (osmf synth serve), then ingest_events $$next"; \
+	$(OSMF) synth serve --ds $$last 2> var/airflow/demo-serve.log | tail -n 1 \
+		|| { tail -n 40 var/airflow/demo-serve.log; echo "osmf synth serve failed; log: var/airflow/demo-serve.log"; exit 1; }; \
+	$(BIN)/airflow tasks test osmf_nightly ingest_events $$next > var/airflow/demo-$$next.log 2>&1 \
+		|| { tail -n 40 var/airflow/demo-$$next.log; echo "ingest_events failed for $$next; log: var/airflow/demo-$$next.log"; exit 1; }; \
+	$(OSMF) sql "SELECT * FROM closed_loop_ab" 2> /dev/null; \
+	echo "report      $$report  (open it in a browser)"
 	$(OSMF) where
 
 test: $(SETUP_DONE)

@@ -189,10 +189,7 @@ def models_build_tiny(
     from osmf_lib.render.tiny import RenderError, build_tiny_renderer, library_of
     from osmf_lib.tables import TableError
 
-    try:
-        night = date.fromisoformat(ds)
-    except ValueError:
-        _fail(f"--ds must be an ISO date like 2026-11-03, got '{ds}'")
+    night = _night(ds)
     try:
         job = JobContext("build-tiny", ctx.obj, night, "cli")
         folder = build_tiny(corpus(load_inputs(job, dimension_versions(job))), ctx.obj)

@@ -47,7 +47,8 @@ def generated_creative_id(ds: F.Column, product_id: F.Column, group_id: F.Column
 
 
 def best_logged(ctr: DataFrame, creatives: DataFrame) -> DataFrame:
-    """Per (product, group): the logged creative with the highest smoothed CTR (ties: lowest id)."""
+    """Per (product, group): the creative in the night's logs with the highest smoothed CTR (ties:
+    lowest id); after a closed loop that may be one generated on an earlier night."""
     order = Window.partitionBy(*KEY).orderBy(F.col("ctr_smoothed").desc(), F.col("creative_id"))
     return (
         ctr.join(creatives.select("creative_id", "prompt", "image_uri"), "creative_id")

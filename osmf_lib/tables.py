@@ -351,7 +351,7 @@ SERVING_CREATIVES = Table(
         _PRODUCT,
         _GROUP,
         _c("creative_id", "STRING", "a generated creative's id, or the logged creative served instead", required=True),
-        _c("origin", "STRING", "generated | logged (no generated image: the group's best logged one)", required=True),
+        _c("origin", "STRING", "generated: tonight's best-of-N | logged: the group's best in the logs", required=True),
         _c("prompt", "STRING", required=True),
         _c("image_uri", "STRING"),
         _c("grm_score", "DOUBLE", "osmf-grm click logit of the prompt for the group; null for a logged creative"),

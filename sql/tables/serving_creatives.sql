@@ -4,7 +4,7 @@ CREATE TABLE IF NOT EXISTS serving_creatives (
   product_id STRING NOT NULL,
   group_id INT NOT NULL COMMENT 'group index within the product, 0..K-1',
   creative_id STRING NOT NULL COMMENT 'a generated creative\'s id, or the logged creative served instead',
-  origin STRING NOT NULL COMMENT 'generated | logged (no generated image: the group\'s best logged one)',
+  origin STRING NOT NULL COMMENT 'generated: tonight\'s best-of-N | logged: the group\'s best in the logs',
   prompt STRING NOT NULL,
   image_uri STRING,
   grm_score DOUBLE COMMENT 'osmf-grm click logit of the prompt for the group; null for a logged creative',

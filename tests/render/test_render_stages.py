@@ -19,7 +19,7 @@ from osmf_lib.gmllm import stages as gmllm_stages
 from osmf_lib.grm import stages as grm_stages
 from osmf_lib.job import Shard, StageError
 from osmf_lib.render import stages
-from osmf_lib.render.tiny import METADATA
+from osmf_lib.render.tiny import METADATA, library_of
 from osmf_lib.synth.backgrounds import paint_background
 from osmf_lib.synth.images import product_png
 from osmf_lib.tables import GENERATED_CREATIVES, GROUP_PROFILES, PRODUCTS
@@ -158,3 +158,21 @@ def test_an_unreadable_product_image_fails_naming_the_product_and_file(tmp_path)
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(StageError, match=r"product p9: cannot read its image .*broken.png"):
         stages._cut_out("p9", str(tmp_path / "broken.png"))
+
+
+def test_osmf_models_build_tiny_builds_the_folders_the_stages_load(lakehouse, tmp_path):
+    from typer.testing import CliRunner
+
+    from osmf_lib.cli import app
+    from osmf_lib.render.pipeline import renderer_folders
+
+    config = tmp_path / "night.yaml"
+    config.write_text(lakehouse.to_yaml())
+    built = CliRunner().invoke(app, ["--config", str(config), "models", "build-tiny", "--ds", DS.isoformat()])
+    assert built.exit_code == 0, built.output
+    renderer = built.output.split("tiny renderer -> ")[1].strip()
+    assert Path(renderer) == renderer_folders(lakehouse, library_of(lakehouse))[0]
+    language_model = Path(built.output.split(f"tiny language model for ds={DS} -> ")[1].split("\n")[0])
+    assert (language_model / "config.json").exists() and (Path(renderer) / "controlnet").is_dir()
+    bad = CliRunner().invoke(app, ["--config", str(config), "models", "build-tiny", "--ds", "03/11/2026"])
+    assert bad.exit_code == 1 and "--ds must be an ISO date" in bad.output

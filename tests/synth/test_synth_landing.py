@@ -273,9 +273,8 @@ def _lookup(world, prompt_for) -> pd.DataFrame:
     rows = []
     for product_id in world.products["product_id"].head(20):
         for gender, members in users.groupby("gender"):
-            creative_id = f"gen-{product_id}-{gender}"
-            rows += [(u, product_id, creative_id, prompt_for(product_id, gender), f"/img/{creative_id}.png")
-                     for u in members["user_id"]]  # fmt: skip
+            creative_id, prompt = f"gen-{product_id}-{gender}", prompt_for(product_id, gender)
+            rows += [(u, product_id, creative_id, prompt, f"/img/{creative_id}.png") for u in members["user_id"]]
     return pd.DataFrame(rows, columns=["user_id", "product_id", "creative_id", "prompt", "image_uri"])
 
 
