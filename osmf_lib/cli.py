@@ -316,7 +316,7 @@ def synth_serve(
     shown to their groups (the simulated world's click model decides the clicks)."""
     from osmf_lib import ingest, publish
     from osmf_lib.spark import SparkSetupError, get_spark
-    from osmf_lib.synth.landing import Serving, write_served_day
+    from osmf_lib.synth import Serving, write_served_day
     from osmf_lib.tables import TableError
 
     cfg: Config = ctx.obj

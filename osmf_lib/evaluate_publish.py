@@ -10,10 +10,10 @@ import pandas as pd
 from osmf_lib.evaluate_oracle import grade_night, held_out_audiences
 from osmf_lib.job import JobContext
 from osmf_lib.synth.oracle import Oracle
-from osmf_lib.tables import Metric
+from osmf_lib.tables import GENERATED, SERVING_CREATIVES, Metric
 
 STAGE = "publish_oracle"
-KEY = ["product_id", "group_id"]
+KEY = list(SERVING_CREATIVES.keys)
 
 
 def grade_served(ctx: JobContext, served: pd.DataFrame, logged: pd.DataFrame, oracle: Oracle) -> list[Metric]:
@@ -33,7 +33,7 @@ def grade_served(ctx: JobContext, served: pd.DataFrame, logged: pd.DataFrame, or
         )
         for name, prompt in prompts.items()
     }
-    generated = served.set_index(KEY).loc[keys, "origin"].eq("generated")
+    generated = served.set_index(KEY).loc[keys, "origin"].eq(GENERATED)
     return [
         Metric("groups", "test", float(len(keys))),
         Metric("generated_share", "test", float(generated.mean())),

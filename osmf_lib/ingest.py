@@ -31,7 +31,17 @@ from osmf_lib import tables
 from osmf_lib.config import Config, IngestConfig, Source
 from osmf_lib.job import JobContext, StageError
 from osmf_lib.spark import path_exists
-from osmf_lib.tables import CREATIVES, DS, IMPRESSIONS, LANDING_MANIFESTS, PRODUCTS, REJECTED_EVENTS, USERS, Table
+from osmf_lib.tables import (
+    CREATIVES,
+    DS,
+    IMPRESSIONS,
+    LANDING_MANIFESTS,
+    LOGGED,
+    PRODUCTS,
+    REJECTED_EVENTS,
+    USERS,
+    Table,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -531,7 +541,7 @@ def validate_dimension(raw: DataFrame, dim: Dimension, source: Source, ds: date)
                 F.split(text, r"\|")
             )
         elif column == "origin":
-            values[column] = F.coalesce(text, F.lit("logged"))
+            values[column] = F.coalesce(text, F.lit(LOGGED))
         else:
             values[column] = text
     key = dim.table.keys[0]
@@ -558,7 +568,7 @@ def original_creatives(events: DataFrame, ds: date) -> DataFrame:
             "product_id",
             F.lit(ORIGINAL_CREATIVE_PROMPT).alias("prompt"),
             F.lit(None).cast("string").alias("image_uri"),
-            F.lit("logged").alias("origin"),
+            F.lit(LOGGED).alias("origin"),
             F.lit(ds).alias("updated_ds"),
         )
     )

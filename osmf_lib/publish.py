@@ -26,18 +26,19 @@ from osmf_lib.config import Config
 from osmf_lib.job import JobContext
 from osmf_lib.tables import (
     CREATIVES,
+    GENERATED,
     GENERATED_CREATIVES,
     GROUP_CREATIVE_CTR,
     GROUP_PROFILES,
     GROUPS_DS,
+    LOGGED,
     SERVING_CREATIVES,
     USER_GROUPS,
     Metric,
 )
 
 STAGE = "publish"
-KEY = ["product_id", "group_id"]
-GENERATED, LOGGED = "generated", "logged"
+KEY = list(SERVING_CREATIVES.keys)
 
 
 def generated_creative_id(ds: F.Column, product_id: F.Column, group_id: F.Column, candidate: F.Column) -> F.Column:

@@ -25,7 +25,7 @@ from osmf_lib import artifacts, tables, tracking
 from osmf_lib.config import Config
 from osmf_lib.job import JobContext, StageError
 from osmf_lib.render import CONTACT_SHEET, product_folder
-from osmf_lib.tables import EVAL_METRICS, GENERATED_CREATIVES, GROUP_PROFILES, IMPRESSIONS, PRODUCTS
+from osmf_lib.tables import EVAL_METRICS, GENERATED, GENERATED_CREATIVES, GROUP_PROFILES, IMPRESSIONS, PRODUCTS
 
 MODELS = ("osmf-paag", "osmf-grm", "osmf-gmllm")
 # The headline numbers: (stage, metric, slice) -> how the page names them.
@@ -182,7 +182,7 @@ def _product_section(product: pd.Series, groups: pd.DataFrame, served: pd.DataFr
 def build(ctx: JobContext, served: pd.DataFrame) -> str:
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     side = cfg.publish.thumbnail
-    generated = served.assign(_generated=served["origin"] == "generated")
+    generated = served.assign(_generated=served["origin"] == GENERATED)
     ranked = generated.groupby("product_id")["_generated"].any().reset_index()
     chosen = ranked.sort_values(["_generated", "product_id"], ascending=[False, True])["product_id"]
     chosen = chosen.head(cfg.publish.report_products).tolist()
@@ -195,7 +195,6 @@ def build(ctx: JobContext, served: pd.DataFrame) -> str:
         .toPandas()
     )
     metrics = tables.read_or_empty(spark, EVAL_METRICS, cfg).where(F.col("ds") == F.lit(ds)).toPandas()
-    tracking.configure(cfg)
     champions = "".join(f"<li>{name}@champion: {_e(_version(tracking.alias_version(name)))}</li>" for name in MODELS)
     lineage = served[["gmllm_version", "grm_version"]].drop_duplicates().dropna(how="all")
     used = "".join(

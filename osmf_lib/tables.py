@@ -344,6 +344,9 @@ GENERATED_CREATIVES = Table(
     producer="generate_creatives",
 )
 
+# The origin of a creative (creatives.origin, serving_creatives.origin): the ad server's logs, or OSMF.
+LOGGED, GENERATED = "logged", "generated"
+
 SERVING_CREATIVES = Table(
     "serving_creatives",
     "The creative served to each (product, group) of the night's groups.",

@@ -2,13 +2,25 @@
 landing files a real ad server's logs would leave.
 
     write_landing(cfg)             -> LandingSummary   landing files for cfg.synth's days
+    write_served_day(cfg, world, first, day, Serving(lookup, share))
+                                   -> DaySummary       a day rewritten with a night's creatives served
     build_world(seed, scale)       -> World            the same world, in memory
 
 The click oracle lives in `osmf_lib.synth.oracle` and is deliberately not re-exported here:
 only evaluation may import it.
 """
 
-from osmf_lib.synth.landing import DaySummary, LandingSummary, write_landing
+from osmf_lib.synth.landing import DaySummary, LandingSummary, Serving, write_landing, write_served_day
 from osmf_lib.synth.world import SCALES, Scale, World, build_world
 
-__all__ = ["SCALES", "DaySummary", "LandingSummary", "Scale", "World", "build_world", "write_landing"]
+__all__ = [
+    "SCALES",
+    "DaySummary",
+    "LandingSummary",
+    "Scale",
+    "Serving",
+    "World",
+    "build_world",
+    "write_landing",
+    "write_served_day",
+]
