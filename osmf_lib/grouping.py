@@ -21,9 +21,10 @@ import pandas as pd
 from sklearn.cluster import KMeans
 from sklearn.metrics import pairwise_distances, silhouette_score
 
-from osmf_lib import tables, tracking
+from osmf_lib import quality, tables, tracking
 from osmf_lib.config import Config, GroupingConfig
 from osmf_lib.job import JobContext, StageError, worker_errors_as_stage_errors
+from osmf_lib.quality import Check
 from osmf_lib.tables import (
     DS,
     GROUP_PROFILES,
@@ -452,11 +453,33 @@ def run(ctx: JobContext) -> None:
         print(f"group_users: no embeddings for ds={ds}; nothing to group")
         return
     check_groups(spark, cfg, ds)
+    quality.gate(ctx, quality_checks(spark, cfg, ds))
     print(
         f"group_users: {summary['groups']} groups over {summary['products']} products (mean K {summary['mean_k']:.2f})"
     )
     mlflow.log_metrics({"products": summary["products"], "groups": summary["groups"], "mean_k": summary["mean_k"]})
     tracking.log_table_input(spark, PAAG_EMBEDDINGS, cfg, context="grouping")
+
+
+def quality_checks(spark: SparkSession, cfg: Config, ds: date) -> list[Check]:
+    """The night's gate: groups against the previous night's, the smallest group, and the share
+    of the embedded audience that was grouped (recorded: small audiences are skipped by design)."""
+    from pyspark.sql import functions as F
+
+    profiles = tables.read(spark, GROUP_PROFILES, cfg)
+    # A small audience is one group by design; only a product split in several has a smallest group.
+    split = F.when(F.col("k") > 1, F.col("size"))
+    tonight = profiles.where(F.col(DS) == F.lit(ds)).agg(F.min(split), F.sum("size")).first()
+    embedded = tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=ds).count()
+    smallest = [] if tonight[0] is None else [
+        Check("smallest_group", tonight[0], low=cfg.grouping.min_group_size, setting="grouping.min_group_size",
+              measured="of the products split into several groups")
+    ]  # fmt: skip
+    return [
+        *quality.versus_previous(cfg, "groups", profiles, ds, "groups"),
+        *smallest,
+        Check("grouped_share", tonight[1] / embedded, measured=f"{tonight[1]:,} of {embedded:,} (product, user)"),
+    ]
 
 
 def check_groups(spark: SparkSession, cfg: Config, ds: date) -> None:

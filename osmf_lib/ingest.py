@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from osmf_lib import tables
+from osmf_lib import quality, tables
 from osmf_lib.config import Config, IngestConfig, Source
 from osmf_lib.job import JobContext, StageError
+from osmf_lib.quality import Check
 from osmf_lib.spark import path_exists
 from osmf_lib.tables import (
     CREATIVES,
@@ -39,6 +40,7 @@ from osmf_lib.tables import (
     LOGGED,
     PRODUCTS,
     REJECTED_EVENTS,
+    USER_ATTRIBUTES,
     USERS,
     Table,
 )
@@ -127,7 +129,7 @@ def source_location(cfg: Config, ds: date, source: Source) -> str:
     return f"{cfg.lakehouse.landing.rstrip('/')}/{ds.isoformat()}/{source.path}"
 
 
-def _target_columns(source: Source, fields: Iterable[str]) -> dict[str, str]:
+def source_columns(source: Source, fields: Iterable[str]) -> dict[str, str]:
     """Our column -> the source's column, for the fields the source has (null-mapped are absent)."""
     mapped = {}
     for field in fields:
@@ -210,7 +212,7 @@ def read_source(spark: SparkSession, location: str, source: Source, fields: Iter
     `_keys` lists the fields a JSON line really has (NULL when the line is not a JSON object), so
     missing, extra and malformed input can be told apart later.
     """
-    mapped = _target_columns(source, fields)
+    mapped = source_columns(source, fields)
     if source.format == "jsonl":
         lines = _positioned(spark.read.text(location))
         # One parse into a map gives every field as text and the keys the line really has
@@ -260,7 +262,7 @@ def _first_reason(*checks: tuple[Column, Column | str]) -> Column:
 
 def _shape_checks(source: Source, fields: Iterable[str], required: Iterable[str]) -> list[tuple[Column, Column | str]]:
     """Malformed lines, fields outside the mapping (JSON only) and missing required fields."""
-    mapped = _target_columns(source, fields)
+    mapped = source_columns(source, fields)
     expected = F.array(*[F.lit(src) for src in mapped.values()])
     checks: list[tuple[Column, Column | str]] = [
         (F.trim(F.col(RAW)) == "", "empty line"),
@@ -719,6 +721,49 @@ def reject_reasons(spark: SparkSession, cfg: Config, ds: date) -> dict[str, int]
     return {r["kind"]: r["count"] for r in rows.collect()}
 
 
+def quality_checks(spark: SparkSession, cfg: Config, ds: date, counts: Reconciliation) -> list[Check]:
+    """The night's gate: refused lines, impressions per event day against the previous night, and
+    the share of the day's users missing each attribute the users file carries."""
+    refused = Check(
+        "rejected_share",
+        counts.rejected / counts.read if counts.read else 0.0,
+        high=cfg.quality.max_rejected_share,
+        setting="quality.max_rejected_share",
+        measured=f"{counts.rejected:,} of {counts.read:,} event lines",
+    )
+    # Per event day, so a night that ingested a history is compared by its daily rate.
+    daily = F.count("*") / F.countDistinct(F.to_date("ts"))
+    stored = tables.read(spark, IMPRESSIONS, cfg)
+    change = quality.versus_previous(cfg, "impressions_per_day", stored, ds, "impressions a day", daily)
+    return [refused, *change, *_missing_attributes(spark, cfg, ds)]
+
+
+def _missing_attributes(spark: SparkSession, cfg: Config, ds: date) -> list[Check]:
+    """The attribute the most of the day's users lack, among those the users file carries. A user
+    with impressions but no row in users lacks them all; a log that never shipped a users file
+    has no attributes to check."""
+    carried = list(source_columns(cfg.ingest.users, USER_ATTRIBUTES))
+    seen = tables.read(spark, IMPRESSIONS, cfg, ds=ds).select("user_id").distinct()
+    if not carried or not tables.exists(spark, USERS, cfg) or seen.first() is None:
+        return []
+    users = tables.read(spark, USERS, cfg, as_of=ds).select("user_id", *carried)
+    row = (
+        seen.join(users, "user_id", "left")
+        .agg(F.count("*").alias("users"), *(F.count(F.when(F.col(a).isNull(), 1)).alias(a) for a in carried))
+        .first()
+    )
+    worst = max(carried, key=lambda attribute: row[attribute])
+    return [
+        Check(
+            "attribute_null_share",
+            row[worst] / row["users"],
+            high=cfg.quality.max_null_share,
+            setting="quality.max_null_share",
+            measured=f"{worst}: {row[worst]:,} of the day's {row['users']:,} users",
+        )
+    ]
+
+
 def run(ctx: JobContext) -> None:
     import mlflow
 
@@ -737,3 +782,4 @@ def run(ctx: JobContext) -> None:
     for table in (IMPRESSIONS, REJECTED_EVENTS, LANDING_MANIFESTS, USERS, PRODUCTS, CREATIVES):
         if tables.exists(ctx.spark, table, ctx.cfg):
             mlflow.log_param(f"output.{table.name}.version", tables.latest_version(ctx.spark, table, ctx.cfg))
+    quality.gate(ctx, quality_checks(ctx.spark, ctx.cfg, ctx.ds, counts))

@@ -41,23 +41,25 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from osmf_lib import tables, tracking
+from osmf_lib import quality, tables, tracking
 from osmf_lib.config import Config, PairsConfig
 from osmf_lib.grouping import LINEAGE, check_groups
 from osmf_lib.job import JobContext
 from osmf_lib.paag.stages import window
+from osmf_lib.quality import Check
 from osmf_lib.tables import (
     CREATIVES,
     DS,
     GROUP_CREATIVE_CTR,
     GROUP_PREFERENCE_PAIRS,
+    GROUP_PROFILES,
     GROUPS_DS,
     IMPRESSIONS,
     USER_GROUPS,
 )
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 CREDIBLE_MASS = 0.90
 WEAK_PRIOR_STRENGTH = 2.0
@@ -283,6 +285,26 @@ def dpo_examples(pairs: DataFrame, profiles: DataFrame, products: DataFrame) -> 
     )
 
 
+def quality_checks(spark: SparkSession, cfg: Config, ds: date) -> list[Check]:
+    """The night's gate: pairs against the previous night's, pairs of a group that is not one of
+    tonight's (none may be), and pairs per group with CTR cells (recorded)."""
+    from pyspark.sql import functions as F
+
+    stored = tables.read(spark, GROUP_PREFERENCE_PAIRS, cfg)
+    tonight = stored.where(F.col(DS) == F.lit(ds))
+    groups = tables.read(spark, GROUP_PROFILES, cfg, ds=ds).select(
+        "product_id", "group_id", LINEAGE, F.col(DS).alias(GROUPS_DS)
+    )
+    orphans = tonight.join(groups, GROUP, "left_anti").count()
+    pairs = tonight.count()
+    with_cells = tables.read(spark, GROUP_CREATIVE_CTR, cfg, ds=ds).select(*GROUP).distinct().count()
+    return [
+        *quality.versus_previous(cfg, "pairs", stored, ds, "pairs"),
+        Check("pairs_of_unknown_groups", orphans, high=0, measured="pairs whose group is not in group_profiles"),
+        Check("pairs_per_group", pairs / with_cells if with_cells else 0.0, measured=f"{pairs:,} over {with_cells:,}"),
+    ]
+
+
 def run(ctx: JobContext) -> None:
     """The build_preference_pairs stage: tonight's groups and the window's impressions -> both tables."""
     import mlflow
@@ -329,6 +351,7 @@ def run(ctx: JobContext) -> None:
         + (f"; {unknown} cells of creatives missing from creatives have no pairs" if unknown else "")
     )
     mlflow.log_metrics(metrics)
+    quality.gate(ctx, quality_checks(spark, cfg, ds))
     tracking.log_table_input(spark, IMPRESSIONS, cfg, context="clicks")
     tracking.log_table_input(spark, USER_GROUPS, cfg, context="groups")
     tracking.log_table_input(spark, CREATIVES, cfg, context="prompts", version=creatives_version)

@@ -21,7 +21,7 @@ import pandas as pd
 from PIL import Image
 from pyspark.sql import functions as F
 
-from osmf_lib import artifacts, tables, tracking
+from osmf_lib import artifacts, browser, tables, tracking
 from osmf_lib.config import Config
 from osmf_lib.job import JobContext, StageError
 from osmf_lib.render import CONTACT_SHEET, product_folder
@@ -234,9 +234,23 @@ creative; the other groups get their best logged creative.</p>
 
 
 def write(ctx: JobContext, served: pd.DataFrame) -> str:
-    """Build the night's report, write it under the artifacts root and log it to the stage's run."""
+    """Build the night's report, write it under the artifacts root and log it to the stage's run,
+    with a screenshot beside it when a headless browser is installed."""
     page = build(ctx, served)
     uri = report_uri(ctx.cfg, ctx.ds)
     artifacts.write_atomically(uri, page.encode())
     mlflow.log_text(page, "report/report.html")
+    try:
+        seen = browser.render(page)
+    except browser.BrowserMissing as missing:
+        print(f"{ctx.stage}: no screenshot of the report: {missing}")
+        return uri
+    screenshot = uri.removesuffix(".html") + ".png"
+    artifacts.write_atomically(screenshot, seen.png)
+    with Image.open(io.BytesIO(seen.png)) as image:
+        mlflow.log_image(image, artifact_file="report/report.png")
+    mlflow.log_metrics({"report.broken_images": len(seen.broken_images), "report.script_errors": len(seen.errors)})
+    problems = [*(f"broken image {src}" for src in seen.broken_images), *seen.errors]
+    saw = f"; the browser saw: {'; '.join(problems)}" if problems else ""
+    print(f"{ctx.stage}: report screenshot {screenshot}{saw}")
     return uri

@@ -8,11 +8,11 @@ aliases `challenger` and `champion`; consumers load `models:/NAME@champion`.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import mlflow
 from mlflow import MlflowClient
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from osmf_lib.tables import Table
 
+T = TypeVar("T")
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 TAG_DAG_RUN = "osmf.dag_run_id"
@@ -141,6 +142,19 @@ def register(model_uri: str, name: str, alias: str = CHALLENGER) -> str:
     version = mlflow.register_model(model_uri, name).version
     MlflowClient().set_registered_model_alias(name, alias, version)
     return str(version)
+
+
+def load_logged(model_uri: str, load: Callable[[Path], T], error: type[Exception]) -> T:
+    """`load(folder)` on the artifacts folder of a logged model. A missing or unreadable model (a
+    deleted version, a corrupted file in the artifact store) raises `error` naming the URI, so the
+    stage fails in one line saying which model and version, before any alias moves; an `error`
+    raised by `load` itself (it already says what) passes unchanged."""
+    try:
+        return load(Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri)) / "artifacts")
+    except error:
+        raise
+    except Exception as err:
+        raise error(f"cannot load {model_uri}: {type(err).__name__}: {err}") from err
 
 
 def promote(name: str, version: str) -> None:

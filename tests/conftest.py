@@ -80,6 +80,26 @@ def spark(make_cfg: Callable[..., Config]):
     session.stop()
 
 
+@pytest.fixture
+def failing_writes(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """`failing_writes(table, message)`: from now on, every partition overwrite of `table` raises
+    RuntimeError(message), as a lost executor or a dead driver would; other tables write as
+    usual. `monkeypatch.undo()` mends it."""
+    from osmf_lib import tables
+
+    write = tables.overwrite_partition
+
+    def arm(table: tables.Table, message: str) -> None:
+        def overwrite_partition(spark, df, target, *args, **kwargs):
+            if target is table:
+                raise RuntimeError(message)
+            return write(spark, df, target, *args, **kwargs)
+
+        monkeypatch.setattr(tables, "overwrite_partition", overwrite_partition)
+
+    return arm
+
+
 # A clean Python: the checkout is neither on sys.path (the virtualenv inside it stays) nor reachable
 # through the editable install's import hook, and every installed package that neither the model's
 # requirements.txt nor their dependencies name cannot be imported, as if it were not installed.

@@ -107,6 +107,14 @@ def test_every_task_retries_and_times_out(dag):
         assert task.execution_timeout is not None and task.execution_timeout <= timedelta(hours=6), task.task_id
 
 
+def test_a_failed_task_stops_everything_downstream_of_it(dag):
+    # What makes a failed data-quality gate (a failed ingest_events, group_users or
+    # build_preference_pairs) stop the night before serving: no task runs past a failed upstream.
+    rules = {task.task_id: task.trigger_rule for task in dag.tasks}
+    assert rules == dict.fromkeys(rules, "all_success")
+    assert "quality gate" in dag.doc_md
+
+
 def test_spark_tasks_get_ds_and_run_id_and_delta(dag):
     for task in (dag.get_task(t) for t in SPARK_TASKS):
         assert task.application.startswith(str(PROJECT_ROOT / "jobs"))
@@ -173,7 +181,7 @@ def test_dag_file_imports_nothing_heavy():
 
 
 @pytest.mark.e2e
-def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg):
+def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg, spark):
     """`airflow dags test` on a fresh SQLite home over one tiny day: the same path `make demo` takes."""
     # Its own MLflow store: the registry must hold only what this night trained.
     store = f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"
@@ -224,6 +232,8 @@ def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg):
     assert "pretrain_gmllm: " in log and "train_group_dpo: " in log and "evaluate_gmllm: " in log
     assert "generate_creatives: " in log
     assert "evaluate_and_publish: serving_creatives v" in log
+    for gated in ("ingest_events: rejected_share", "group_users: grouped_share", "build_preference_pairs: pairs_of"):
+        assert f"quality {gated}" in log
     # The night's report is where `osmf report` says, and every group of the night is served.
     report = Path(cfg.lakehouse.root).parent / "creatives" / "2026-11-01" / "report.html"
     assert f"evaluate_and_publish: report {report}" in log and report.exists()
@@ -246,3 +256,38 @@ def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg):
     assert any(
         r.data.tags["osmf.dag_run_id"].startswith("manual__") and "mlflow.parentRunId" in r.data.tags for r in stages
     )
+    _the_night_is_whole(spark, cfg, date(2026, 11, 1))
+
+
+def _the_night_is_whole(spark, cfg, night: date) -> None:
+    """Every table the night writes holds its rows, they agree with each other, and the models it
+    trained are registered as champions."""
+    from osmf_lib import tables
+    from osmf_lib.tables import (
+        EVAL_METRICS,
+        GENERATED_CREATIVES,
+        GROUP_CREATIVE_CTR,
+        GROUP_PROFILES,
+        IMPRESSIONS,
+        PAAG_EMBEDDINGS,
+        SERVING_CREATIVES,
+        USER_GROUPS,
+    )
+
+    written = (IMPRESSIONS, PAAG_EMBEDDINGS, USER_GROUPS, GROUP_PROFILES, GROUP_CREATIVE_CTR, SERVING_CREATIVES)
+    for table in (*written, EVAL_METRICS):
+        assert tables.read(spark, table, cfg, ds=night).count() > 0, table.name
+    group = ["product_id", "group_id"]
+    profiles = tables.read(spark, GROUP_PROFILES, cfg, ds=night).select(*group)
+    for table in (USER_GROUPS, GROUP_CREATIVE_CTR, SERVING_CREATIVES):
+        unknown = tables.read(spark, table, cfg, ds=night).select(*group).distinct().exceptAll(profiles)
+        assert unknown.count() == 0, f"{table.name} holds groups that group_profiles does not"
+    served = tables.read(spark, SERVING_CREATIVES, cfg, ds=night)
+    assert served.count() == served.select(*group).distinct().count()
+    images = tables.read(spark, GENERATED_CREATIVES, cfg, ds=night).select("image_uri").collect()
+    assert all(Path(row["image_uri"]).exists() for row in images)
+    stages = {row["stage"] for row in tables.read(spark, EVAL_METRICS, cfg, ds=night).select("stage").collect()}
+    assert {"quality", "publish", "grouping"} <= stages, stages
+    client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri, registry_uri=cfg.mlflow.tracking_uri)
+    for model in ("osmf-paag", "osmf-grm", "osmf-gmllm-base", "osmf-gmllm"):
+        assert client.get_model_version_by_alias(model, "champion").tags["osmf.champion_from_ds"] == night.isoformat()

@@ -277,7 +277,9 @@ def test_group_users_fails_naming_the_bad_row(spark, make_cfg) -> None:
     assert reason == "product p7: user u00001 has a NaN or infinite value in its embedding"
 
 
-def test_a_failure_between_the_two_writes_is_caught_and_a_rerun_mends_it(spark, spark_input, make_cfg, monkeypatch):
+def test_a_failure_between_the_two_writes_is_caught_and_a_rerun_mends_it(
+    spark, spark_input, make_cfg, monkeypatch, failing_writes
+):
     embeddings, users, _ = spark_input
     cfg = make_cfg()
     tracking.configure(cfg)
@@ -292,19 +294,12 @@ def test_a_failure_between_the_two_writes_is_caught_and_a_rerun_mends_it(spark, 
 
     group(k_max=5)
     grouping.check_groups(spark, cfg, DS)
-    write = tables.overwrite_partition
-
-    def fail_on_profiles(spark, df, table, *args, **kwargs):
-        if table is GROUP_PROFILES:
-            raise RuntimeError("the driver died")
-        return write(spark, df, table, *args, **kwargs)
-
-    monkeypatch.setattr(tables, "overwrite_partition", fail_on_profiles)
+    failing_writes(GROUP_PROFILES, "the driver died")
     with pytest.raises(RuntimeError, match="the driver died"):
         group(k_max=2)  # fewer groups for p1: user_groups now disagrees with the old profiles
     with pytest.raises(StageError, match="user_groups and group_profiles of ds=.* disagree .* rerun group_users"):
         grouping.check_groups(spark, cfg, DS)
-    monkeypatch.setattr(tables, "overwrite_partition", write)
+    monkeypatch.undo()
     group(k_max=2)
     grouping.check_groups(spark, cfg, DS)
     assert tables.read(spark, GROUP_PROFILES, cfg, ds=DS).where("product_id = 'p1'").count() == 2

@@ -9,10 +9,18 @@ from pyspark.sql import Row
 from pyspark.sql import functions as F
 
 from osmf_lib import ingest, tables
-from osmf_lib.config import PROJECT_ROOT, load_config
+from osmf_lib.config import PROJECT_ROOT, QualityConfig, load_config
 from osmf_lib.job import StageError
 from osmf_lib.synth import write_landing
-from osmf_lib.tables import CREATIVES, IMPRESSIONS, LANDING_MANIFESTS, PRODUCTS, REJECTED_EVENTS, USERS
+from osmf_lib.tables import (
+    CREATIVES,
+    IMPRESSIONS,
+    LANDING_MANIFESTS,
+    PRODUCTS,
+    REJECTED_EVENTS,
+    USER_ATTRIBUTES,
+    USERS,
+)
 
 D1, D2 = dt.date(2026, 11, 1), dt.date(2026, 11, 2)
 FAULTS = [
@@ -135,6 +143,25 @@ def test_the_simulated_world_of_each_day_is_recorded(spark, landed):
     assert ingest.world_of(spark, cfg, dt.date(2026, 11, 3)) is None
 
 
+def test_the_quality_gate_compares_the_day_with_the_previous_one(spark, landed):
+    cfg, _, counts = landed
+    # The first day has no previous one to compare with.
+    assert {c.name for c in ingest.quality_checks(spark, cfg, D1, counts[D1])} == {
+        "rejected_share",
+        "attribute_null_share",
+    }
+    checks = {c.name: c for c in ingest.quality_checks(spark, cfg, D2, counts[D2])}
+    assert 0.5 < checks["impressions_per_day_vs_previous"].value < 2 and checks["attribute_null_share"].value == 0.0
+    # 1% of each of seven refused fault classes is more than the default bound of 5% allows.
+    refused = checks["rejected_share"]
+    assert refused.value == pytest.approx(counts[D2].rejected / counts[D2].read) and refused.value > 0.05
+    assert [c.name for c in checks.values() if not c.passed] == ["rejected_share"]
+    assert str(refused).startswith(f"rejected_share {refused.value:.4g} > quality.max_rejected_share 0.05 FAILED")
+    # A feed known to refuse that many says so in its config.
+    lenient = cfg.model_copy(update={"quality": QualityConfig(max_rejected_share=0.1)})
+    assert all(c.passed for c in ingest.quality_checks(spark, lenient, D2, counts[D2]))
+
+
 # --- a hand-written JSON-lines day -------------------------------------------------------------
 
 USER = {"user_id": "u1", "gender": "female"}
@@ -178,6 +205,20 @@ def test_an_empty_rerun_leaves_no_rows_of_the_earlier_run(spark, make_cfg):
     for table in (IMPRESSIONS, REJECTED_EVENTS, LANDING_MANIFESTS):
         assert tables.read(spark, table, cfg, ds=D1).count() == 0, table.name
     assert ingest.world_of(spark, cfg, D1) is None
+
+
+def test_users_missing_an_attribute_the_users_file_carries_fail_the_gate(spark, make_cfg):
+    cfg = make_cfg()
+    _land(cfg, [EVENT])  # its one user has a gender and nothing else
+    counts = ingest.ingest_day(spark, cfg, D1)
+    (missing,) = [c for c in ingest.quality_checks(spark, cfg, D1, counts) if c.name == "attribute_null_share"]
+    assert not missing.passed and missing.measured == "age_band: 1 of the day's 1 users"
+    # A source that lacks those attributes says so in its mapping; then only gender is checked.
+    absent = {a: None for a in USER_ATTRIBUTES if a != "gender"}
+    users = cfg.ingest.users.model_copy(update={"columns": absent})
+    mapped = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"users": users})})
+    (carried,) = [c for c in ingest.quality_checks(spark, mapped, D1, counts) if c.name == "attribute_null_share"]
+    assert carried.passed and carried.measured == "gender: 0 of the day's 1 users"
 
 
 def test_dimension_files_are_reconciled_naming_the_file(spark, make_cfg, capsys):

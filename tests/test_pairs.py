@@ -342,3 +342,25 @@ def test_a_night_without_groups_leaves_both_partitions_empty(spark, lakehouse, f
     assert "no groups for ds=2026-11-04" in _run(lakehouse, night)
     assert _rows(spark, lakehouse, GROUP_CREATIVE_CTR, night) == []
     assert _rows(spark, lakehouse, GROUP_PREFERENCE_PAIRS, night) == []
+
+
+def test_a_night_that_fails_midway_leaves_the_night_before_as_it_was_and_its_rerun_completes(
+    spark, lakehouse, first_run, monkeypatch, failing_writes
+) -> None:
+    night = DS + dt.timedelta(days=2)
+    for table in (USER_GROUPS, GROUP_PROFILES):  # the next night's groups
+        moved = tables.read(spark, table, lakehouse, ds=DS).withColumn("ds", F.lit(night))
+        tables.overwrite_partition(spark, moved, table, lakehouse, night)
+    both = (GROUP_CREATIVE_CTR, GROUP_PREFERENCE_PAIRS)
+    before = {table.name: _rows(spark, lakehouse, table) for table in both}
+    failing_writes(GROUP_PREFERENCE_PAIRS, "lost the executor")
+    with pytest.raises(RuntimeError, match="lost the executor"):
+        _run(lakehouse, night)
+    monkeypatch.undo()
+    assert {table.name: _rows(spark, lakehouse, table) for table in both} == before
+    _run(lakehouse, night)
+    assert {table.name: _rows(spark, lakehouse, table) for table in both} == before
+    cells = {(r["product_id"], r["group_id"]) for r in _rows(spark, lakehouse, GROUP_CREATIVE_CTR, night)}
+    paired = {(r["product_id"], r["group_id"]) for r in _rows(spark, lakehouse, GROUP_PREFERENCE_PAIRS, night)}
+    assert paired and paired <= cells
+    assert {r["groups_ds"] for r in _rows(spark, lakehouse, GROUP_PREFERENCE_PAIRS, night)} == {night}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from osmf_lib import artifacts, publish, tables
+from osmf_lib import artifacts, browser, publish, tables
 from osmf_lib.cli import app
 from osmf_lib.render import CONTACT_SHEET, product_folder
 from osmf_lib.tables import (
@@ -138,9 +139,14 @@ class _Page(HTMLParser):
         self.text.append(data)
 
 
+def _report(printed: str) -> Path:
+    (path,) = re.findall(r"^\w+: report (\S+)$", printed, re.MULTILINE)
+    return Path(path)
+
+
 def test_the_report_shows_every_group_with_its_served_image(spark, night):
     cfg, generated, printed = night
-    path = Path(printed.split("report ")[-1].strip())
+    path = _report(printed)
     assert path.exists() and path.parent == Path(cfg.render.artifacts) / DS.isoformat()
     page = _Page()
     page.feed(path.read_text())
@@ -157,11 +163,38 @@ def test_the_report_shows_every_group_with_its_served_image(spark, night):
     assert "publish" in text and "generated_share" in text
 
 
+def test_the_report_opens_in_a_real_browser_with_every_image_and_no_script_error(night):
+    _, _, printed = night
+    try:
+        browser.find()
+    except browser.BrowserMissing as missing:
+        pytest.skip(f"no headless browser: {missing}")
+    seen = browser.render(_report(printed).read_text())
+    assert (seen.broken_images, seen.errors) == ((), ())
+    # The stage saw the same and left its screenshot beside the report.
+    screenshot = _report(printed).with_suffix(".png")
+    assert f": report screenshot {screenshot}\n" in printed
+    with Image.open(screenshot) as image:
+        assert image.width == browser.WIDTH and image.height > 800
+
+
+def test_the_browser_check_sees_a_broken_image_and_a_script_error():
+    try:
+        browser.find()
+    except browser.BrowserMissing as missing:
+        pytest.skip(f"no headless browser: {missing}")
+    seen = browser.render('<html><body><img src="gone.png"><script>throw new Error("boom")</script></body></html>')
+    assert seen.broken_images == ("gone.png",)
+    assert any("boom" in error for error in seen.errors) and any("gone.png" in error for error in seen.errors)
+    with Image.open(io.BytesIO(seen.png)) as image:
+        assert image.size[0] == browser.WIDTH
+
+
 def test_osmf_report_prints_where_the_report_is(night):
     cfg, _, printed = night
     runner = CliRunner()
     found = runner.invoke(app, ["--set", f"render.artifacts={cfg.render.artifacts}", "report", "--ds", "2026-11-03"])
-    assert (found.exit_code, found.output.strip()) == (0, printed.split("report ")[-1].strip())
+    assert (found.exit_code, found.output.strip()) == (0, str(_report(printed)))
     missing = runner.invoke(app, ["--set", f"render.artifacts={cfg.render.artifacts}", "report", "--ds", "2026-11-04"])
     assert missing.exit_code == 1 and "no report for ds=2026-11-04" in missing.output
 

@@ -1,11 +1,17 @@
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from pyspark.sql import Row
 
 from osmf_lib import tables
 from osmf_lib.cli import DDL_FOLDER
-from osmf_lib.tables import TABLES, Column, Table, TableError
+from osmf_lib.tables import EVAL_METRICS, TABLES, Column, Table, TableError
 
 D1 = dt.date(2026, 11, 1)
 D2 = dt.date(2026, 11, 2)
@@ -242,3 +248,51 @@ def test_membership_history_matches_renumbered_groups_by_their_members(spark, cf
     tables.register_views(spark, cfg)
     moved = spark.sql("SELECT user_id, moved FROM group_membership_history WHERE ds = DATE'2026-11-02'").collect()
     assert sorted(r["user_id"] for r in moved if r["moved"]) == ["u5"]
+
+
+# A writer whose eight tasks each take two seconds, so it can be killed with part of its files written.
+SLOW_WRITER = """
+import sys, time
+from pyspark.sql import functions as F
+from osmf_lib import tables
+from osmf_lib.config import load_config
+from osmf_lib.spark import get_spark
+from osmf_lib.tables import EVAL_METRICS
+
+ds, overrides = sys.argv[1], sys.argv[2:]
+cfg = load_config(overrides=overrides, environ={})
+spark = get_spark(cfg)
+slow = F.udf(lambda i: time.sleep(2) or float(i), "double")
+rows = spark.range(0, 8, numPartitions=8).select(
+    F.lit("killed").alias("stage"), F.col("id").cast("string").alias("metric"), F.lit("all").alias("slice"),
+    slow("id").alias("value"), F.lit("run").alias("run_id"), F.lit(ds).cast("date").alias("ds"),
+)
+tables.overwrite_partition(spark, rows, EVAL_METRICS, cfg, ds)
+"""
+
+
+def _stored(spark, cfg, ds):
+    return sorted((r["metric"], r["value"]) for r in tables.read(spark, EVAL_METRICS, cfg, ds=ds).collect())
+
+
+def test_a_writer_killed_mid_write_leaves_the_partition_as_it_was_and_a_rerun_completes(spark, cfg):
+    tables.write_metrics(spark, cfg, D1, "killed", [tables.Metric("kept", "all", 1.0)], "earlier")
+    folder = Path(EVAL_METRICS.location(cfg)) / f"ds={D1}"
+    earlier = set(folder.glob("*.parquet"))
+    overrides = [f"lakehouse.root={cfg.lakehouse.root}", "spark.master=local[2]", "spark.show_progress=false"]
+    # Its own process group: the writer's JVM dies with it, as when a worker node is lost.
+    writer = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, D1.isoformat(), *overrides],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not set(folder.glob("*.parquet")) - earlier:
+        assert writer.poll() is None, writer.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "the writer wrote no file in time"
+        time.sleep(0.2)
+    os.killpg(writer.pid, signal.SIGKILL)
+    writer.wait()
+    assert set(folder.glob("*.parquet")) - earlier  # its files are on disk, uncommitted ...
+    assert _stored(spark, cfg, D1) == [("kept", 1.0)]  # ... and invisible
+    tables.write_metrics(spark, cfg, D1, "killed", [tables.Metric("rerun", "all", 2.0)], "rerun")
+    assert _stored(spark, cfg, D1) == [("rerun", 2.0)]

@@ -12,6 +12,7 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, Schema
 
+from osmf_lib import tracking
 from osmf_lib.gmllm.features import GmllmError
 from osmf_lib.gmllm.generator import Gmllm
 from osmf_lib.paag.registry import OSMF_PACKAGE, REQUIREMENTS
@@ -60,10 +61,6 @@ def log_gmllm(gmllm: Gmllm, name: str, ds: date, example: pd.DataFrame) -> str:
 def load_gmllm(model_uri: str, device: str = "cpu", unreadable_image: str = "fail") -> Gmllm:
     """The torch-side generator behind a logged osmf-gmllm (any MLflow model URI); a missing or
     unreadable one fails naming the URI."""
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-        return Gmllm.load(local / "artifacts" / ARTIFACT, device, unreadable_image)
-    except GmllmError:
-        raise
-    except Exception as error:
-        raise GmllmError(f"cannot load the G-MLLM {model_uri}: {type(error).__name__}: {error}") from error
+    return tracking.load_logged(
+        model_uri, lambda folder: Gmllm.load(folder / ARTIFACT, device, unreadable_image), GmllmError
+    )

@@ -13,7 +13,9 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, Schema
 
+from osmf_lib import tracking
 from osmf_lib.config import Config
+from osmf_lib.grm.features import GrmError
 from osmf_lib.grm.model import SCORE_COLUMNS, Grm
 from osmf_lib.grm.train import TrainedGrm
 from osmf_lib.paag.registry import OSMF_PACKAGE, REQUIREMENTS
@@ -82,6 +84,8 @@ def log_grm(trained: TrainedGrm, cfg: Config, name: str, ds: date) -> str:
 
 
 def load_grm(model_uri: str, device: str = "cpu", unreadable_image: str = "fail") -> Grm:
-    """The torch-side model behind a logged osmf-grm (any MLflow model URI, e.g. models:/osmf-grm@champion)."""
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-    return Grm.load(local / "artifacts" / ARTIFACT, device, unreadable_image)
+    """The torch-side model behind a logged osmf-grm (any MLflow model URI, e.g. models:/osmf-grm@champion);
+    a missing or unreadable one fails naming the URI."""
+    return tracking.load_logged(
+        model_uri, lambda folder: Grm.load(folder / ARTIFACT, device, unreadable_image), GrmError
+    )

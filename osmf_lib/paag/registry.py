@@ -12,8 +12,9 @@ import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.types import ColSpec, DataType, Schema
 
+from osmf_lib import tracking
 from osmf_lib.config import Config
-from osmf_lib.paag.features import UnreadableImage
+from osmf_lib.paag.features import PaagError, UnreadableImage
 from osmf_lib.paag.model import USER_ATTRIBUTES, Paag
 from osmf_lib.paag.train import TrainedPaag
 from osmf_lib.tracking import TrackingError
@@ -115,7 +116,9 @@ def load_paag(model_uri: str, device: str = "cpu", unreadable_image: UnreadableI
     """The torch-side model behind a logged osmf-paag (any MLflow model URI, e.g. models:/osmf-paag@champion).
 
     Cheaper than pyfunc loading: no environment checks, and the text and image encoders load only
-    when a product's features are missing. Load once per process; the result is thread-safe.
+    when a product's features are missing. Load once per process; the result is thread-safe. A
+    missing or unreadable model fails naming the URI.
     """
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
-    return Paag.load(local / "artifacts" / ARTIFACT, device, unreadable_image)
+    return tracking.load_logged(
+        model_uri, lambda folder: Paag.load(folder / ARTIFACT, device, unreadable_image), PaagError
+    )

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from mlflow import MlflowClient
 from pyspark.sql import functions as F
 
 from osmf_lib import pairs, promotion, tables
+from osmf_lib.config import QualityConfig
 from osmf_lib.grm import load_grm, stages
+from osmf_lib.grm.features import GrmError
 from osmf_lib.tables import (
     EVAL_METRICS,
     GROUP_PROFILES,
@@ -75,7 +79,8 @@ def test_a_night_without_pairs_is_a_logged_skip_that_keeps_the_champion(spark, l
     for table in (USER_GROUPS, GROUP_PROFILES):
         moved = tables.read(spark, table, lakehouse, ds=DS).withColumn("ds", F.lit(night))
         tables.overwrite_partition(spark, moved, table, lakehouse, night)
-    run_stage(pairs.run, lakehouse, night)
+    # A night without impressions is what the pairs' gate exists to stop; this one is on purpose.
+    run_stage(pairs.run, lakehouse.model_copy(update={"quality": QualityConfig(min_baseline=10**9)}), night)
     stale = [tables.Metric("test_pair_accuracy", "group_aware", 0.9)]
     tables.write_metrics(spark, lakehouse, night, "grm", stale, "an earlier run of the night")
     printed = run_stage(stages.train_grm, lakehouse, night)
@@ -83,3 +88,23 @@ def test_a_night_without_pairs_is_a_logged_skip_that_keeps_the_champion(spark, l
     assert "osmf-grm v1 stays champion" in printed
     assert len(MlflowClient().search_model_versions("name = 'osmf-grm'")) == 1
     assert tables.read(spark, EVAL_METRICS, lakehouse, ds=night).where("stage = 'grm'").count() == 0
+
+
+def test_a_corrupted_champion_fails_the_night_naming_it_and_stays_champion(lakehouse, first_run, run_stage) -> None:
+    # Last in this module: it registers a second version, which the tests above count.
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("osmf-grm", "champion").version
+    stored = Path(urlparse(client.get_model_version_download_uri("osmf-grm", champion)).path)
+    weights = {path: path.read_bytes() for path in stored.rglob("*.safetensors")}
+    assert weights, stored
+    for path in weights:
+        path.write_bytes(b"not a model")
+    # Other settings: the night trains a challenger, then scores the champion against it.
+    retrained = lakehouse.model_copy(update={"grm": lakehouse.grm.model_copy(update={"epochs": 2})})
+    try:
+        with pytest.raises(GrmError, match=rf"^cannot load models:/osmf-grm/{champion}: "):
+            run_stage(stages.train_grm, retrained)
+    finally:
+        for path, original in weights.items():
+            path.write_bytes(original)
+    assert client.get_model_version_by_alias("osmf-grm", "champion").version == champion
