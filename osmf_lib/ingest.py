@@ -723,7 +723,7 @@ def reject_reasons(spark: SparkSession, cfg: Config, ds: date) -> dict[str, int]
 
 def quality_checks(spark: SparkSession, cfg: Config, ds: date, counts: Reconciliation) -> list[Check]:
     """The night's gate: refused lines, impressions per event day against the previous night, and
-    the share of the day's users missing each attribute the users file carries."""
+    the share of the day's users missing the most-missed attribute the users file carries."""
     refused = Check(
         "rejected_share",
         counts.rejected / counts.read if counts.read else 0.0,
