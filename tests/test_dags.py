@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -13,7 +14,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from osmf_lib.config import PROJECT_ROOT
+from osmf_lib.config import PROJECT_ROOT, Config
 from osmf_lib.synth import write_landing
 
 DAG_FILE = PROJECT_ROOT / "dags" / "osmf_nightly.py"
@@ -180,13 +181,39 @@ def test_dag_file_imports_nothing_heavy():
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
-@pytest.mark.e2e
-def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg, spark):
-    """`airflow dags test` on a fresh SQLite home over one tiny day: the same path `make demo` takes."""
+@dataclass(frozen=True)
+class Night:
+    """One tiny night run by `airflow dags test` on a fresh SQLite home."""
+
+    cfg: Config
+    env: dict[str, str]
+    airflow: str
+    log: str = ""
+
+    def airflow_cli(self, *args: str) -> str:
+        """`airflow ARGS` in the night's Airflow home; returns what it (and its tasks' jobs) printed."""
+        done = subprocess.run([self.airflow, *args], env=self.env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout + done.stderr
+
+    def run(self) -> str:
+        return self.airflow_cli("dags", "test", "osmf_nightly", NIGHT.isoformat())
+
+
+NIGHT = date(2026, 11, 1)
+# Each task is a fresh JVM that lives a minute over tiny tables: compiling hot code with C2 costs
+# it more CPU than the faster code earns back (a tiny group_users: 106 -> 70 CPU-seconds with C1
+# only; at demo scale it is even, and the long-lived JVM of the other tests is slower with it).
+SHORT_LIVED_JVM = {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1"}
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory, make_cfg) -> Night:
+    tmp_path = tmp_path_factory.mktemp("night")
     # Its own MLflow store: the registry must hold only what this night trained.
     store = f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"
     cfg = make_cfg(store, f"mlflow.artifact_root={tmp_path}/artifacts", root=tmp_path / "lakehouse")
-    write_landing(cfg, scale="tiny", start=date(2026, 11, 1), days=1)
+    write_landing(cfg, scale="tiny", start=NIGHT, days=1)
     airflow = str(PROJECT_ROOT / ".venv" / "bin" / "airflow") if (PROJECT_ROOT / ".venv").exists() else "airflow"
     env = {
         **os.environ,
@@ -196,6 +223,7 @@ def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg, spark):
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
         "OSMF_LAKEHOUSE__ROOT": cfg.lakehouse.root,
         "OSMF_LAKEHOUSE__LANDING": cfg.lakehouse.landing,
+        "OSMF_SPARK__CONF": json.dumps(SHORT_LIVED_JVM),
         "OSMF_PAAG__MAX_TRAIN_ROWS": "20000",
         "OSMF_PAAG__EPOCHS": "1",
         "OSMF_EVALUATE__MAX_PRODUCTS": "5",
@@ -217,12 +245,15 @@ def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg, spark):
         "OSMF_SPARK__SHOW_PROGRESS": "false",
         "PATH": f"{PROJECT_ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
     }
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-    run = subprocess.run(
-        [airflow, "dags", "test", "osmf_nightly", "2026-11-01"], env=env, capture_output=True, text=True
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    log = run.stdout + run.stderr
+    night = Night(cfg, env, airflow)
+    night.airflow_cli("db", "migrate")
+    return replace(night, log=night.run())
+
+
+@pytest.mark.e2e
+def test_nightly_dag_runs_end_to_end(night, spark):
+    """`airflow dags test` on a fresh SQLite home over one tiny day: the same path `make demo` takes."""
+    cfg, env, log = night.cfg, night.env, night.log
     assert "preflight ok  spark + delta" in log
     assert "ingest events 2026-11-01: read 60000 = accepted 60000" in log
     assert "evaluate_grouping: ari" in log
@@ -239,7 +270,7 @@ def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg, spark):
     assert f"evaluate_and_publish: report {report}" in log and report.exists()
 
     # The closed loop: the next day's traffic shows the published creatives to their groups.
-    osmf = str(Path(airflow).with_name("osmf"))
+    osmf = str(Path(night.airflow).with_name("osmf"))
     served = subprocess.run([osmf, "synth", "serve", "--ds", "2026-11-01"], env=env, capture_output=True, text=True)
     assert served.returncode == 0, served.stdout[-3000:] + served.stderr[-3000:]
     generated = int(re.search(r"serving_creatives v\d+: \d+ targets, (\d+) generated", log).group(1))
@@ -256,7 +287,19 @@ def test_nightly_dag_runs_end_to_end(tmp_path, make_cfg, spark):
     assert any(
         r.data.tags["osmf.dag_run_id"].startswith("manual__") and "mlflow.parentRunId" in r.data.tags for r in stages
     )
-    _the_night_is_whole(spark, cfg, date(2026, 11, 1))
+    _the_night_is_whole(spark, cfg, NIGHT)
+
+
+def test_a_backfill_plans_one_run_per_day_and_reruns_a_finished_night_only_when_asked(night):
+    # `airflow backfill create` hands its runs to the scheduler; the plan is what it will run.
+    def planned(*flags: str) -> list[str]:
+        days = ["--from-date", NIGHT.isoformat(), "--to-date", (NIGHT + timedelta(days=2)).isoformat()]
+        printed = night.airflow_cli("backfill", "create", "--dag-id", "osmf_nightly", "--dry-run", *days, *flags)
+        plan = printed.partition("Runs to be attempted")[2]
+        return re.findall(r"^\| (\d{4}-\d\d-\d\d) 00:00:00\+00:00", plan, flags=re.MULTILINE)
+
+    assert planned() == ["2026-11-02", "2026-11-03"]
+    assert planned("--reprocess-behavior", "completed") == ["2026-11-01", "2026-11-02", "2026-11-03"]
 
 
 def _the_night_is_whole(spark, cfg, night: date) -> None:
@@ -291,3 +334,36 @@ def _the_night_is_whole(spark, cfg, night: date) -> None:
     client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri, registry_uri=cfg.mlflow.tracking_uri)
     for model in ("osmf-paag", "osmf-grm", "osmf-gmllm-base", "osmf-gmllm"):
         assert client.get_model_version_by_alias(model, "champion").tags["osmf.champion_from_ds"] == night.isoformat()
+
+
+@pytest.mark.slow
+def test_a_second_run_of_the_night_changes_no_row(night, spark):
+    """The same ds again through the whole DAG (as a retry or a backfill of it would): every table
+    holds the very rows the first run left, and the registry gains no version."""
+    client = MlflowClient(tracking_uri=night.cfg.mlflow.tracking_uri, registry_uri=night.cfg.mlflow.tracking_uri)
+
+    def versions() -> dict[str, int]:
+        models = client.search_registered_models()
+        return {m.name: len(client.search_model_versions(f"name = '{m.name}'")) for m in models}
+
+    before, registered = _every_row(spark, night.cfg), versions()
+    night.run()
+    after = _every_row(spark, night.cfg)
+    assert after.keys() == before.keys()
+    changed = {name: (len(before[name]), len(after[name])) for name in before if before[name] != after[name]}
+    assert not changed, f"rows changed by the second run (rows before, after): {changed}"
+    assert versions() == registered
+
+
+def _every_row(spark, cfg) -> dict[str, list[str]]:
+    """Every row of every table, sorted; eval_metrics without its run_id (the MLflow run that
+    wrote the row, which a new run is by definition)."""
+    from osmf_lib import tables
+
+    rows = {}
+    for name, table in tables.TABLES.items():
+        if tables.exists(spark, table, cfg):
+            df = tables.read(spark, table, cfg)
+            df = df.drop("run_id") if table is tables.EVAL_METRICS else df
+            rows[name] = sorted(str(row) for row in df.collect())
+    return rows

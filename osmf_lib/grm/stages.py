@@ -137,8 +137,8 @@ def _report(ctx: JobContext, trained: TrainedGrm, baseline: TrainedGrm) -> None:
 
 
 def night_data(ctx: JobContext, dimensions: dict[str, int]) -> dict:
-    """What a model trained on the night's pairs and CTRs saw: their fingerprints and the dimension
-    versions as of ds (the data half of promotion.training_tags)."""
+    """What a model trained on the night's pairs and CTRs saw: their fingerprints and the
+    dimensions' as of ds (the data half of promotion.training_tags)."""
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     return {
         "pairs": promotion.fingerprint(
@@ -147,7 +147,7 @@ def night_data(ctx: JobContext, dimensions: dict[str, int]) -> dict:
         "cells": promotion.fingerprint(
             tables.read(spark, GROUP_CREATIVE_CTR, cfg, ds=ds), GROUP_CREATIVE_CTR.column_names
         ),
-        **dimensions,
+        **promotion.dimension_prints(spark, cfg, dimensions),
     }
 
 

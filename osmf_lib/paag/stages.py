@@ -89,9 +89,11 @@ DIMENSIONS = (USERS, PRODUCTS, CREATIVES)
 METRIC = "val_auroc"
 
 
-def _training_tags(cfg: Config, ds: date, seen: DataFrame, dimensions: dict[str, int]) -> dict[str, str]:
-    """What makes two trainings the same: the night, the window's impressions, the dimension
-    versions, the model settings and its format."""
+def _training_tags(
+    spark: SparkSession, cfg: Config, ds: date, seen: DataFrame, dimensions: dict[str, int]
+) -> dict[str, str]:
+    """What makes two trainings the same: the night, the window's impressions, the dimensions'
+    rows, the model settings and its format."""
     from osmf_lib.paag.model import FORMAT
 
     seen_print = promotion.fingerprint(seen, ("event_id", "user_id", "product_id", "creative_id", "clicked", DS))
@@ -100,7 +102,8 @@ def _training_tags(cfg: Config, ds: date, seen: DataFrame, dimensions: dict[str,
         "models": cfg.models.model_dump(mode="json"),
         "format": FORMAT,
     }
-    return promotion.training_tags(ds, {"impressions": seen_print, **dimensions}, settings)
+    data = {"impressions": seen_print, **promotion.dimension_prints(spark, cfg, dimensions)}
+    return promotion.training_tags(ds, data, settings)
 
 
 def _register(trained: TrainedPaag, baseline: TrainedPaag, cfg: Config, tags: dict[str, str]) -> str:
@@ -155,7 +158,7 @@ def train_paag(ctx: JobContext) -> None:
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     dimensions = {t.name: tables.version_as_of(spark, t, cfg, ds) for t in DIMENSIONS}
     seen = window(tables.read(spark, IMPRESSIONS, cfg), ds, cfg.paag.lookback_days)
-    tags = _training_tags(cfg, ds, seen, dimensions)
+    tags = _training_tags(spark, cfg, ds, seen, dimensions)
     reused = promotion.reusable_version(MODEL_NAME, tags)
     if reused is not None and promotion.TAG_DECISION in reused.tags:
         print(
