@@ -137,8 +137,8 @@ def _report(ctx: JobContext, trained: TrainedGrm, baseline: TrainedGrm) -> None:
 
 
 def night_data(ctx: JobContext, dimensions: dict[str, int]) -> dict:
-    """What a model trained on the night's pairs and CTRs saw: their fingerprints and the
-    dimensions' as of ds (the data half of promotion.training_tags)."""
+    """What a model trained on the night's pairs and CTRs saw: fingerprints of those and of the
+    dimensions' rows as of ds (the data half of promotion.training_tags)."""
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     return {
         "pairs": promotion.fingerprint(
