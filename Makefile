@@ -30,7 +30,7 @@ DEMO_DAYS ?= 3
 help:
 	@echo "make demo   set up (if needed) and run the nightly DAG on the embedded default"
 	@echo "make test   set up (if needed) and run the whole test suite"
-	@echo "make test-slow     the slow tests make test leaves out (a Spark cluster, the night twice)"
+	@echo "make test-slow     the slow tests make test leaves out (a Spark cluster, the night twice, S3A)"
 	@echo "make lint | make lock | make mlflow-ui | make airflow-ui | make clean"
 	@echo "make small-model   install and convert SmolLM2-135M for models.profile=small (~100 MB download)"
 	@echo "make browser       install headless Chromium (Debian): the report's screenshot and its browser test"
@@ -111,7 +111,7 @@ lint: $(SETUP_DONE)
 	$(BIN)/ruff check .
 
 lock:
-	uv pip compile --quiet setup.cfg --extra dev --python-version 3.11 -o requirements.lock --custom-compile-command "make lock"
+	uv pip compile --quiet setup.cfg --extra dev --extra deploy --python-version 3.11 -o requirements.lock --custom-compile-command "make lock"
 
 mlflow-ui: $(SETUP_DONE)
 	$(BIN)/mlflow ui --backend-store-uri "$$($(OSMF) config get mlflow.tracking_uri)" --port 5000
@@ -120,4 +120,4 @@ airflow-ui: $(SETUP_DONE)
 	$(BIN)/airflow standalone
 
 clean:
-	rm -rf var .jars $(VENV)
+	rm -rf var .jars .jars-s3a $(VENV)

@@ -1,10 +1,13 @@
-"""Files the nightly run reads and writes outside the lakehouse (product images, rendered
-creatives, contact sheets), on a local disk or object storage through one layer (fsspec): a path
-or file:// URI is local; s3://, gs:// and the like need their fsspec package (s3fs, gcsfs).
+"""Files the nightly run reads and writes outside the lakehouse (landing files, product images,
+rendered creatives, reports), on a local disk or object storage through one layer (fsspec): a path
+or file:// URI is local; s3a:// (the scheme Spark reads the same objects with), s3://, gs:// and the
+like need their fsspec package (s3fs, gcsfs). s3fs takes its endpoint and keys from the AWS
+environment (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ...).
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import fsspec
@@ -12,6 +15,12 @@ import fsspec
 
 def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(uri)
+
+
+def absolute(location: str | os.PathLike) -> str:
+    """A URI unchanged; a local path (or file:// URI) as an absolute path, against the working directory."""
+    fs, path = _fs(os.fspath(location))
+    return path if "file" in fs.protocol else os.fspath(location)
 
 
 def read_bytes(uri: str) -> bytes:
@@ -22,6 +31,19 @@ def read_bytes(uri: str) -> bytes:
 def exists(uri: str) -> bool:
     fs, path = _fs(uri)
     return fs.exists(path)
+
+
+def names(folder: str) -> list[str]:
+    """The names of the entries directly in `folder`; none when it does not exist."""
+    fs, path = _fs(folder)
+    if not fs.exists(path):
+        return []
+    return sorted(entry.rstrip("/").rpartition("/")[2] for entry in fs.ls(path, detail=False))
+
+
+def remove(uri: str) -> None:
+    fs, path = _fs(uri)
+    fs.rm_file(path)
 
 
 def write_atomically(uri: str, data: bytes) -> None:
@@ -43,5 +65,5 @@ def write_atomically(uri: str, data: bytes) -> None:
             fs.rm(temporary)
 
 
-def join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
+def join(root: str | os.PathLike, *parts: str) -> str:
+    return "/".join([os.fspath(root).rstrip("/"), *parts])

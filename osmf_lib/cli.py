@@ -132,11 +132,11 @@ def check(ctx: typer.Context) -> None:
 @app.command()
 def where(ctx: typer.Context) -> None:
     """Say where the platform writes and how to look at it."""
+    from osmf_lib import artifacts
     from osmf_lib.tables import TABLES
 
     cfg: Config = ctx.obj
-    root = Path(cfg.lakehouse.root)
-    present = [name for name in TABLES if (root / name / "_delta_log").exists()]
+    present = [name for name in TABLES if artifacts.exists(artifacts.join(cfg.lakehouse.root, name, "_delta_log"))]
     typer.echo(f"lakehouse   {cfg.lakehouse.root}  tables: {', '.join(present) or 'none yet'}")
     typer.echo(f"landing     {cfg.lakehouse.landing}")
     typer.echo(f"mlflow      {cfg.mlflow.tracking_uri}  (UI: make mlflow-ui -> http://localhost:5000)")
@@ -282,7 +282,7 @@ def synth(
     scale: Annotated[str | None, typer.Option(help="tiny | demo | bench (default: synth.scale)")] = None,
     start: Annotated[str | None, typer.Option(help="first ds, e.g. 2026-11-01 (default: synth.start)")] = None,
     days: Annotated[int | None, typer.Option(help="number of days (default: synth.days)")] = None,
-    out: Annotated[Path | None, typer.Option(help="landing folder (default: lakehouse.landing)")] = None,
+    out: Annotated[str | None, typer.Option(help="landing folder or URI (default: lakehouse.landing)")] = None,
     list_days: Annotated[bool, typer.Option("--list-days", help="only print the ds values, one a line")] = False,
 ) -> None:
     """Write the simulated world's landing files: events per ds, dimension files, product images."""

@@ -12,7 +12,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -69,6 +69,31 @@ def make_cfg(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Config]:
 @pytest.fixture
 def cfg(make_cfg: Callable[..., Config]) -> Config:
     return make_cfg()
+
+
+@pytest.fixture(scope="session")
+def object_store() -> Iterator[str]:
+    """An S3 bucket on a local S3 server (moto's), as s3a:// like the compose deployment's MinIO:
+    the files the stages share outside the lakehouse go through `osmf_lib.artifacts` to either."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    settings = {
+        "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "osmf-test",
+        "AWS_SECRET_ACCESS_KEY": "osmf-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in settings.items():
+            env.setenv(key, value)
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="osmf-test")
+        yield "s3a://osmf-test"
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from osmf_lib.config import load_config
+
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
@@ -146,13 +148,35 @@ def test_env_example_lists_every_variable_with_a_placeholder() -> None:
     assert not real_looking, f".env.example must hold change-me placeholders, not values: {real_looking}"
 
 
-def test_every_service_that_runs_stages_shares_the_files_outside_the_lakehouse(compose) -> None:
-    # Landing files are read by executors on spark-worker at the path the driver (a task on
-    # airflow-scheduler) names; renders from the GPU worker are published by a scheduler task.
+STAGE_SERVICES = ("airflow-scheduler", "spark-master", "spark-worker", "gpu-worker", "spark-thrift", "airflow-init")
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
     result = compose("--profile", "gpu", "--profile", "sql", "config", "--format", "json")
     assert result.returncode == 0, result.stderr
-    services = json.loads(result.stdout)["services"]
+    return json.loads(result.stdout)["services"]
+
+
+def test_every_service_that_runs_stages_shares_the_model_folders(services: dict) -> None:
+    # A tiny model the pretraining task builds on airflow-scheduler is loaded by the GPU worker's job.
     var = "/opt/osmf/var"
-    for name in ("airflow-scheduler", "spark-master", "spark-worker", "gpu-worker", "spark-thrift", "airflow-init"):
+    for name in STAGE_SERVICES:
         mounts = {(m.get("source"), m["target"]) for m in services[name].get("volumes", [])}
         assert ("osmf-files", var) in mounts, f"{name} does not mount the osmf-files volume at {var}"
+
+
+def test_landing_files_and_renders_are_on_the_object_store_every_service_reaches(services: dict) -> None:
+    # Executors on spark-worker read the landing files a driver on airflow-scheduler names, and
+    # the report task reads the GPU worker's renders: neither may be a container's local path.
+    cfg = load_config(environ={"OSMF_CONFIG": str(REPO / "conf/profiles/compose.yaml")}, base_file=None)
+    stored = {"lakehouse.root": cfg.lakehouse.root, "lakehouse.landing": cfg.lakehouse.landing,
+              "render.artifacts": cfg.render.artifacts}  # fmt: skip
+    buckets = set(re.findall(r"osmf/([\w-]+)", services["minio-init"]["command"][0]))
+    for key, location in stored.items():
+        assert location.startswith("s3a://") and location.split("/")[2] in buckets, f"{key}={location}"
+    for name in STAGE_SERVICES:
+        env = services[name]["environment"]
+        # s3fs (Python) and S3A (Spark) must reach the same MinIO.
+        assert env.get("AWS_ENDPOINT_URL_S3") == "http://minio:9000", name
+        assert "-Dspark.hadoop.fs.s3a.endpoint=http://minio:9000" in env["SPARK_SUBMIT_OPTS"], name

@@ -2,6 +2,9 @@
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -467,3 +470,36 @@ def test_line_numbers_stay_exact_when_a_file_is_split(spark, tmp_path, cfg):
     assert len(extents) > 3
     assert len(rows) == numbers.lines == 4010
     assert all(r["event_id"] == f"{r['source_file'][-7]}{r['line_number']}" for r in rows)
+
+
+@pytest.mark.slow
+def test_spark_reads_a_landing_on_an_object_store_as_from_a_folder(object_store, spark, make_cfg, tmp_path):
+    """The compose deployment's path: the simulator writes through s3fs, `ingest_events` reads
+    with Spark's S3A (the hadoop-aws package the compose profile names; about 750 MB of jars,
+    resolved into .jars-s3a on first use), and the rows are those a landing folder gives."""
+    compose = load_config(environ={"OSMF_CONFIG": str(PROJECT_ROOT / "conf/profiles/compose.yaml")}, base_file=None)
+    s3a = {"endpoint": os.environ["AWS_ENDPOINT_URL_S3"], "endpoint.region": "us-east-1", "path.style.access": "true"}
+    env = {
+        **os.environ,
+        "OSMF_SPARK__JARS_DIR": str(PROJECT_ROOT / ".jars-s3a"),
+        "OSMF_SPARK__PACKAGES": json.dumps(compose.spark.packages),
+        "OSMF_SPARK__CONF": json.dumps({f"spark.hadoop.fs.s3a.{key}": value for key, value in s3a.items()}),
+    }
+    subprocess.run([str(Path(sys.executable).parent / "osmf"), "spark", "resolve-jars"], env=env, check=True)
+    ingested = {}
+    for name, landing in (("object store", f"{object_store}/ingest-landing"), ("folder", tmp_path / "landing")):
+        cfg = make_cfg(f"lakehouse.landing={landing}")
+        write_landing(cfg, scale="tiny", start=D1, days=1)
+        settings = [f"{key}={value}" for key, value in (
+            ("lakehouse.root", cfg.lakehouse.root), ("lakehouse.landing", cfg.lakehouse.landing),
+            ("mlflow.tracking_uri", cfg.mlflow.tracking_uri), ("mlflow.artifact_root", cfg.mlflow.artifact_root),
+        )]  # fmt: skip
+        job = [sys.executable, str(PROJECT_ROOT / "jobs" / "ingest_events.py"), "--ds", D1.isoformat()]
+        subprocess.run([*job, *[arg for setting in settings for arg in ("--set", setting)]], env=env, check=True)
+        ingested[name] = cfg
+    # Columns that name the landing (or the run) differ by design; every other value must not.
+    located = ["image_uri", "source_file", "manifest_file", "run_id"]
+    for table in (IMPRESSIONS, USERS, PRODUCTS, CREATIVES, LANDING_MANIFESTS):
+        there, here = (tables.read(spark, table, cfg).drop(*located) for cfg in ingested.values())
+        assert there.count() == here.count() > 0, table.name
+        assert there.exceptAll(here).count() == 0 and here.exceptAll(there).count() == 0, table.name

@@ -15,6 +15,7 @@ counts as one without a picture, and `ProductStore.unreadable_images` lists it.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import threading
@@ -22,13 +23,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
+from osmf_lib import artifacts
 from osmf_lib.config import Config
 from osmf_lib.job import StageError
 
@@ -112,12 +113,6 @@ def _vision_preprocessing(folder: Path) -> tuple[int, tuple[float, ...], tuple[f
     return size, mean, std
 
 
-def _local_path(uri: str) -> Path:
-    if uri.startswith("file:"):
-        return Path(unquote(urlparse(uri).path))
-    return Path(uri)
-
-
 def image_path(value: Any) -> str | None:
     """An image_uri cell as a string; None for a product without a picture (None, NaN or blank)."""
     if isinstance(value, os.PathLike):
@@ -128,7 +123,7 @@ def image_path(value: Any) -> str | None:
 def load_image(product_id: str, uri: str, spec: EncoderSpec) -> torch.Tensor:
     """The product cut-out composited on white, resized and normalised: (3, size, size)."""
     try:
-        with Image.open(_local_path(uri)) as raw:
+        with Image.open(io.BytesIO(artifacts.read_bytes(uri))) as raw:
             rgba = raw.convert("RGBA")
     except (OSError, ValueError) as err:
         raise PaagError(

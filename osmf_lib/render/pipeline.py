@@ -27,7 +27,7 @@ BLANK = 0.02
 RESEED = 1_000_003
 
 
-def renderer_folders(cfg: Config, library: Path) -> tuple[Path, Path]:
+def renderer_folders(cfg: Config, library: str) -> tuple[Path, Path]:
     """(pipeline folder, ControlNet folder) of the configured profile; the tiny one is trained on
     the background `library` when it is not built yet."""
     if cfg.models.profile == "tiny":

@@ -19,6 +19,7 @@ changes, and `from_pretrained` loads it the way it loads a full SD1.5-class pipe
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
+from osmf_lib import artifacts
 from osmf_lib.config import Config, TinyRendererConfig
 from osmf_lib.gmllm.base import train_tokenizer
 from osmf_lib.model_folders import publish
@@ -57,20 +59,20 @@ class Captioned:
     captions: list[str]
 
 
-def read_library(folder: Path, size: int) -> Captioned:
+def read_library(folder: str, size: int) -> Captioned:
     """The images and captions a metadata.jsonl lists, resized to size x size."""
-    listing = folder / METADATA
-    if not listing.exists():
+    listing = artifacts.join(folder, METADATA)
+    if not artifacts.exists(listing):
         raise RenderError(f"no {METADATA} in the background library {folder}")
     images, captions = [], []
-    for number, line in enumerate(listing.read_text().splitlines(), start=1):
+    for number, line in enumerate(artifacts.read_bytes(listing).decode().splitlines(), start=1):
         try:
             entry = json.loads(line)
-            path, caption = folder / entry["file_name"], str(entry["text"])
+            path, caption = artifacts.join(folder, entry["file_name"]), str(entry["text"])
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise RenderError(f"{listing} line {number}: expected {{'file_name', 'text'}}: {err}") from err
         try:
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(artifacts.read_bytes(path))) as image:
                 rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
         except OSError as err:
             raise RenderError(f"{listing} line {number}: cannot read {path}: {err}") from err
@@ -82,17 +84,17 @@ def read_library(folder: Path, size: int) -> Captioned:
     return Captioned(pixels, captions)
 
 
-def library_of(cfg: Config) -> Path:
+def library_of(cfg: Config) -> str:
     """The background library the simulated world writes beside its landing files."""
-    return Path(cfg.lakehouse.landing) / "images" / "backgrounds"
+    return artifacts.join(cfg.lakehouse.landing, "images", "backgrounds")
 
 
-def _digest(folder: Path, settings: TinyRendererConfig) -> str:
+def _digest(folder: str, settings: TinyRendererConfig) -> str:
     h = hashlib.sha256(json.dumps(settings.model_dump(), sort_keys=True).encode())
-    listing = (folder / METADATA).read_bytes()
+    listing = artifacts.read_bytes(artifacts.join(folder, METADATA))
     h.update(listing)
     for line in listing.decode().splitlines():
-        h.update((folder / json.loads(line)["file_name"]).read_bytes())
+        h.update(artifacts.read_bytes(artifacts.join(folder, json.loads(line)["file_name"])))
     return h.hexdigest()[:12]
 
 
@@ -205,11 +207,11 @@ def train_denoiser(
     return loss.item()
 
 
-def build_tiny_renderer(library: Path, cfg: Config) -> Path:
+def build_tiny_renderer(library: str, cfg: Config) -> Path:
     """The tiny renderer's pipeline folder for this library and these settings (trained once;
     an interrupted build leaves nothing behind)."""
     settings = cfg.render.tiny
-    if not (library / METADATA).exists():
+    if not artifacts.exists(artifacts.join(library, METADATA)):
         raise RenderError(f"no {METADATA} in the background library {library}: run `osmf synth` first")
     folder = Path(cfg.models.dir) / f"render-tiny-{_digest(library, settings)}"
     if folder.exists():

@@ -9,9 +9,10 @@
                                                   a stock library of painted backgrounds and their prompts
                                                   ({"file_name", "text"} per line), written with day 1
 
-Ingestion (DESIGN 6.1) depends on this layout exactly. Every file is written under a hidden
-temporary name and renamed into place, so a reader never sees half a file, and a rerun with the
-same arguments rewrites the same bytes. Events are generated and written one file at a time,
+Ingestion (DESIGN 6.1) depends on this layout exactly. `{landing}` is a local folder or an object
+store URI (s3a://...), written through `osmf_lib.artifacts`: a local file is written under a hidden
+temporary name and renamed into place, an object in one PUT, so a reader never sees half a file,
+and a rerun with the same arguments rewrites the same bytes. Events are generated and written one file at a time,
 so memory stays bounded at any scale. The returned LandingSummary counts every injected fault,
 so ingestion tests can reconcile exactly.
 """
@@ -26,11 +27,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from osmf_lib import artifacts
 from osmf_lib.config import SYNTH_LINE_FAULTS, Config, FaultRates
 from osmf_lib.synth.backgrounds import paint_background
 from osmf_lib.synth.images import product_png
@@ -90,7 +91,7 @@ class DaySummary:
 
 @dataclass(frozen=True)
 class LandingSummary:
-    root: Path
+    root: str
     seed: int
     scale: str
     days: tuple[DaySummary, ...]
@@ -104,7 +105,7 @@ class LandingSummary:
 
     def as_dict(self) -> dict:
         return {
-            "root": str(self.root),
+            "root": self.root,
             "seed": self.seed,
             "scale": self.scale,
             "lines": self.lines,
@@ -115,31 +116,20 @@ class LandingSummary:
 # --- files -------------------------------------------------------------------------------------
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a hidden temporary name in the same folder, then rename over `path`.
-
-    Spark and most readers skip names starting with '.', so a crash leaves no half file behind.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
-def _write_lines(path: Path, lines: Sequence[str]) -> None:
-    write_atomically(path, "".join(lines).encode())
+def _write_lines(uri: str, lines: Sequence[str]) -> None:
+    artifacts.write_atomically(uri, "".join(lines).encode())
 
 
 def _part_name(part: int) -> str:
     return f"part-{part:05d}.jsonl"
 
 
-def _remove_stale_parts(folder: Path, keep: int) -> None:
+def _remove_stale_parts(folder: str, keep: int) -> None:
     """A rerun with fewer files per day must not leave an earlier run's extra parts behind."""
     current = {_part_name(part) for part in range(keep)}
-    for path in folder.glob("part-*.jsonl"):
-        if path.name not in current:
-            path.unlink()
+    for name in artifacts.names(folder):
+        if name.startswith("part-") and name.endswith(".jsonl") and name not in current:
+            artifacts.remove(artifacts.join(folder, name))
 
 
 # --- events ------------------------------------------------------------------------------------
@@ -377,14 +367,14 @@ def _with_repeats(lines: list[str], repeated: np.ndarray, rng: np.random.Generat
 @dataclass(frozen=True)
 class LandingWriter:
     world: World
-    root: Path
+    root: str
     rates: FaultRates
 
     def _rng(self, stream: Stream, *keys: int) -> np.random.Generator:
         return rng_for(self.world.seed, self.world.scale_name, stream, *keys)
 
-    def image_path(self, product_id: str) -> Path:
-        return self.root / "images" / "products" / f"{product_id}.png"
+    def image_uri(self, product_id: str) -> str:
+        return artifacts.join(self.root, "images", "products", f"{product_id}.png")
 
     def write_day(
         self, day: int, ds: date, redelivered: Sequence[str], serving: Serving | None = None
@@ -399,18 +389,19 @@ class LandingWriter:
 
     def _write_manifest(self, ds: date) -> None:
         manifest = {"seed": self.world.seed, "scale": self.world.scale_name}
-        write_atomically(self.root / ds.isoformat() / MANIFEST_FILE, _json_line(manifest).encode())
+        uri = artifacts.join(self.root, ds.isoformat(), MANIFEST_FILE)
+        artifacts.write_atomically(uri, _json_line(manifest).encode())
 
     def _write_images(self, day: int) -> None:
         products = self.world.products
         for row in np.flatnonzero(products["since"].to_numpy() == day):
             png = product_png(products["category"].iat[row], self._rng(Stream.IMAGES, int(row)))
-            write_atomically(self.image_path(products["product_id"].iat[row]), png)
+            artifacts.write_atomically(self.image_uri(products["product_id"].iat[row]), png)
 
     def _write_backgrounds(self) -> None:
         """Prompts naming a random value of each style attribute (each left out one time in
         eight), painted at the tiny renderer's size; the listing is written last."""
-        folder = self.root / "images" / "backgrounds"
+        folder = artifacts.join(self.root, "images", "backgrounds")
         rng = self._rng(Stream.BACKGROUNDS)
         lines = []
         for i in range(self.world.scale.backgrounds):
@@ -418,18 +409,18 @@ class LandingWriter:
             prompt, name = compose_prompt(values), f"{i:05d}.png"
             buffer = io.BytesIO()
             paint_background(prompt, BACKGROUND_SIZE, seed=i).save(buffer, format="PNG")
-            write_atomically(folder / name, buffer.getvalue())
+            artifacts.write_atomically(artifacts.join(folder, name), buffer.getvalue())
             lines.append(_json_line({"file_name": name, "text": prompt}))
-        _write_lines(folder / "metadata.jsonl", lines)
+        _write_lines(artifacts.join(folder, "metadata.jsonl"), lines)
 
     def _write_dims(self, day: int, ds: date, serving: Serving | None) -> None:
         """Day 0: every row. Later days: rows that arrive that day and rows that changed, as
         upserts; a served day also lists the creatives it serves."""
         world = self.world
-        folder = self.root / ds.isoformat() / "dims"
+        folder = artifacts.join(self.root, ds.isoformat(), "dims")
         users = _landed_rows(world.users_on(day), day, world.user_changes(day))
         products = _landed_rows(world.products_on(day), day, world.product_changes(day))
-        products["image_uri"] = [str(self.image_path(pid)) for pid in products["product_id"]]
+        products["image_uri"] = [self.image_uri(pid) for pid in products["product_id"]]
         creatives = world.creatives[world.creatives["since"] == day].assign(image_uri=None, origin="logged")
         if serving is not None:
             creatives = pd.concat([creatives, serving.creatives()], ignore_index=True)
@@ -439,17 +430,17 @@ class LandingWriter:
             ("creatives", creatives, CREATIVE_KEYS),
         ):
             records = frame[list(keys)].to_dict("records")
-            _write_lines(folder / f"{name}.jsonl", [_json_line(_plain(record)) for record in records])
+            _write_lines(artifacts.join(folder, f"{name}.jsonl"), [_json_line(_plain(record)) for record in records])
 
     def _write_events(
         self, day: int, ds: date, redelivered: Sequence[str], serving: Serving | None
     ) -> tuple[DaySummary, list[str]]:
-        folder = self.root / ds.isoformat() / "events"
+        folder = artifacts.join(self.root, ds.isoformat(), "events")
         faults = Counter(dict.fromkeys(FAULT_CLASSES, 0))
         if self._rng(Stream.EMPTY_DAYS, ds.toordinal()).random() < self.rates.empty_day:
             # The shipper created the day's file and then lost every event; yesterday's
             # redeliveries are lost with them.
-            _write_lines(folder / _part_name(0), [])
+            _write_lines(artifacts.join(folder, _part_name(0)), [])
             _remove_stale_parts(folder, keep=1)
             return DaySummary(ds, files=1, lines=0, faults=dict(faults), empty=True), []
 
@@ -469,7 +460,7 @@ class LandingWriter:
             faulted = _inject_faults(batch, self.rates, self._rng(Stream.FAULTS, ds.toordinal(), part))
             # The shipper re-sends what it was unsure of yesterday before anything new.
             lines = [*redelivered, *faulted.lines] if part == 0 else faulted.lines
-            _write_lines(folder / _part_name(part), lines)
+            _write_lines(artifacts.join(folder, _part_name(part)), lines)
             written += len(lines)
             faults.update(faulted.faults)
             tomorrow += faulted.redelivered_tomorrow
@@ -490,23 +481,22 @@ def _plain(record: dict) -> dict:
 
 def write_landing(
     cfg: Config,
-    out: Path | None = None,
+    out: str | os.PathLike | None = None,
     scale: str | None = None,
     start: date | None = None,
     days: int | None = None,
 ) -> LandingSummary:
     """Write `days` days of landing files from `start` for the configured world; see module docstring.
 
-    Defaults come from `cfg.synth`; `out` defaults to `cfg.lakehouse.landing`.
+    Defaults come from `cfg.synth`; `out` (a folder or an object store URI) defaults to
+    `cfg.lakehouse.landing`.
     """
     synth = cfg.synth
     scale = scale or synth.scale
     start = start or synth.start
     days = days or synth.days
-    location = str(out if out is not None else cfg.lakehouse.landing)
-    if "://" in location or location.startswith("file:"):
-        raise ValueError(f"the simulated world writes local files only; got landing '{location}', pass out=PATH")
-    writer = LandingWriter(build_world(synth.seed, scale), Path(location).resolve(), synth.faults)
+    location = artifacts.absolute(out if out is not None else cfg.lakehouse.landing)
+    writer = LandingWriter(build_world(synth.seed, scale), location, synth.faults)
     summaries, redelivered = [], []
     for day in range(days):
         summary, redelivered = writer.write_day(day, start + timedelta(days=day), redelivered)
@@ -521,5 +511,5 @@ def write_served_day(cfg: Config, world: tuple[int, str], first: date, ds: date,
     day = (ds - first).days
     if day < 1:
         raise ValueError(f"ds={ds} is not after the world's first day {first}: serve the day after a published night")
-    writer = LandingWriter(build_world(*world), Path(cfg.lakehouse.landing).resolve(), cfg.synth.faults)
+    writer = LandingWriter(build_world(*world), artifacts.absolute(cfg.lakehouse.landing), cfg.synth.faults)
     return writer.write_day(day, ds, [], serving)[0]

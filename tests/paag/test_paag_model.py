@@ -17,7 +17,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from osmf_lib import tracking
+from osmf_lib import artifacts, tracking
 from osmf_lib.config import Config
 from osmf_lib.job import main
 from osmf_lib.paag import (
@@ -219,6 +219,19 @@ def test_a_product_without_features_or_a_readable_image_is_refused(
         embed(trained, pairs_of(users, new.assign(image_uri=str(garbled))))
     with pytest.raises(PaagError, match=r"lack columns \['interests'\]"):
         embed(trained, pairs_of(users, products.head(1)).drop(columns="interests"))
+
+
+def test_images_on_an_object_store_embed_as_the_same_files_on_disk(
+    trained: TrainedPaag, world: World, products, object_store: str
+) -> None:
+    on_disk = products.head(3)
+    # New ids: the features cached for the originals must not stand in for reading the copies.
+    copies = on_disk.assign(product_id=[f"{pid}-copy" for pid in on_disk["product_id"]])
+    copies["image_uri"] = [artifacts.join(object_store, "products", f"{pid}.png") for pid in copies["product_id"]]
+    for local, stored in zip(on_disk["image_uri"], copies["image_uri"], strict=True):
+        artifacts.write_atomically(stored, Path(local).read_bytes())
+    users = world.users.head(4)
+    np.testing.assert_array_equal(embed(trained, pairs_of(users, copies)), embed(trained, pairs_of(users, on_disk)))
 
 
 def test_products_without_a_picture_are_trained_on_and_embedded_from_their_text_alone(

@@ -12,6 +12,7 @@ import torch
 from diffusers import ControlNetModel, DDIMScheduler, StableDiffusionInpaintPipeline
 from PIL import Image
 
+from osmf_lib import artifacts
 from osmf_lib.config import Config, load_config
 from osmf_lib.render.pipeline import Renderer, blank, load_pipeline, renderer_folders
 from osmf_lib.render.placement import place
@@ -63,6 +64,16 @@ def test_the_tiny_renderer_is_built_once_per_library_and_settings(tiny):
     reseeded = build_tiny_renderer(library, _cfg(Path(cfg.models.dir).parent, "render.tiny.seed=1"))
     assert reseeded != folder and reseeded.parent == folder.parent
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+def test_a_library_on_an_object_store_is_the_same_library(tiny, object_store):
+    cfg, library, folder = tiny
+    stored = artifacts.join(object_store, "backgrounds")
+    for path in library.iterdir():
+        artifacts.write_atomically(artifacts.join(stored, path.name), path.read_bytes())
+    assert build_tiny_renderer(stored, cfg) == folder  # same digest: nothing retrained
+    here, there = read_library(library, 64), read_library(stored, 64)
+    assert there.captions == here.captions and torch.equal(there.pixels, here.pixels)
 
 
 def test_a_bad_library_is_named(tmp_path):

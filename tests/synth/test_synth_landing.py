@@ -8,11 +8,13 @@ from collections import Counter
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+from osmf_lib import artifacts
 from osmf_lib.config import SYNTH_LINE_FAULTS, Config, load_config
 from osmf_lib.synth import SCALES, LandingSummary, build_world, write_landing
 from osmf_lib.synth.backgrounds import paint_background
@@ -259,9 +261,21 @@ def test_summary_as_dict_reconciles(faulty: tuple[Path, LandingSummary]) -> None
         assert day["clean_lines"] + sum(day["faults"].values()) == day["lines"]
 
 
-def test_remote_landing_locations_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="local files"):
-        write_landing(load_config(overrides=["lakehouse.landing=s3a://bucket/landing"], environ={}, base_file=None))
+def test_a_landing_on_an_object_store_holds_what_a_folder_does(object_store: str, tmp_path: Path) -> None:
+    remote = f"{object_store}/landing"
+    stale = artifacts.join(remote, START.isoformat(), "events", "part-00099.jsonl")
+    artifacts.write_atomically(stale, b"{}\n")
+    summary = write_landing(_config(remote), days=2)
+    local = write_landing(_config(tmp_path), days=2)
+    assert summary.root == remote and summary.as_dict()["days"] == local.as_dict()["days"]
+    assert not artifacts.exists(stale)
+    fs, bucket_path = fsspec.core.url_to_fs(remote)
+
+    def as_if_local(path: str) -> str:
+        # Only the products' image_uri names the landing's root; every other byte is the same.
+        return hashlib.sha256(fs.cat_file(path).replace(remote.encode(), bytes(tmp_path))).hexdigest()
+
+    assert {path.removeprefix(f"{bucket_path}/"): as_if_local(path) for path in fs.find(bucket_path)} == _tree(tmp_path)
 
 
 # --- the closed loop ---------------------------------------------------------------------------
