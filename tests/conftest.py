@@ -1,5 +1,6 @@
-"""Shared fixtures: one Spark session for the whole run, Configs pointing at temp folders, and a
-clean Python to load registered models in, as a consumer without this checkout would."""
+"""Shared fixtures: one Spark session for the whole run, Configs pointing at temp folders, a local
+S3 server, and a clean Python to load registered models in, as a consumer without this checkout
+would."""
 
 from __future__ import annotations
 

@@ -12,9 +12,9 @@
 Ingestion (DESIGN 6.1) depends on this layout exactly. `{landing}` is a local folder or an object
 store URI (s3a://...), written through `osmf_lib.artifacts`: a local file is written under a hidden
 temporary name and renamed into place, an object in one PUT, so a reader never sees half a file,
-and a rerun with the same arguments rewrites the same bytes. Events are generated and written one file at a time,
-so memory stays bounded at any scale. The returned LandingSummary counts every injected fault,
-so ingestion tests can reconcile exactly.
+and a rerun with the same arguments rewrites the same bytes. Events are generated and written one
+file at a time, so memory stays bounded at any scale. The returned LandingSummary counts every
+injected fault, so ingestion tests can reconcile exactly.
 """
 
 from __future__ import annotations
