@@ -102,8 +102,8 @@ test: $(SETUP_DONE)
 	$(PY) -m pytest
 
 # Minutes that CI's 30-minute budget has no room for: a Spark standalone master and worker run
-# ingest_events and group_users as the DAG submits them (tests/test_cluster.py), and the tiny night
-# runs through the DAG twice, the second run changing no row (tests/test_dags.py).
+# ingest_events and group_users as the DAG submits them (tests/test_cluster.py), and a scheduler
+# runs a backfill of the tiny night the DAG finished, which must change no row (tests/test_dags.py).
 test-slow: $(SETUP_DONE)
 	$(PY) -m pytest -m slow
 

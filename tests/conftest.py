@@ -1,6 +1,6 @@
 """Shared fixtures: one Spark session for the whole run, Configs pointing at temp folders, a local
-S3 server, and a clean Python to load registered models in, as a consumer without this checkout
-would."""
+S3 server, long-running daemons (a Spark master, an Airflow scheduler) for a test's length, and a
+clean Python to load registered models in, as a consumer without this checkout would."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import itertools
 import json
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -70,6 +72,49 @@ def make_cfg(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Config]:
 @pytest.fixture
 def cfg(make_cfg: Callable[..., Config]) -> Config:
     return make_cfg()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """Gives a port on 127.0.0.1 that nothing listens on yet."""
+    return _free_port
+
+
+@contextlib.contextmanager
+def _daemons(commands: dict[str, list[str]], env: dict[str, str], logs: Path) -> Iterator[None]:
+    """Each named command in a process group of its own, logging to logs/<name>.log. On the way out
+    every group gets SIGTERM, so whatever a daemon started stops with it; one still running a
+    minute later is killed, and the test fails naming it."""
+    started: dict[str, subprocess.Popen] = {}
+    try:
+        for name, command in commands.items():
+            with (logs / f"{name}.log").open("w") as log:
+                started[name] = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
+        yield
+    finally:
+        for process in started.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        stuck = []
+        for name, process in started.items():
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                stuck.append(name)
+        assert not stuck, f"still running a minute after SIGTERM: {stuck} (logs in {logs})"
+
+
+@pytest.fixture(scope="session")
+def daemons() -> Callable[[dict[str, list[str]], dict[str, str], Path], contextlib.AbstractContextManager[None]]:
+    """Runs long-lived processes (a Spark master, an Airflow scheduler) for the length of a with-block."""
+    return _daemons
 
 
 @pytest.fixture(scope="session")

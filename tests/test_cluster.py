@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,44 +30,27 @@ USERS_N = 90  # per product's audience: above grouping.min_audience, two groups 
 BIN = PROJECT_ROOT / ".venv" / "bin"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
-def standalone(work: Path) -> Iterator[str]:
+def standalone(work: Path, daemons, free_port) -> Iterator[str]:
     """A Spark standalone master and one worker (pyspark's own spark-class); yields the master's
     URL and stops both, failing if either outlives its stop."""
     home = Path(pyspark.__file__).parent
     env = {**os.environ, "SPARK_HOME": str(home), "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
-    port, ui = _free_port(), _free_port()
+    port, ui = free_port(), free_port()
     url = f"spark://127.0.0.1:{port}"
-    daemons = {
-        "master": ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-                   "--webui-port", str(ui)],
-        "worker": ["org.apache.spark.deploy.worker.Worker", url, "--cores", "2", "--memory", "3g",
-                   "--work-dir", str(work / "worker"), "--webui-port", str(_free_port())],
+    spark_class = str(home / "bin" / "spark-class")
+    commands = {
+        "master": [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                   "--port", str(port), "--webui-port", str(ui)],
+        "worker": [spark_class, "org.apache.spark.deploy.worker.Worker", url, "--cores", "2", "--memory", "3g",
+                   "--work-dir", str(work / "worker"), "--webui-port", str(free_port())],
     }  # fmt: skip
-    processes = {}
-    for name, arguments in daemons.items():
-        with (work / f"{name}.log").open("w") as log:
-            processes[name] = subprocess.Popen(
-                [str(home / "bin" / "spark-class"), *arguments],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-    try:
+    with daemons(commands, env, work):
         deadline = time.monotonic() + 120
         while _alive_workers(ui) < 1:
             assert time.monotonic() < deadline, (work / "worker.log").read_text()[-3000:]
             time.sleep(1)
         yield url
-    finally:
-        for process in processes.values():
-            os.killpg(process.pid, signal.SIGTERM)
-        for name, process in processes.items():
-            assert process.wait(timeout=60) is not None, f"the {name} did not stop"
 
 
 def _alive_workers(ui: int) -> int:
@@ -121,7 +102,9 @@ def _rows(spark, cfg: Config, table: tables.Table) -> list[dict]:
     return sorted((row.asDict(recursive=True) for row in tables.read(spark, table, cfg).collect()), key=str)
 
 
-def test_a_standalone_cluster_runs_the_dags_spark_tasks_with_local_modes_rows(tmp_path, make_cfg, spark, run_stage):
+def test_a_standalone_cluster_runs_the_dags_spark_tasks_with_local_modes_rows(
+    tmp_path, make_cfg, spark, run_stage, daemons, free_port
+):
     landing = tmp_path / "landing"
     _ship(landing)
     local, cluster = (make_cfg(f"lakehouse.landing={landing}", root=tmp_path / name) for name in ("local", "cluster"))
@@ -145,7 +128,7 @@ def test_a_standalone_cluster_runs_the_dags_spark_tasks_with_local_modes_rows(tm
     }
     airflow = str(BIN / "airflow") if BIN.exists() else "airflow"
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-    with standalone(tmp_path) as master:
+    with standalone(tmp_path, daemons, free_port) as master:
         env["AIRFLOW_CONN_SPARK_DEFAULT"] = json.dumps({"conn_type": "spark", "host": master})
         for task in ("ingest_events", "group_users"):
             command = [airflow, "tasks", "test", "osmf_nightly", task, DS.isoformat()]

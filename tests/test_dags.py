@@ -5,6 +5,9 @@ import os
 import re
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from itertools import pairwise
@@ -336,22 +339,72 @@ def _the_night_is_whole(spark, cfg, night: date) -> None:
         assert client.get_model_version_by_alias(model, "champion").tags["osmf.champion_from_ds"] == night.isoformat()
 
 
+@contextmanager
+def scheduler(night: Night, logs: Path, daemons, free_port) -> Iterator[Night]:
+    """The night's Airflow home served as a deployment serves it: a scheduler (LocalExecutor), a
+    DAG processor and the API server the task runners report to. Yields the night with their
+    settings; stops them, and any task they started, on the way out."""
+    port = free_port()
+    env = {
+        **night.env,
+        # Runs come from backfills only: unpausing the DAG would otherwise also start a run for
+        # the latest whole day (yesterday), which has no landing files here.
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        # Spark holds both cores: the API server's first answer can take half a minute, and a
+        # task runner that times out and retries finds its task already started and fails.
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "120",
+        "AIRFLOW__CORE__PARALLELISM": "2",
+    }
+    services = {
+        "dag-processor": [night.airflow, "dag-processor"],
+        "api-server": [night.airflow, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        "scheduler": [night.airflow, "scheduler"],
+    }
+    with daemons(services, env, logs):
+        yield replace(night, env=env)
+
+
+def _runs(night: Night) -> dict[str, dict]:
+    """The DAG's runs by logical day, as `airflow dags list-runs` reports them."""
+    printed = night.airflow_cli("dags", "list-runs", "osmf_nightly", "--output", "json")
+    listed = json.loads(next(line for line in printed.splitlines() if line.startswith("[")))
+    return {run["logical_date"][:10]: run for run in listed}
+
+
 @pytest.mark.slow
-def test_a_second_run_of_the_night_changes_no_row(night, spark):
-    """The same ds again through the whole DAG (as a retry or a backfill of it would): every table
-    holds the very rows the first run left, and the registry gains no version."""
+def test_a_backfill_the_scheduler_runs_changes_no_row(night, spark, tmp_path, daemons, free_port):
+    """`airflow backfill create --reprocess-behavior completed` over the finished night, run by a
+    real scheduler: the run succeeds, every table holds the very rows the first run left, and the
+    registry gains no version (as for a retry of the night)."""
     client = MlflowClient(tracking_uri=night.cfg.mlflow.tracking_uri, registry_uri=night.cfg.mlflow.tracking_uri)
 
     def versions() -> dict[str, int]:
         models = client.search_registered_models()
         return {m.name: len(client.search_model_versions(f"name = '{m.name}'")) for m in models}
 
-    before, registered = _every_row(spark, night.cfg), versions()
-    night.run()
+    before, registered, first = _every_row(spark, night.cfg), versions(), _runs(night)[NIGHT.isoformat()]
+    with scheduler(night, tmp_path, daemons, free_port) as deployed:
+        # What `make setup` and the compose init do for a home; `dags test` needed neither.
+        deployed.airflow_cli("pools", "set", "gpu", "1", "One slot per GPU")
+        deployed.airflow_cli("dags", "reserialize")
+        # The scheduler starts a backfill's runs only while the DAG is unpaused.
+        deployed.airflow_cli("dags", "unpause", "osmf_nightly")
+        days = ["--from-date", NIGHT.isoformat(), "--to-date", NIGHT.isoformat()]
+        deployed.airflow_cli("backfill", "create", "--dag-id", "osmf_nightly", *days, "--reprocess-behavior=completed")
+        deadline = time.monotonic() + 45 * 60
+        while (run := _runs(deployed)[NIGHT.isoformat()])["state"] not in ("success", "failed"):
+            assert time.monotonic() < deadline, f"the backfill's run is still {run['state']} after 45 minutes"
+            time.sleep(30)
+    assert run["state"] == "success", (
+        f"{run}\n{deployed.airflow_cli('tasks', 'states-for-dag-run', 'osmf_nightly', run['run_id'])}\n"
+        f"task logs under {night.env['AIRFLOW_HOME']}/logs, the services' under {tmp_path}"
+    )
+    assert run["start_date"] > first["end_date"], f"the finished night was not run again: {first}, {run}"
     after = _every_row(spark, night.cfg)
     assert after.keys() == before.keys()
     changed = {name: (len(before[name]), len(after[name])) for name in before if before[name] != after[name]}
-    assert not changed, f"rows changed by the second run (rows before, after): {changed}"
+    assert not changed, f"rows changed by the backfill (rows before, after): {changed}"
     assert versions() == registered
 
 
