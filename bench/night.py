@@ -33,7 +33,6 @@ import pyspark
 
 from osmf_lib.config import PROJECT_ROOT, load_config
 from osmf_lib.render.tiny import build_tiny_renderer, library_of
-from osmf_lib.spark import session_conf
 from osmf_lib.synth import write_landing
 
 DS = date(2026, 11, 1)
@@ -52,36 +51,41 @@ def best_of(repeats: int, command: list[str], env: dict[str, str]) -> float:
     return min(times)
 
 
-def dag_tasks() -> tuple[int, int]:
-    """(Spark tasks, torch task processes) in a night of the DAG as this checkout's Config builds it."""
+def nightly_dag():
+    """dags/osmf_nightly.py as Airflow parses it: its DAG and the spark-submit settings it uses."""
     os.environ.setdefault("AIRFLOW_HOME", str(PROJECT_ROOT / "var" / "airflow"))
     spec = importlib.util.spec_from_file_location("osmf_nightly", PROJECT_ROOT / "dags" / "osmf_nightly.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    tasks = module.dag.tasks
+    return module
+
+
+def task_processes(nightly) -> tuple[int, int]:
+    """(Spark tasks, torch task processes) in one night of the DAG."""
+    tasks = nightly.dag.tasks
     spark = sum(task.task_type == "SparkSubmitOperator" for task in tasks)
     # generate_creatives is one process per shard.
-    return spark, len(tasks) - 1 + module.CFG.render.shards - spark
+    return spark, len(tasks) - 1 + nightly.CFG.render.shards - spark
 
 
 def measure(work: Path, repeats: int, demo_days: int) -> None:
-    settings = {
-        "lakehouse.root": work / "lakehouse",
-        "lakehouse.landing": work / "landing",
-        "mlflow.tracking_uri": f"sqlite:///{work}/mlflow.db",
-        "mlflow.artifact_root": work / "artifacts",
-        "models.dir": work / "models",
-        "spark.show_progress": "false",
-    }
-    cfg = load_config(overrides=[f"{key}={value}" for key, value in settings.items()])
+    overrides = [
+        f"lakehouse.root={work}/lakehouse",
+        f"lakehouse.landing={work}/landing",
+        f"mlflow.tracking_uri=sqlite:///{work}/mlflow.db",
+        f"mlflow.artifact_root={work}/artifacts",
+        f"models.dir={work}/models",
+    ]
+    cfg = load_config(overrides=overrides)
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    env.update({f"OSMF_{key.replace('.', '__').upper()}": str(value) for key, value in settings.items()})
 
+    nightly = nightly_dag()
     spark_submit = [str(Path(pyspark.__file__).parent / "bin" / "spark-submit"), "--master", cfg.spark.master]
-    for key, value in session_conf(cfg).items():
+    for key, value in nightly.SPARK_CONF.items():
         spark_submit += ["--conf", f"{key}={value}"]
-    spark_submit += ["--jars", str(Path(cfg.spark.jars_dir) / "*.jar")]
-    preflight = [*spark_submit, str(PROJECT_ROOT / "jobs" / "preflight.py"), "--ds", DS.isoformat()]
+    spark_submit += ["--jars", nightly.SPARK_JARS]
+    preflight = [*spark_submit, str(nightly.JOBS / "preflight.py"), "--ds", DS.isoformat()]
+    preflight += [arg for override in overrides for arg in ("--set", override)]
     imports = [sys.executable, "-c", "import torch, transformers, diffusers, trl"]
 
     print(f"[night] {repeats} runs each of: python, preflight via spark-submit, the torch imports", flush=True)
@@ -94,7 +98,7 @@ def measure(work: Path, repeats: int, demo_days: int) -> None:
     build_tiny_renderer(library_of(cfg), cfg)
     renderer = time.perf_counter() - began
 
-    spark_tasks, torch_tasks = dag_tasks()
+    spark_tasks, torch_tasks = task_processes(nightly)
     ingests = demo_days  # the days before the night, and the closed loop's next day
     parts = [
         ("python start", python, 0),
