@@ -2,8 +2,9 @@
 
 A contract is a name, a location under `lakehouse.root`, a schema, a key and a partitioning.
 Writes for a `ds` replace that partition (replaceWhere) or MERGE on the key, so a rerun or a
-backfill of the same `ds` gives the same rows. `sql/tables/*.sql` is generated from these
-contracts (`osmf tables ddl`) and a test keeps the two in agreement.
+backfill of the same `ds` gives the same rows, and a write that loses a commit race with another
+task's is taken again. `sql/tables/*.sql` is generated from these contracts (`osmf tables ddl`)
+and a test keeps the two in agreement.
 
 pyspark is imported lazily: the Airflow DAG reads contracts at parse time and must stay light.
 """
@@ -11,9 +12,11 @@ pyspark is imported lazily: the Airflow DAG reads contracts at parse time and mu
 from __future__ import annotations
 
 import json
+import random
 import re
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
@@ -534,14 +537,14 @@ def overwrite_partition(
         [f"{DS} = DATE'{_as_date(ds).isoformat()}'", *[f"`{k}` = {_sql_string(v)}" for k, v in (where or {}).items()]]
     )
     ensure(spark, table, cfg)
-    (
+    writer = (
         conform(df, table)
         .write.format("delta")
         .mode("overwrite")
         .option("replaceWhere", predicate)
         .option("userMetadata", _commit_metadata(ds))
-        .save(table.location(cfg))
     )
+    _committed(table, lambda: writer.save(table.location(cfg)))
     return latest_version(spark, table, cfg)
 
 
@@ -593,15 +596,64 @@ def merge(
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in table.keys)
     newer = f"s.`{unless_newer}` >= t.`{unless_newer}`" if unless_newer else None
     with _commits_for(spark, ds):
-        (
-            DeltaTable.forPath(spark, table.location(cfg))
-            .alias("t")
-            .merge(source.alias("s"), condition)
-            .whenMatchedUpdateAll(condition=newer)
-            .whenNotMatchedInsertAll()
-            .execute()
+        _committed(
+            table,
+            lambda: (
+                DeltaTable.forPath(spark, table.location(cfg))
+                .alias("t")
+                .merge(source.alias("s"), condition)
+                .whenMatchedUpdateAll(condition=newer)
+                .whenNotMatchedInsertAll()
+                .execute()
+            ),
         )
     return latest_version(spark, table, cfg)
+
+
+COMMIT_ATTEMPTS = 5
+
+
+def _committed(table: Table, write: Callable[[], None]) -> None:
+    """Runs `write` until Delta commits it, taking it again (up to COMMIT_ATTEMPTS times) when a
+    concurrent writer's commit conflicts with it.
+
+    Tasks of one night run side by side where the DAG branches, and several of them write their
+    own slice of eval_metrics's ds partition. Delta checks conflicts per partition, so the later
+    commit fails though the two touch different rows. Every write here replaces or merges only
+    its own rows, so taking it again on the new snapshot is the remedy Delta prescribes.
+    """
+    from delta.exceptions import (
+        ConcurrentAppendException,
+        ConcurrentDeleteDeleteException,
+        ConcurrentDeleteReadException,
+        ConcurrentTransactionException,
+        ConcurrentWriteException,
+        DeltaConcurrentModificationException,
+        MetadataChangedException,
+        ProtocolChangedException,
+    )
+
+    conflicts = (
+        ConcurrentAppendException,
+        ConcurrentDeleteDeleteException,
+        ConcurrentDeleteReadException,
+        ConcurrentTransactionException,
+        ConcurrentWriteException,
+        DeltaConcurrentModificationException,
+        MetadataChangedException,
+        ProtocolChangedException,
+    )
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            write()
+            return
+        except conflicts as conflict:
+            if attempt == COMMIT_ATTEMPTS:
+                raise TableError(
+                    f"table '{table.name}': {attempt} commits in a row lost to concurrent writers; last: {conflict}"
+                ) from conflict
+            # Writers that collided would collide again at the same pace: spread them out.
+            time.sleep(random.uniform(0.5, 1.5) * attempt)
 
 
 class _CommitDs:

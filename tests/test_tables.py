@@ -3,7 +3,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -221,6 +223,23 @@ def test_partition_writes_record_their_ds(spark, cfg):
     tables.overwrite_partition(spark, _events(spark, D2, ("e1", "u1", False)), impressions, cfg, D2)
     tables.overwrite_partition(spark, _events(spark, D1, ("e2", "u1", True)), impressions, cfg, D1)
     assert tables.version_as_of(spark, impressions, cfg, D1) == 0
+
+
+def test_stages_writing_one_night_side_by_side_all_land(spark, cfg):
+    # Where the DAG branches, tasks write their own stage's rows into eval_metrics's ds partition
+    # at the same moment. Delta sees each such pair of commits as a conflict; every one must land.
+    stages = [f"branch_{i}" for i in range(4)]
+    tables.write_metrics(spark, cfg, D1, "earlier", [tables.Metric("kept", "all", 0.0)], "earlier")
+    start = threading.Barrier(len(stages))
+
+    def write(stage: str) -> None:
+        start.wait()
+        tables.write_metrics(spark, cfg, D1, stage, [tables.Metric("m", "all", 1.0)], stage)
+
+    with ThreadPoolExecutor(len(stages)) as pool:
+        list(pool.map(write, stages))
+    landed = tables.read(spark, EVAL_METRICS, cfg, ds=D1).select("stage", "run_id").collect()
+    assert sorted(tuple(r) for r in landed) == sorted([("earlier", "earlier"), *((s, s) for s in stages)])
 
 
 def test_every_analyst_view_compiles_over_the_contracts(spark, cfg):
