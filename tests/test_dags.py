@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -258,15 +259,16 @@ def _succeeded(night: Night, day: date, logs: Path) -> dict:
     return run
 
 
-def _task_logs(night: Night, run_id: str) -> Night:
-    """The night with what every task of a run logged (its jobs' output included), one event a
-    line, from the JSON lines Airflow writes per task attempt, and the tasks that took more than one."""
+def _task_logs(night: Night, run_id: str, since: float = 0.0) -> Night:
+    """The night with what every task of a run logged from `since` (epoch seconds) on, its jobs'
+    output included, one event a line (from the JSON lines Airflow writes per task attempt), and
+    the tasks that took more than one attempt."""
     folder = Path(night.env["AIRFLOW_HOME"]) / "logs" / "dag_id=osmf_nightly" / f"run_id={run_id}"
-    attempts = sorted(folder.rglob("attempt=*.log"))
+    attempts = sorted(f for f in folder.rglob("attempt=*.log") if f.stat().st_mtime >= since)
     assert attempts, f"no task logs under {folder}"
     log = "\n".join(str(json.loads(line).get("event", "")) for f in attempts for line in f.open() if line.strip())
-    retried = sorted({str(f.relative_to(folder).parent) for f in attempts if f.name != "attempt=1.log"})
-    return replace(night, log=log, retried=tuple(retried))
+    tasks = Counter(str(f.relative_to(folder).parent) for f in attempts)
+    return replace(night, log=log, retried=tuple(sorted(task for task, tries in tasks.items() if tries > 1)))
 
 
 @pytest.fixture(scope="module")
@@ -422,9 +424,11 @@ def test_a_backfill_the_scheduler_runs_changes_no_row(night, spark, tmp_path, da
     before, registered, first = _every_row(spark, night.cfg), versions(), _runs(night)[NIGHT.isoformat()]
     with scheduler(night, tmp_path, daemons, free_port) as deployed:
         days = ["--from-date", NIGHT.isoformat(), "--to-date", NIGHT.isoformat()]
+        started = time.time()
         deployed.airflow_cli("backfill", "create", "--dag-id", "osmf_nightly", *days, "--reprocess-behavior=completed")
         run = _succeeded(deployed, NIGHT, tmp_path)
     assert run["start_date"] > first["end_date"], f"the finished night was not run again: {first}, {run}"
+    assert not _task_logs(night, run["run_id"], since=started).retried
     after = _every_row(spark, night.cfg)
     assert after.keys() == before.keys()
     changed = {name: (len(before[name]), len(after[name])) for name in before if before[name] != after[name]}
