@@ -622,27 +622,10 @@ def _committed(table: Table, write: Callable[[], None]) -> None:
     commit fails though the two touch different rows. Every write here replaces or merges only
     its own rows, so taking it again on the new snapshot is the remedy Delta prescribes.
     """
-    from delta.exceptions import (
-        ConcurrentAppendException,
-        ConcurrentDeleteDeleteException,
-        ConcurrentDeleteReadException,
-        ConcurrentTransactionException,
-        ConcurrentWriteException,
-        DeltaConcurrentModificationException,
-        MetadataChangedException,
-        ProtocolChangedException,
-    )
+    import delta.exceptions
 
-    conflicts = (
-        ConcurrentAppendException,
-        ConcurrentDeleteDeleteException,
-        ConcurrentDeleteReadException,
-        ConcurrentTransactionException,
-        ConcurrentWriteException,
-        DeltaConcurrentModificationException,
-        MetadataChangedException,
-        ProtocolChangedException,
-    )
+    # What the module exports is exactly Delta's commit conflicts, one class each.
+    conflicts = tuple(getattr(delta.exceptions, name) for name in delta.exceptions.__all__)
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
             write()
