@@ -37,10 +37,13 @@ help:
 
 setup: $(SETUP_DONE)
 
+# --compile-bytecode: uv leaves the .pyc files to the first import, which cannot keep them where
+# PYTHONDONTWRITEBYTECODE is set (this machine sets it): every task process then compiled mlflow,
+# pyspark, torch and Airflow again, 2-5 s of each process (README, What the tests cost).
 $(SETUP_DONE): requirements.lock setup.cfg
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet uv==$(UV_VERSION)
-	$(BIN)/uv pip install --quiet --python $(PY) -r requirements.lock
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(PY) -r requirements.lock
 	$(BIN)/uv pip install --quiet --python $(PY) --no-deps -e .
 	$(MAKE) --no-print-directory jars airflow-init
 	$(OSMF) check
