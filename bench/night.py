@@ -15,6 +15,10 @@ The sum over the DAG's tasks, plus the ingests `make demo` runs besides the nigh
 days and the closed loop's next day), is the least a demo can take on this machine whatever the
 world's size: the floor under `make demo DEMO_SCALE=tiny`. Setup (a virtualenv from the lock,
 the jars, an Airflow home) comes on top.
+
+The baseline, in the same run: each process again with an empty bytecode cache it may not write
+to (PYTHONPYCACHEPREFIX, PYTHONDONTWRITEBYTECODE), as every process ran before `make setup`
+compiled the environment once: what that compilation saves a night.
 """
 
 from __future__ import annotations
@@ -86,12 +90,16 @@ def measure(work: Path, repeats: int, demo_days: int) -> None:
     spark_submit += ["--jars", nightly.SPARK_JARS]
     preflight = [*spark_submit, str(nightly.JOBS / "preflight.py"), "--ds", DS.isoformat()]
     preflight += [arg for override in overrides for arg in ("--set", override)]
-    imports = [sys.executable, "-c", "import torch, transformers, diffusers, trl"]
-
-    print(f"[night] {repeats} runs each of: python, preflight via spark-submit, the torch imports", flush=True)
-    python = best_of(repeats, [sys.executable, "-c", "pass"], env)
-    spark_task = best_of(repeats, preflight, env)
-    torch_imports = best_of(repeats, imports, env)
+    processes = {
+        "python": [sys.executable, "-c", "pass"],
+        "spark": preflight,
+        "torch imports": [sys.executable, "-c", "import torch, transformers, diffusers, trl"],
+    }
+    uncompiled = {**env, "PYTHONPYCACHEPREFIX": str(work / "empty-pycache"), "PYTHONDONTWRITEBYTECODE": "1"}
+    print(f"[night] {repeats} runs each of: python, preflight via spark-submit, the torch imports;", flush=True)
+    print("[night] each with the environment's compiled bytecode, then without it", flush=True)
+    compiled = {name: best_of(repeats, command, env) for name, command in processes.items()}
+    bare = {name: best_of(repeats, command, uncompiled) for name, command in processes.items()}
     print("[night] building the tiny renderer on a tiny world's backgrounds ...", flush=True)
     write_landing(cfg, scale="tiny", start=DS, days=1)
     began = time.perf_counter()
@@ -101,17 +109,25 @@ def measure(work: Path, repeats: int, demo_days: int) -> None:
     spark_tasks, torch_tasks = task_processes(nightly)
     ingests = demo_days  # the days before the night, and the closed loop's next day
     parts = [
-        ("python start", python, 0),
-        ("Spark task: spark-submit, imports, session, MLflow run", spark_task, spark_tasks + ingests),
-        ("torch task: the same plus torch, transformers, diffusers, trl", spark_task + torch_imports, torch_tasks),
-        ("tiny renderer build (default settings)", renderer, 1),
+        ("python start", "python", 0),
+        ("Spark task: spark-submit, imports, session, MLflow run", "spark", spark_tasks + ingests),
+        ("torch task: the same plus torch, transformers, diffusers, trl", "torch", torch_tasks),
+        ("tiny renderer build (default settings)", "renderer", 1),
     ]
-    floor = sum(seconds * count for _, seconds, count in parts)
-    print(f"\n| part | s (best of {repeats}) | x python start | in a demo | s in a demo |")
-    print("|---|---|---|---|---|")
-    for name, seconds, count in parts:
-        print(f"| {name} | {seconds:.2f} | {seconds / python:,.0f}x | {count} | {seconds * count:.0f} |")
-    print(f"| **floor of a demo's tasks** | | | | **{floor:.0f} ({floor / 60:.1f} min)** |")
+
+    def seconds(timed: dict[str, float], part: str) -> float:
+        return {**timed, "torch": timed["spark"] + timed["torch imports"], "renderer": renderer}[part]
+
+    floor = sum(seconds(compiled, part) * count for _, part, count in parts)
+    bare_floor = sum(seconds(bare, part) * count for _, part, count in parts)
+    print(f"\n| part | s (best of {repeats}) | x python start | s uncompiled | saved | in a demo | s in a demo |")
+    print("|---|---|---|---|---|---|---|")
+    for name, part, count in parts:
+        now, before = seconds(compiled, part), seconds(bare, part)
+        print(f"| {name} | {now:.2f} | {now / compiled['python']:,.0f}x | {before:.2f} | {1 - now / before:.0%} "
+              f"| {count} | {now * count:.0f} |")  # fmt: skip
+    print(f"| **floor of a demo's tasks** | | | {bare_floor:.0f} | {1 - floor / bare_floor:.0%} "
+          f"| | **{floor:.0f} ({floor / 60:.1f} min)** |")  # fmt: skip
     print(f"\nThe night: {spark_tasks} Spark tasks, {torch_tasks} torch tasks; make demo adds {ingests} ingests.")
     for target, minutes in TARGETS_MIN.items():
         print(f"{target}: target {minutes} min; this floor alone is {floor / 60 / minutes:.2f}x it")
