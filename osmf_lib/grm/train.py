@@ -155,15 +155,17 @@ def fit_grm(
         dropout=gc.dropout,
         group_aware=group_aware,
     )
-    # A private RNG state: the same seed gives the same weights whatever ran before.
-    with torch.random.fork_rng(devices=[]):
+    # A private RNG state: the same seed gives the same initial weights and the same dropout masks
+    # whatever ran before. torch seeds a fresh process's generator at random, so dropout drawn
+    # from it trained a different model in every process from the same night.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(gc.seed)
         model = GrmModel(config).to(device)
-    with torch.no_grad():
-        # Start at the base click rate: early steps then learn preferences, not the intercept.
-        rate = (data.clicks.sum() / data.impressions.sum()).clamp(1e-4, 1 - 1e-4).item()
-        model.base.bias.fill_(math.log(rate / (1 - rate)))
-    losses = _fit(model, data, cfg)
+        with torch.no_grad():
+            # Start at the base click rate: early steps then learn preferences, not the intercept.
+            rate = (data.clicks.sum() / data.impressions.sum()).clamp(1e-4, 1 - 1e-4).item()
+            model.base.bias.fill_(math.log(rate / (1 - rate)))
+        losses = _fit(model, data, cfg)
     grm = Grm(model.eval(), featurizer, profiles, gc.inference_batch_size)
     return TrainedGrm(
         grm=grm,

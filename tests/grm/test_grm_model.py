@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy.stats import spearmanr
 
 from osmf_lib.config import Config
@@ -121,6 +122,17 @@ def test_a_saved_model_scores_the_same_and_carries_its_nights_groups(trained: Tr
     rows = WORLD["cells"].head(7)
     np.testing.assert_allclose(loaded.score(rows), trained.grm.score(rows), atol=1e-6)
     assert not loaded.group_aware or loaded.model.config.group_aware
+
+
+def test_dropout_draws_from_the_seed_not_from_what_ran_before(make_cfg: Callable[..., Config]) -> None:
+    # Each task is a fresh process whose torch generator starts at a random seed; two draws of it
+    # stand for two processes training the same night.
+    cfg = make_cfg(*SETTINGS, "grm.epochs=2", "grm.dropout=0.5")
+    weights = []
+    for process_seed in (1, 2):
+        torch.manual_seed(process_seed)
+        weights.append([p.detach().clone() for p in _fit(cfg, group_aware=True).grm.model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))
 
 
 def test_a_prompt_over_the_token_limit_is_cut_and_counted(make_cfg: Callable[..., Config]) -> None:
