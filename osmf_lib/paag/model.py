@@ -181,7 +181,9 @@ class PaagNet(nn.Module):
         slots = torch.stack(parts, dim=1)  # (B, attributes + 1, width)
         if self.dims.product_aware:
             scale = 1 + self.modulation(self.context(products))
-            slots = slots * scale[product].view_as(slots)
+            # index_select, not scale[product]: indexing's backward accumulates into the rows with
+            # atomic adds across CPU threads, so two runs of the same seed summed in different orders.
+            slots = slots * scale.index_select(0, product).view_as(slots)
         return self.out(slots.sum(1))
 
     def context(self, products: ProductFeatures) -> torch.Tensor:

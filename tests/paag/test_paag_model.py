@@ -172,6 +172,36 @@ def test_the_product_aware_net_starts_as_the_baseline(trained: TrainedPaag, worl
         torch.testing.assert_close(aware.embed(*rows.take(slice(None))), agnostic.embed(*rows.take(slice(None))))
 
 
+def test_the_product_context_gradient_sums_in_the_same_order_every_time(
+    trained: TrainedPaag, world: World, products
+) -> None:
+    """Many rows of a batch share a product's modulation, so its gradient is a sum over them: with
+    two CPU threads adding into the same rows at once that sum came out in a different order on
+    every run, and no two fresh processes trained the same PAAG at demo scale."""
+    pairs = pairs_of(world.users.head(2_000), products[products["since"] == 0].head(2))
+    # Shuffled as a training batch is: the two products' rows interleave in every thread's share.
+    pairs = pairs.sample(frac=1.0, random_state=0)
+    batch = trained.paag.featurizer.rows(pairs).take(slice(None))
+    net = trained.paag.net
+    upstream = torch.randn(len(pairs), net.dims.embedding_dim, generator=torch.Generator().manual_seed(0))
+
+    def gradient() -> torch.Tensor:
+        net.zero_grad(set_to_none=True)
+        (net.embed(*batch) * upstream).sum().backward()
+        return net.modulation.weight.grad.clone()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        first = gradient()
+        assert first.abs().sum() > 0
+        for _ in range(5):
+            torch.testing.assert_close(gradient(), first, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(threads)
+        net.zero_grad(set_to_none=True)
+
+
 def test_max_train_rows_caps_the_sample(small) -> None:
     capped = small("paag.max_train_rows=1000")
     assert capped.train_rows == 1000 and capped.validation_rows <= 334
