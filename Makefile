@@ -20,8 +20,9 @@ export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 
 # `make demo` simulates these days at this scale, ingests the earlier ones (one Airflow task
-# each), runs the whole nightly DAG for the last one, then serves that night's creatives into
-# the next day's traffic and ingests it (the closed loop's A/B test).
+# each), runs the whole nightly DAG for the last one, then answers the next day's requests with
+# that night's osmf-serving, shows the answers to a share of the traffic and ingests the day (the
+# closed loop's coverage and A/B test), and writes the night's report again to show them.
 DEMO_SCALE ?= demo
 DEMO_DAYS ?= 3
 
@@ -97,15 +98,15 @@ demo: $(SETUP_DONE)
 			|| { tail -n 40 var/airflow/demo-$$ds.log; echo "osmf_nightly failed for $$ds; log: var/airflow/demo-$$ds.log"; exit 1; }; \
 		grep -h -o -E "$(STAGE_LINES)" var/airflow/demo-$$ds.log | sed 's/ *\[airflow.*//' || true; \
 	done; \
-	report=$$($(OSMF) report --ds $$last); \
 	next=$$($(OSMF) synth --list-days --start $$last --days 2 | tail -n 1); \
-	echo "== closed loop: $$next's traffic sees night $$last's creatives (osmf synth serve), then ingest_events $$next"; \
+	echo "== closed loop: $$next's requests answered by night $$last's osmf-serving (osmf synth serve), then ingest_events $$next"; \
 	$(OSMF) synth serve --ds $$last 2> var/airflow/demo-serve.log | tail -n 1 \
 		|| { tail -n 40 var/airflow/demo-serve.log; echo "osmf synth serve failed; log: var/airflow/demo-serve.log"; exit 1; }; \
 	$(BIN)/airflow tasks test osmf_nightly ingest_events $$next > var/airflow/demo-$$next.log 2>&1 \
 		|| { tail -n 40 var/airflow/demo-$$next.log; echo "ingest_events failed for $$next; log: var/airflow/demo-$$next.log"; exit 1; }; \
+	$(OSMF) sql "SELECT metric, slice, round(value, 4) AS value FROM eval_metrics WHERE stage = 'serving_coverage' AND ds = '$$next' ORDER BY metric, slice" 2> /dev/null; \
 	$(OSMF) sql "SELECT * FROM closed_loop_ab" 2> /dev/null; \
-	echo "report      $$report  (open it in a browser)"
+	echo "report      $$($(OSMF) report --ds $$last --rebuild)  (open it in a browser)"
 	$(OSMF) where
 
 # The browser tests run where `make browser` finds or installs Chromium, and skip, saying what

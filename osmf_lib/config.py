@@ -419,6 +419,9 @@ class PublishConfig(Section):
     report_products: PositiveInt = 24
     # Longest side of an image in the report, in pixels (contact sheets get four times as much).
     thumbnail: PositiveInt = 128
+    # Members that osmf-serving places again by their attributes alone (a stable sample), to
+    # measure how often they get their own group back; PAAG embeds them on the CPU.
+    agreement_rows: PositiveInt = 50_000
 
 
 class QualityConfig(Section):

@@ -1,49 +1,80 @@
-"""What the ad server ships, graded against the simulated world's oracle (stage "publish_oracle"):
-per held-out (test-split) group, the oracle CTR of its served creative against its best logged
-one, each group weighted by its impressions; a logged skip on real logs."""
+"""What the ad server ships, graded against the simulated world's oracle (stage "publish_oracle").
+
+The audience is the next day's traffic on a stable sample of held-out (test-split) products, as the
+world's logging policy draws it: every impression is placed by the night's osmf-serving exactly as
+the ad server places it (a member by its group, anyone else by its attributes), and gets the
+creative served to that group. Per group and audience, the oracle CTR of that creative is set
+against the group's best logged one, weighted by impressions. Slices: `members` (users the night
+grouped), `newcomers` (placed by their attributes) and everyone (no suffix). A method that wins for
+members and loses for newcomers shows it here. A logged skip on real logs.
+"""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
 
-from osmf_lib.evaluate_oracle import grade_night, held_out_audiences
+from osmf_lib import ingest
+from osmf_lib.evaluate_oracle import grade_night, held_out_members
 from osmf_lib.job import JobContext
+from osmf_lib.serving.model import ServingNight
+from osmf_lib.synth import day_requests
 from osmf_lib.synth.oracle import Oracle
-from osmf_lib.tables import GENERATED, SERVING_CREATIVES, Metric
+from osmf_lib.tables import ASSIGNED, GENERATED, MEMBER, SERVING_CREATIVES, Metric
 
 STAGE = "publish_oracle"
 KEY = list(SERVING_CREATIVES.keys)
+AUDIENCES = {MEMBER: "members", ASSIGNED: "newcomers"}
 
 
-def grade_served(ctx: JobContext, served: pd.DataFrame, logged: pd.DataFrame, oracle: Oracle) -> list[Metric]:
-    """Oracle CTR of what is served against the best logged creative, on held-out groups."""
-    _, audiences, weights = held_out_audiences(ctx.spark, ctx.cfg, ctx.ds)
-    prompts = {
-        "served": served.set_index(KEY)["prompt"],
-        "best_logged": logged.set_index(KEY)["prompt"],
-    }
-    keys = audiences.index.intersection(prompts["served"].index).intersection(prompts["best_logged"].index)
-    if not len(keys):
-        return [Metric("groups", "test", 0.0)]
-    w = weights.loc[keys].to_numpy(dtype=float)
-    ctr = {
-        name: float(
-            np.average([oracle.expected_ctr(p, prompt.loc[(p, g)], audiences[(p, g)]) for p, g in keys], weights=w)
-        )
-        for name, prompt in prompts.items()
-    }
-    generated = served.set_index(KEY).loc[keys, "origin"].eq(GENERATED)
-    return [
-        Metric("groups", "test", float(len(keys))),
-        Metric("generated_share", "test", float(generated.mean())),
-        *(Metric("oracle_ctr", name, value) for name, value in ctr.items()),
-        Metric("lift_vs_best_logged", "served", ctr["served"] / ctr["best_logged"] - 1),
+def next_day_audience(ctx: JobContext, night: ServingNight, oracle: Oracle) -> pd.DataFrame:
+    """The next day's impressions of the held-out sample, one row each, with what osmf-serving
+    answered for them (OUTPUT_COLUMNS) and the product_id and user_id."""
+    world = oracle.world
+    first = ingest.first_day_of(ctx.spark, ctx.cfg, (world.seed, world.scale_name))
+    products = held_out_members(ctx.spark, ctx.cfg, ctx.ds).select("product_id").distinct().toPandas()
+    requests = day_requests(world, first, ctx.ds + timedelta(days=1))
+    requests = requests[requests["product_id"].isin(products["product_id"])].reset_index(drop=True)
+    return pd.concat([requests[["product_id", "user_id"]], night.assign(requests)], axis=1)
+
+
+def _oracle_ctr(oracle: Oracle, shown: pd.DataFrame, column: str) -> float:
+    """Impression-weighted oracle CTR of each (product, group)'s `column` prompt for its users."""
+    cells = shown.groupby([*KEY, column])["user_id"].agg(list)
+    ctr = [oracle.expected_ctr(product, prompt, users) for (product, _, prompt), users in cells.items()]
+    return float(np.average(ctr, weights=cells.map(len)))
+
+
+def grade_served(ctx: JobContext, night: ServingNight, logged: pd.DataFrame, oracle: Oracle) -> list[Metric]:
+    """Oracle CTR of what is served against the best logged creative, over the next day's audience."""
+    shown = next_day_audience(ctx, night, oracle)
+    best = logged.set_index(KEY)["prompt"].rename("best_logged")
+    shown = shown[shown["reason"].isin(AUDIENCES)].astype({"group_id": "int64"})
+    shown = shown.join(best, on=KEY, how="inner")
+    if shown.empty:
+        return [Metric("impressions", "test", 0.0)]
+    metrics = [
+        Metric("groups", "test", float(len(shown.groupby(KEY)))),
+        Metric("generated_share", "test", float((shown["origin"] == GENERATED).mean())),
     ]
+    for suffix, rows in (("", shown), *((f".{name}", shown[shown["reason"] == r]) for r, name in AUDIENCES.items())):
+        if rows.empty:
+            continue
+        served, logged_ctr = _oracle_ctr(oracle, rows, "prompt"), _oracle_ctr(oracle, rows, "best_logged")
+        metrics += [
+            Metric("impressions", f"test{suffix}", float(len(rows))),
+            Metric("oracle_ctr", f"served{suffix}", served),
+            Metric("oracle_ctr", f"best_logged{suffix}", logged_ctr),
+            Metric("lift_vs_best_logged", f"served{suffix}", served / logged_ctr - 1),
+        ]
+    return metrics
 
 
-def run(ctx: JobContext, served: pd.DataFrame, logged: pd.DataFrame) -> None:
-    """served: the night's serving_creatives rows; logged: the best logged creative per group."""
+def run(ctx: JobContext, served: pd.DataFrame, logged: pd.DataFrame, night: ServingNight) -> None:
+    """served: the night's serving_creatives rows; logged: the best logged creative per group;
+    night: the night's osmf-serving model."""
     missing = f"ds={ctx.ds} served nothing"
-    grade_night(ctx, STAGE, served if len(served) else None, missing,
-                lambda night, oracle: grade_served(ctx, night, logged, oracle))  # fmt: skip
+    grade_night(ctx, STAGE, night if len(served) else None, missing,
+                lambda model, oracle: grade_served(ctx, model, logged, oracle))  # fmt: skip

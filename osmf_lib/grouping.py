@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
-from sklearn.metrics import pairwise_distances, silhouette_score
+from sklearn.metrics import adjusted_rand_score, pairwise_distances, silhouette_score
 
 from osmf_lib import quality, tables, tracking
 from osmf_lib.config import Config, GroupingConfig
@@ -60,6 +60,12 @@ _OCCUPATIONS = {
     "retired": "retirees",
 }
 _DEVICES = {"ios": "iOS", "android": "Android", "pc": "PC"}
+
+
+# Rows per block of nearest-centroid distances: bounds the (rows, groups, dim) array it builds.
+NEAREST_BLOCK = 4096
+# Lloyd steps that settling small-group merges may take; on the demo world they settle in a few.
+MAX_SETTLE_STEPS = 100
 
 
 class GroupingError(ValueError):
@@ -182,6 +188,51 @@ def merge_small_groups(matrix: np.ndarray, labels: np.ndarray, min_size: int) ->
     return labels, _centroids(matrix, labels, k)
 
 
+def nearest_centroids(matrix: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's nearest centroid (ties: the lower group) and its distance to it. `centroids` is
+    (groups, dim), shared by every row, or (rows, groups, dim), each row's own product's, padded
+    with inf where a product has fewer groups.
+
+    This is the one rule that places a user in a group: grouping settles its groups on it and
+    serving (osmf_lib.serving) applies it to users the night never saw. Centroids count as
+    group_profiles stores them (float32), and the distances are taken coordinate by coordinate,
+    in blocks of rows, so a row's answer never depends on which other rows came with it.
+    """
+    stored = np.asarray(centroids, dtype=np.float32).astype(np.float64)
+    shared = stored.ndim == 2
+    labels = np.empty(len(matrix), dtype=np.int64)
+    distances = np.empty(len(matrix))
+    for start in range(0, len(matrix), NEAREST_BLOCK):
+        rows = matrix[start : start + NEAREST_BLOCK]
+        theirs = stored[None, :, :] if shared else stored[start : start + NEAREST_BLOCK]
+        gaps = np.sqrt(((rows[:, None, :] - theirs) ** 2).sum(axis=-1))
+        labels[start : start + len(rows)] = gaps.argmin(axis=1)
+        distances[start : start + len(rows)] = gaps.min(axis=1)
+    return labels, distances
+
+
+def settle_groups(matrix: np.ndarray, labels: np.ndarray, min_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge small groups away, then move every member to its nearest centroid and recompute the
+    centroids until nothing moves -> (labels, centroids), numbered as `merge_small_groups` does.
+
+    Merging folds a small group into the group whose centroid is nearest to *its centroid*, so
+    some of its members end up nearer a third group's centroid, and the merged centroid moves.
+    Without settling, nearest-centroid would give those members another group than the one they
+    were put in, and serving would place a newcomer by a rule grouping did not follow. Settling is
+    Lloyd's algorithm from the merged groups (each step lowers the within-group spread; a group
+    that shrinks below `min_size` on the way is merged again), capped at MAX_SETTLE_STEPS, after
+    which the groups are what nearest-centroid says of the last centroids.
+    """
+    for _ in range(MAX_SETTLE_STEPS):
+        labels, centroids = merge_small_groups(matrix, labels, min_size)
+        nearest, _ = nearest_centroids(matrix, centroids)
+        if np.array_equal(nearest, labels):
+            return labels, centroids
+        labels = nearest
+    kept = np.unique(labels)
+    return np.searchsorted(kept, labels), centroids[kept]
+
+
 def cluster_embeddings(matrix: np.ndarray, cfg: GroupingConfig, k: int | None = None) -> Clustering:
     """Group one product's embeddings: K by silhouette (or `k` when given), then small groups merged.
 
@@ -201,10 +252,10 @@ def cluster_embeddings(matrix: np.ndarray, cfg: GroupingConfig, k: int | None = 
         k = min(k, len(np.unique(matrix, axis=0)))
         labels = _kmeans(matrix, k, cfg)
         score = _silhouette(labels, sample)
-    labels, centroids = merge_small_groups(matrix, labels, cfg.min_group_size)
-    if len(centroids) != k:
-        score = _silhouette(labels, sample)
-    return Clustering(labels, centroids, len(centroids), score)
+    settled, centroids = settle_groups(matrix, labels, cfg.min_group_size)
+    if len(centroids) != k or adjusted_rand_score(labels, settled) < 1:
+        score = _silhouette(settled, sample)
+    return Clustering(settled, centroids, len(centroids), score)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,7 +393,7 @@ def group_product(audience: pd.DataFrame, cfg: GroupingConfig) -> tuple[pd.DataF
         raise GroupingError(f"product {product_id}: user {audience['user_id'][duplicated].iloc[0]} appears twice")
     matrix = embedding_matrix(audience, product_id)
     labels, centroids, k, silhouette = cluster_embeddings(matrix, cfg)
-    distances = np.linalg.norm(matrix - centroids[labels], axis=1)
+    _, distances = nearest_centroids(matrix, centroids)
     assignments = pd.DataFrame(
         {
             "product_id": product_id,

@@ -31,6 +31,7 @@ from osmf_lib import quality, tables
 from osmf_lib.config import Config, IngestConfig, Source
 from osmf_lib.job import JobContext, StageError
 from osmf_lib.quality import Check
+from osmf_lib.serving import coverage
 from osmf_lib.spark import path_exists
 from osmf_lib.tables import (
     CREATIVES,
@@ -783,3 +784,10 @@ def run(ctx: JobContext) -> None:
         if tables.exists(ctx.spark, table, ctx.cfg):
             mlflow.log_param(f"output.{table.name}.version", tables.latest_version(ctx.spark, table, ctx.cfg))
     quality.gate(ctx, quality_checks(ctx.spark, ctx.cfg, ctx.ds, counts))
+    # Always written, so a rerun after the day's assignments were dropped leaves none behind.
+    reached = coverage.coverage(ctx.spark, ctx.cfg, ctx.ds)
+    tables.write_metrics(ctx.spark, ctx.cfg, ctx.ds, coverage.STAGE, reached, mlflow.active_run().info.run_id)
+    if reached:
+        mlflow.log_metrics({f"{coverage.STAGE}.{m.metric}.{m.slice.replace(' ', '_')}": m.value for m in reached})
+        for m in reached:
+            print(f"{ctx.stage}: {coverage.STAGE} {m.metric} {m.slice}: {m.value:.4f}")

@@ -21,12 +21,14 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlflow import MlflowClient
 
 from osmf_lib import tables, tracking
 from osmf_lib.config import Config
+from osmf_lib.job import StageError
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -114,6 +116,24 @@ def version_for_ds(name: str, ds: date) -> str | None:
         if v.tags.get(TAG_CHAMPION_FROM, "9999-12-31") <= ds.isoformat()
     ]
     return str(max(promoted)[1]) if promoted else None
+
+
+def pinned_version(cfg: Config, name: str, ds: date, producer: str) -> str:
+    """The version of `name` that is champion for night ds; fails naming the stage to run without one."""
+    tracking.configure(cfg)
+    version = version_for_ds(name, ds)
+    if version is None:
+        raise StageError(f"{name} has no champion for ds={ds}: run {producer} for ds={ds} first")
+    return version
+
+
+def pinned_folder(cfg: Config, name: str, ds: date, artifact: str, producer: str) -> tuple[Path, str]:
+    """Download the version pinned for night ds; returns its `artifact` folder and the version."""
+    import mlflow
+
+    version = pinned_version(cfg, name, ds, producer)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}"))
+    return local / "artifacts" / artifact, version
 
 
 def _move_alias(name: str) -> None:

@@ -3,10 +3,15 @@
 - **serving_creatives**: one creative per (product, group) of the night's groups: the rendered
   best-of-N when generate_creatives made one, otherwise the group's best logged creative by
   smoothed CTR (a product outside `gmllm.target_products`, or whose descriptions were all
-  unusable, still gets a creative). The `serving_lookup` view joins it with user_groups, so an ad
-  server reads (user, product) -> group -> creative by key.
+  unusable, still gets a creative). The `serving_lookup` view joins it with user_groups, so an
+  analyst reads a member's (user, product) -> group -> creative by key.
+- **osmf-serving** (osmf_lib/serving): the night's model for everyone else too. It places any user
+  with attributes in the product's groups, and is registered and pinned to the night; how often it
+  gives members their own group back by their attributes alone goes to `eval_metrics` (stage
+  "serving").
 - **Metrics** (`eval_metrics` stage "publish"): how many targets got a generated creative, a
-  logged one or none; on a simulated world, osmf_lib/evaluate_publish.py grades what is served.
+  logged one or none; on a simulated world, osmf_lib/evaluate_publish.py grades what is served to
+  the next day's audience, members and newcomers.
 - **Views** are re-registered, so a view broken by a contract change fails the night here.
 - **The report** (osmf_lib/report.py) is written under the artifacts root and logged to MLflow.
 """
@@ -24,6 +29,7 @@ from pyspark.sql import functions as F
 from osmf_lib import evaluate_publish, report, tables
 from osmf_lib.config import Config
 from osmf_lib.job import JobContext
+from osmf_lib.serving import stages as serving
 from osmf_lib.tables import (
     CREATIVES,
     GENERATED,
@@ -38,6 +44,8 @@ from osmf_lib.tables import (
 )
 
 STAGE = "publish"
+# How well the night's osmf-serving places members by their attributes alone.
+SERVING_STAGE = "serving"
 KEY = list(SERVING_CREATIVES.keys)
 
 
@@ -122,7 +130,8 @@ def evaluate_and_publish(ctx: JobContext) -> None:
     generated = tables.read_or_empty(spark, GENERATED_CREATIVES, cfg).where(F.col("ds") == F.lit(ds))
     served = serving_rows(targets, generated, logged, ds)
     version = tables.overwrite_partition(spark, served, SERVING_CREATIVES, cfg, ds)
-    served_pd = tables.read(spark, SERVING_CREATIVES, cfg, version=version, ds=ds).toPandas()
+    stored = tables.read(spark, SERVING_CREATIVES, cfg, version=version, ds=ds)
+    served_pd = stored.toPandas()
     logged_pd = logged.toPandas()
     run_id = mlflow.active_run().info.run_id
     metrics = coverage(served_pd, targets.count())
@@ -133,6 +142,13 @@ def evaluate_and_publish(ctx: JobContext) -> None:
     print(f"{ctx.stage}: serving_creatives v{version}: {counted['targets', 'all']} targets, "
           f"{counted['served', GENERATED]} generated, {counted['served', LOGGED]} logged (the group's best), "
           f"{counted['unserved', 'all']} without a creative; {len(views)} tables and views registered")  # fmt: skip
-    evaluate_publish.run(ctx, served_pd, logged_pd)
+    model_version, night = serving.register_night(ctx, stored)
+    agreement = serving.member_agreement(spark, cfg, ds, night, cfg.publish.agreement_rows)
+    tables.write_metrics(spark, cfg, ds, SERVING_STAGE, agreement, run_id)
+    mlflow.log_metrics({f"{m.metric}.{m.slice}": m.value for m in agreement})
+    placed = f"; members placed by attributes alone get their own group: {agreement[0].value:.2%}" if agreement else ""
+    print(f"{ctx.stage}: {serving.MODEL_NAME} v{model_version} serves ds={ds}: {len(night.members)} members, "
+          f"{len(night.groups)} groups, {len(night.fallback)} products with a fallback{placed}")  # fmt: skip
+    evaluate_publish.run(ctx, served_pd, logged_pd, night)
     path = report.write(ctx, served_pd)
     print(f"{ctx.stage}: report {path}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from datetime import date
+from datetime import date, timedelta
 
 import mlflow
 import pandas as pd
@@ -25,13 +25,32 @@ from osmf_lib import artifacts, browser, tables, tracking
 from osmf_lib.config import Config
 from osmf_lib.job import JobContext, StageError
 from osmf_lib.render import CONTACT_SHEET, product_folder
-from osmf_lib.tables import EVAL_METRICS, GENERATED, GENERATED_CREATIVES, GROUP_PROFILES, IMPRESSIONS, PRODUCTS
+from osmf_lib.tables import (
+    EVAL_METRICS,
+    GENERATED,
+    GENERATED_CREATIVES,
+    GROUP_PROFILES,
+    IMPRESSIONS,
+    PRODUCTS,
+    SERVING_CREATIVES,
+)
 
-MODELS = ("osmf-paag", "osmf-grm", "osmf-gmllm")
+MODELS = ("osmf-paag", "osmf-grm", "osmf-gmllm", "osmf-serving")
+ONE_DAY = timedelta(days=1)
+# The oracle's grade of the next day's audience (evaluate_publish): (metric, slice, format) per column.
+GRADE_COLUMNS = (
+    ("impressions", "test", ",.0f"),
+    ("oracle_ctr", "served", ".4f"),
+    ("oracle_ctr", "best_logged", ".4f"),
+    ("lift_vs_best_logged", "served", "+.1%"),
+)
+AUDIENCES = (("everyone", ""), ("members", ".members"), ("newcomers", ".newcomers"))
 # The headline numbers: (stage, metric, slice) -> how the page names them.
 HEADLINE = {
     ("publish", "generated_share", "all"): "targets with a generated creative",
     ("publish_oracle", "lift_vs_best_logged", "served"): "oracle CTR lift of the served creatives over the best logged",
+    ("publish_oracle", "lift_vs_best_logged", "served.members"): "the same for the night's group members",
+    ("publish_oracle", "lift_vs_best_logged", "served.newcomers"): "the same for newcomers placed by osmf-serving",
     ("gmllm_oracle", "lift_vs_onesize", "group_dpo"): "oracle CTR lift of Group-DPO over one-size-fits-all DPO",
     ("gmllm_oracle", "lift_vs_onesize", "prefix_dpo"): "oracle CTR lift of DPO with prefix over one-size-fits-all",
     ("gmllm_oracle", "headroom_captured", "group_dpo"): "share of the oracle's headroom Group-DPO captures",
@@ -118,10 +137,46 @@ def ctr_by_day(ctx: JobContext) -> dict[str, pd.Series]:
     daily = impressions.groupBy("ds").agg(F.avg(F.col("clicked").cast("double")).alias("ctr")).toPandas()
     series = {"all impressions": daily.set_index("ds")["ctr"]}
     if spark.catalog.tableExists("closed_loop_ab"):  # registered by publish when its tables exist
-        arms = spark.table("closed_loop_ab").where(F.col("ds") <= F.lit(ds)).toPandas()
+        arms = spark.table("closed_loop_ab").where((F.col("ds") <= F.lit(ds)) & (F.col("audience") == "all"))
+        arms = arms.toPandas()
         for arm, name in (("served", "served creatives"), ("control", "their control")):
             series[name] = arms[arms["arm"] == arm].set_index("ds")["ctr"].astype(float)
     return series
+
+
+def serving_section(ctx: JobContext) -> str:
+    """What the night's osmf-serving reaches: members placed by attributes alone, the oracle grade
+    per audience, and once the next day was served and ingested, its coverage and closed loop."""
+    spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
+    metrics = tables.read_or_empty(spark, EVAL_METRICS, cfg).where(F.col("ds").between(F.lit(ds), F.lit(ds + ONE_DAY)))
+    values = metrics.toPandas().set_index(["ds", "stage", "metric", "slice"])["value"]
+
+    def value(day: date, stage: str, metric: str, slice_: str, fmt: str) -> str:
+        key = (day, stage, metric, slice_)
+        return format(values[key], fmt) if key in values.index else '<span class="muted">n/a</span>'
+
+    rows = "".join(
+        f"<tr><td>{name}</td>"
+        + "".join(f'<td class="num">{value(ds, "publish_oracle", m, s + suffix, f)}</td>' for m, s, f in GRADE_COLUMNS)
+        + "</tr>"
+        for name, suffix in AUDIENCES
+    )
+    agreement = value(ds, "serving", "member_agreement", "sample", ".2%")
+    served = ds + ONE_DAY
+    coverage = (
+        f"<p>{served}'s traffic, answered by this night's osmf-serving: of the impressions on products it "
+        f"published, {value(served, 'serving_coverage', 'coverage', 'creative', '.1%')} got a creative and "
+        f"{value(served, 'serving_coverage', 'coverage', 'generated', '.1%')} a generated one; "
+        f"{value(served, 'serving_coverage', 'generated_share', 'all', '.1%')} of all its impressions got a "
+        "generated creative.</p>"
+        if (served, "serving_coverage", "coverage", "creative") in values.index
+        else f'<p class="muted">{served} has not been served and ingested yet: no coverage to show.</p>'
+    )
+    return (
+        f"<p>Members placed again by their attributes alone get their own group: {agreement}.</p>"
+        "<table><tr><th>next day's audience (held-out products)</th><th>impressions</th><th>served, oracle CTR</th>"
+        f"<th>best logged, oracle CTR</th><th>lift</th></tr>{rows}</table>{coverage}"
+    )
 
 
 def _version(version: str | None) -> str:
@@ -222,6 +277,8 @@ def build(ctx: JobContext, served: pd.DataFrame) -> str:
 creative; the other groups get their best logged creative.</p>
 {_headline(metrics)}
 <h2>Models</h2><ul>{used}{champions}</ul>
+<h2>Who is served</h2>
+{serving_section(ctx)}
 <h2>Click-through rate by day</h2>
 {line_chart(ctr_by_day(ctx))}
 <h2>Metrics of the night</h2>
@@ -231,6 +288,16 @@ creative; the other groups get their best logged creative.</p>
 {sections}
 </body></html>
 """
+
+
+def rebuild(ctx: JobContext) -> str:
+    """Write the night's report again from the lakehouse as it is now (after the next day was
+    served and ingested, it shows that day's coverage and closed loop); returns where it is."""
+    served = tables.read(ctx.spark, SERVING_CREATIVES, ctx.cfg, ds=ctx.ds).toPandas()
+    tables.register_views(ctx.spark, ctx.cfg)
+    uri = report_uri(ctx.cfg, ctx.ds)
+    artifacts.write_atomically(uri, build(ctx, served).encode())
+    return uri
 
 
 def write(ctx: JobContext, served: pd.DataFrame) -> str:

@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
+import uuid
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING
 from osmf_lib.config import Config
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    import pandas as pd
+    from pyspark.sql import DataFrame, SparkSession
 
 ARTIFACT_FILE = "ARTIFACT"
 
@@ -156,3 +158,22 @@ def path_exists(spark: SparkSession, location: str) -> bool:
     jvm = spark.sparkContext._jvm
     path = jvm.org.apache.hadoop.fs.Path(location)
     return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(path)
+
+
+def to_pandas(df: DataFrame) -> pd.DataFrame:
+    """`df.toPandas()` with its interests as lists: Spark hands arrays over as numpy arrays, which
+    the models' vocabularies and MLflow's input examples do not take for lists."""
+    frame = df.toPandas()
+    if "interests" in frame:
+        frame["interests"] = frame["interests"].map(lambda v: [] if v is None else list(v))
+    return frame
+
+
+def ship_folder(spark: SparkSession, folder: Path, prefix: str) -> str:
+    """Send a local folder to every executor (local, HDFS or object store alike); returns the name
+    `SparkFiles.get` finds it under there. Spark refuses a second, different folder under a name it
+    already ships, so every call ships a copy under a name of its own."""
+    shipped = Path(tempfile.mkdtemp(prefix=f"{prefix}-")) / f"{prefix}-{uuid.uuid4().hex}"
+    shutil.copytree(folder, shipped)
+    spark.sparkContext.addFile(str(shipped), recursive=True)
+    return shipped.name

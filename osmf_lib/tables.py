@@ -371,6 +371,31 @@ SERVING_CREATIVES = Table(
     producer="evaluate_and_publish",
 )
 
+# Why osmf-serving answered a request as it did (serving_assignments.reason, osmf_lib.serving.model).
+MEMBER, ASSIGNED, FALLBACK, UNKNOWN_PRODUCT = "member", "assigned", "fallback", "unknown product"
+REASONS = (MEMBER, ASSIGNED, FALLBACK, UNKNOWN_PRODUCT)
+
+SERVING_ASSIGNMENTS = Table(
+    "serving_assignments",
+    "What osmf-serving answered for each (product, user) requested on a day, in bulk: group and creative.",
+    (
+        _PRODUCT,
+        _c("user_id", "STRING", key=True),
+        _c("group_id", "INT", "the user's group of the night; null for a fallback or an unknown product"),
+        _c("creative_id", "STRING", "the creative served; null for an unknown product"),
+        _c("origin", "STRING", "generated | logged"),
+        _c("prompt", "STRING"),
+        _c("image_uri", "STRING"),
+        _c("paag_version", "STRING", "osmf-paag registry version of the night's groups"),
+        _GROUPS_DS,
+        _c("reason", "STRING", "member | assigned | fallback | unknown product", required=True),
+        _c(DS, "DATE", "the day whose requests were answered", required=True),
+    ),
+    keys=("product_id", "user_id"),
+    partitioned=True,
+    producer="osmf synth serve (osmf_lib.serving.bulk.assign_requests)",
+)
+
 EVAL_METRICS = Table(
     "eval_metrics",
     "Every offline metric of every stage, per nightly run.",
@@ -417,6 +442,7 @@ TABLES: dict[str, Table] = {
         GROUP_PREFERENCE_PAIRS,
         GENERATED_CREATIVES,
         SERVING_CREATIVES,
+        SERVING_ASSIGNMENTS,
         EVAL_METRICS,
     )
 }
@@ -694,7 +720,9 @@ def register_views(spark: SparkSession, cfg: Config) -> list[str]:
             registered.append(table.name)
     for view in sorted(VIEWS_FOLDER.glob("*.sql")):
         query = view.read_text()
-        needs = {name for name in TABLES if re.search(rf"\b{name}\b", query)}
+        # What a view reads, not what its comment mentions.
+        code = re.sub(r"--[^\n]*", "", query)
+        needs = {name for name in TABLES if re.search(rf"\b{name}\b", code)}
         if not needs <= set(registered):
             continue
         try:

@@ -8,7 +8,7 @@ aliases `challenger` and `champion`; consumers load `models:/NAME@champion`.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -22,6 +22,8 @@ from mlflow.exceptions import MlflowException
 from osmf_lib.config import PROJECT_ROOT, Config
 
 if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.models import ModelSignature
     from pyspark.sql import SparkSession
 
     from osmf_lib.tables import Table
@@ -135,6 +137,25 @@ def log_table_input(
     )
     mlflow.log_input(dataset, context=context)
     return table_version
+
+
+def signature(
+    example: pd.DataFrame, output: pd.DataFrame, optional: Collection[str], types: Mapping[str, Any] | None = None
+) -> ModelSignature:
+    """A pyfunc signature inferred from an example, with the `optional` inputs optional and the
+    columns in `types` typed as given whatever the example holds (a column of nulls infers as Any)."""
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, Schema
+
+    inferred = infer_signature(example, output)
+    assert inferred.inputs is not None
+    chosen = types or {}
+    inputs = [
+        ColSpec(chosen.get(spec.name, spec.type), spec.name, required=spec.name not in optional)
+        for spec in inferred.inputs.inputs
+        if isinstance(spec, ColSpec)
+    ]
+    return ModelSignature(Schema(inputs), inferred.outputs)
 
 
 def register(model_uri: str, name: str, alias: str = CHALLENGER) -> str:

@@ -1,16 +1,29 @@
 """Bring your own logs, end to end: a mapped ratings log with no images, no creatives and no event
-ids goes through ingestion, PAAG, embeddings and grouping, and evaluation skips saying why."""
+ids goes through ingestion, PAAG, embeddings, grouping and publishing, evaluation skips saying why,
+and someone who rates a film after the night is placed in one of its groups."""
 
 import datetime as dt
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from osmf_lib import evaluate_grouping, grouping, ingest, tables
+from osmf_lib import evaluate_grouping, grouping, ingest, pairs, publish, tables
 from osmf_lib.config import PROJECT_ROOT, load_config
 from osmf_lib.job import main
 from osmf_lib.paag import stages
-from osmf_lib.tables import CREATIVES, EVAL_METRICS, GROUP_PROFILES, IMPRESSIONS, PAAG_EMBEDDINGS, PRODUCTS
+from osmf_lib.serving.registry import load_serving
+from osmf_lib.tables import (
+    ASSIGNED,
+    CREATIVES,
+    EVAL_METRICS,
+    GROUP_PROFILES,
+    IMPRESSIONS,
+    MEMBER,
+    PAAG_EMBEDDINGS,
+    PRODUCTS,
+    USER_GROUPS,
+)
 
 DS = dt.date(2026, 11, 1)
 EXAMPLE = PROJECT_ROOT / "conf" / "examples" / "byo-ratings.yaml"
@@ -58,6 +71,7 @@ def night(tmp_path_factory):
         "spark.shuffle_partitions=2",
         "spark.show_progress=false",
         "paag.epochs=1",
+        f"render.artifacts={root / 'creatives'}",
     ]
     ratings = _ship(root / "landing")
 
@@ -93,3 +107,29 @@ def test_a_ratings_log_runs_through_grouping_and_evaluation_says_why_it_skips(sp
     assert action["k"].iloc[0] >= 2
     assert action["description"].str.contains(r"\b(?:fe)?male\b|\b(?:wo)?men\b").all()
     assert tables.read(spark, EVAL_METRICS, cfg, ds=DS).where("stage = 'grouping'").count() == 0
+
+
+def test_someone_who_rates_a_film_after_the_night_gets_a_group_and_its_creative(spark, night):
+    cfg, stage, _ = night
+    stage("build_preference_pairs", pairs.run)
+    stage("evaluate_and_publish", publish.evaluate_and_publish)
+    import mlflow
+
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    model = load_serving("models:/osmf-serving@champion")
+    member = tables.read(spark, USER_GROUPS, cfg, ds=DS).where("product_id = 'm0'").first()
+    requests = pd.DataFrame(
+        {
+            "product_id": ["m0", "m0", "m0"],
+            # A rater the log has never seen, with the attributes a users file maps; one without any.
+            "user_id": [member["user_id"], "9001", "9002"],
+            "gender": [None, "F", None],
+            "age_band": [None, "25-34", None],
+            "occupation": [None, "engineer", None],
+        }
+    )
+    answered = model.assign(requests)
+    assert answered["reason"].tolist() == [MEMBER, ASSIGNED, ASSIGNED]
+    assert answered["group_id"].iat[0] == member["group_id"] and answered["group_id"].notna().all()
+    # The log has no creatives: each film's group is served its original image.
+    assert (answered["creative_id"] == "m0-original").all() and (answered["origin"] == "logged").all()

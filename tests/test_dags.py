@@ -343,7 +343,8 @@ def test_nightly_dag_runs_end_to_end(night, spark):
     report = Path(cfg.lakehouse.root).parent / "creatives" / "2026-11-01" / "report.html"
     assert f"evaluate_and_publish: report {report}" in log and report.exists()
 
-    # The closed loop: the next day's traffic shows the published creatives to their groups.
+    # The closed loop: the next day's requests go through the night's osmf-serving, and the
+    # traffic shows its answers.
     osmf = str(Path(night.airflow).with_name("osmf"))
     served = subprocess.run([osmf, "synth", "serve", "--ds", "2026-11-01"], env=env, capture_output=True, text=True)
     assert served.returncode == 0, served.stdout[-3000:] + served.stderr[-3000:]
@@ -406,7 +407,7 @@ def _the_night_is_whole(spark, cfg, night: date) -> None:
     stages = {row["stage"] for row in tables.read(spark, EVAL_METRICS, cfg, ds=night).select("stage").collect()}
     assert {"quality", "publish", "grouping"} <= stages, stages
     client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri, registry_uri=cfg.mlflow.tracking_uri)
-    for model in ("osmf-paag", "osmf-grm", "osmf-gmllm-base", "osmf-gmllm"):
+    for model in ("osmf-paag", "osmf-grm", "osmf-gmllm-base", "osmf-gmllm", "osmf-serving"):
         assert client.get_model_version_by_alias(model, "champion").tags["osmf.champion_from_ds"] == night.isoformat()
 
 

@@ -77,6 +77,40 @@ def test_merge_renumbers_by_size_with_a_stable_tie_break() -> None:
     np.testing.assert_allclose(centroids[:, 0], [5.1, 38.1 / 3, 0.05])
 
 
+def test_settling_a_merge_gives_every_member_its_nearest_centroid() -> None:
+    rng = np.random.default_rng(4)
+    # Two large groups at 0 and 10 and a small one spread over 4..6 whose centroid is nearer 0:
+    # merging folds all of it into the group at 0, though its members above 5 are nearer 10.
+    matrix = np.concatenate([rng.normal(0, 0.5, 60), rng.normal(10, 0.5, 60), np.linspace(4.0, 6.0, 10)])[:, None]
+    planted = np.repeat([0, 1, 2], [60, 60, 10])
+    merged, centroids = grouping.merge_small_groups(matrix, planted, min_size=30)
+    assert (grouping.nearest_centroids(matrix, centroids)[0] != merged).sum() > 0
+
+    settled, centroids = grouping.settle_groups(matrix, planted, min_size=30)
+    nearest, distances = grouping.nearest_centroids(matrix, centroids)
+    np.testing.assert_array_equal(nearest, settled)
+    np.testing.assert_allclose(centroids[settled[0]], matrix[settled == settled[0]].mean(axis=0))
+    np.testing.assert_allclose(distances, np.abs(matrix[:, 0] - centroids[settled, 0]), atol=1e-6)
+    assert (matrix[settled == settled[-1], 0] > 5).all() and (matrix[settled == settled[0], 0] < 5).all()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_member_is_nearest_to_its_own_stored_centroid(seed: int) -> None:
+    """What serving relies on: nearest-centroid over the stored (float32) centroids gives each
+    member the group grouping put it in, whatever K-Means and merging did before."""
+    rng = np.random.default_rng(seed)
+    matrix = rng.normal(size=(400, 6)) * rng.uniform(0.5, 3.0, size=6)
+    # K forced to 5 with a large minimum group: some products merge (seeds 0 and 4 did, leaving 27
+    # and 21 members nearer another centroid before settling), others do not.
+    cfg = GroupingConfig(min_group_size=60, k_min=5, k_max=5)
+    assignments, profiles = grouping.group_product(audience(matrix), cfg)
+    stored = np.array(profiles.sort_values("group_id")["centroid"].tolist(), dtype=np.float32)
+    # group_product clusters the embeddings as stored (float32); user ids keep the rows' order.
+    nearest, distances = grouping.nearest_centroids(matrix.astype(np.float32).astype(np.float64), stored)
+    np.testing.assert_array_equal(nearest, assignments["group_id"].to_numpy())
+    np.testing.assert_array_equal(distances, assignments["distance"].to_numpy())
+
+
 def test_a_small_audience_gets_one_group() -> None:
     matrix, _ = blobs([20, 20])
     assignments, profiles = grouping.group_product(audience(matrix), CFG)

@@ -10,6 +10,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -59,9 +60,37 @@ def _generated(cfg) -> pd.DataFrame:
     return frame.assign(selected=frame.index.isin(best))
 
 
+def _groups_of_a_trained_paag(spark, cfg) -> None:
+    """Train PAAG on the lakehouse's log and make it the night's champion (version 1, the version
+    the groups name), and put each group's centroid at its members' mean embedding: what the
+    night's osmf-serving needs to place anyone."""
+    import mlflow
+
+    from osmf_lib import promotion, tracking
+    from osmf_lib.paag import embed, fit_paag, log_paag
+    from osmf_lib.tables import CREATIVES, PRODUCTS, USERS
+
+    users = tables.read(spark, USERS, cfg).toPandas()
+    products = tables.read(spark, PRODUCTS, cfg).toPandas()
+    log = tables.read(spark, IMPRESSIONS, cfg, ds=DS).toPandas().merge(users, on="user_id")
+    trained = fit_paag(log, products, tables.read(spark, CREATIVES, cfg).toPandas(), cfg)
+    with mlflow.start_run():
+        version = tracking.register(log_paag(trained, cfg), "osmf-paag")
+    promotion.crown("osmf-paag", version, DS)
+    members = tables.read(spark, USER_GROUPS, cfg, ds=DS).toPandas().merge(users, on="user_id")
+    members["embedding"] = list(embed(trained, members).astype("float64"))
+    centroids = members.groupby(publish.KEY)["embedding"].apply(lambda e: np.mean(np.stack(e), axis=0).tolist())
+    profiles = tables.read(spark, GROUP_PROFILES, cfg, ds=DS).drop("centroid").toPandas()
+    profiles = profiles.merge(centroids.rename("centroid").reset_index(), on=publish.KEY)
+    assert (version, set(profiles["paag_version"])) == ("1", {"osmf-paag/1"})
+    frame = spark.createDataFrame(profiles[GROUP_PROFILES.column_names], GROUP_PROFILES.schema())
+    tables.overwrite_partition(spark, frame, GROUP_PROFILES, cfg, DS)
+
+
 @pytest.fixture(scope="module")
 def night(spark, make_group_lakehouse, run_stage, tmp_path_factory):
-    cfg = make_group_lakehouse("publish", f"render.artifacts={tmp_path_factory.mktemp('creatives')}")
+    cfg = make_group_lakehouse("publish", f"render.artifacts={tmp_path_factory.mktemp('creatives')}", "paag.epochs=2")
+    _groups_of_a_trained_paag(spark, cfg)
     generated = _generated(cfg)
     frame = spark.createDataFrame(generated[GENERATED_CREATIVES.column_names], GENERATED_CREATIVES.schema())
     tables.overwrite_partition(spark, frame, GENERATED_CREATIVES, cfg, DS)
@@ -199,23 +228,62 @@ def test_osmf_report_prints_where_the_report_is(night):
     assert missing.exit_code == 1 and "no report for ds=2026-11-04" in missing.output
 
 
+def test_the_night_registers_its_serving_model_pinned_to_the_night(spark, night, run_stage):
+    from mlflow import MlflowClient
+
+    from osmf_lib import promotion
+
+    cfg, _, printed = night
+    client = MlflowClient()
+    (version,) = client.search_model_versions("name = 'osmf-serving'")
+    assert client.get_model_version_by_alias("osmf-serving", "champion").version == version.version
+    assert version.tags[promotion.TAG_CHAMPION_FROM] == version.tags[promotion.TAG_TRAINED_FOR] == DS.isoformat()
+    assert "the serving model of night 2026-11-03 (groups from osmf-paag/1)" in version.tags[promotion.TAG_DECISION]
+    assert f"osmf-serving v{version.version} serves ds=2026-11-03: " in printed
+    metrics = tables.read(spark, EVAL_METRICS, cfg, ds=DS).where("stage = 'serving'").toPandas()
+    placed = metrics.set_index("metric")["value"]
+    assert placed["member_agreement_rows"] == 12 * 40 and 0 <= placed["member_agreement"] <= 1
+    # A rerun of the night on the same rows serves with the same version.
+    run_stage(publish.evaluate_and_publish, cfg)
+    assert len(client.search_model_versions("name = 'osmf-serving'")) == 1
+
+
 def test_the_closed_loop_view_splits_the_next_days_traffic_into_served_and_control(spark, night):
+    from osmf_lib.serving.bulk import assign_day
+    from osmf_lib.tables import SERVING_ASSIGNMENTS, USERS
+
     cfg, _, _ = night
-    served = _served(spark, cfg).loc[("p00", 0)]
-    members = tables.read(spark, USER_GROUPS, cfg, ds=DS).where("product_id = 'p00' AND group_id = 0").toPandas()
-    user, other = members["user_id"].iat[0], "u100"  # u1xx: group 1, whose creative is generated too
-    shown = served["creative_id"]
-    rows = [(user, "p00", shown, True), (user, "p00", shown, False), (user, "p00", shown, False),
-            (user, "p00", "p00-c1", False), (other, "p00", "p00-c2", True),
-            (user, "p02", "p02-c0", True)]  # p02 was served logged creatives only: not in the test  # fmt: skip
     day = DS + dt.timedelta(days=1)
+    # Tomorrow's requests: two members of p00's groups (both served generated creatives), a
+    # newcomer placed by the attributes of a member of group 0, and p02 (served logged creatives).
+    members = tables.read(spark, USER_GROUPS, cfg, ds=DS).where("product_id = 'p00'").toPandas()
+    user, other = members.loc[members["group_id"] == 0, "user_id"].iat[0], "u100"
+    attributes = tables.read(spark, USERS, cfg).where(f"user_id = '{user}'").drop("updated_ds").toPandas()
+    requests = pd.concat(
+        [attributes.assign(product_id="p00"), attributes.assign(product_id="p00", user_id=other),
+         attributes.assign(product_id="p00", user_id="newcomer"), attributes.assign(product_id="p02")]
+    )  # fmt: skip
+    version = assign_day(spark, cfg, DS, day, spark.createDataFrame(requests))
+    answered = tables.read(spark, SERVING_ASSIGNMENTS, cfg, version=version, ds=day).toPandas()
+    answer = answered.set_index(["user_id", "product_id"])
+    assert answer.loc[(user, "p00"), "reason"] == "member" and answer.loc[("newcomer", "p00"), "reason"] == "assigned"
+    assert (answered["groups_ds"] == DS).all() and answer.loc[(user, "p02"), "origin"] == "logged"
+    mine, theirs, new = (answer.loc[(u, "p00"), "creative_id"] for u in (user, other, "newcomer"))
+    rows = [(user, "p00", mine, True), (user, "p00", mine, False), (user, "p00", mine, False),
+            (user, "p00", "p00-c1", False), (other, "p00", "p00-c2", True), (other, "p00", theirs, True),
+            ("newcomer", "p00", new, False), ("newcomer", "p00", "p00-c3", True),
+            (user, "p02", "p02-c0", True)]  # p02 was served a logged creative: not in the test  # fmt: skip
     frame = pd.DataFrame(rows, columns=["user_id", "product_id", "creative_id", "clicked"]).assign(
         event_id=[f"next{i}" for i in range(len(rows))], ts=pd.Timestamp(day), position=1, source_file="t", ds=day
     )
     tables.overwrite_partition(spark, spark.createDataFrame(frame[IMPRESSIONS.column_names], IMPRESSIONS.schema()),
                                IMPRESSIONS, cfg, day)  # fmt: skip
     tables.register_views(spark, cfg)
-    arms = spark.table("closed_loop_ab").toPandas().set_index("arm")
+    arms = spark.table("closed_loop_ab").toPandas().set_index(["audience", "arm"])
     assert (arms["ds"] == day).all()
-    assert arms.loc["served", ["impressions", "clicks"]].tolist() == [3, 1]
-    assert arms.loc["control", ["impressions", "clicks"]].tolist() == [2, 1]
+    counts = arms[["impressions", "clicks"]].astype(int).apply(list, axis=1).to_dict()
+    assert counts == {
+        ("all", "control"): [3, 2], ("all", "served"): [5, 2],
+        ("members", "control"): [2, 1], ("members", "served"): [4, 2],
+        ("newcomers", "control"): [1, 1], ("newcomers", "served"): [1, 0],
+    }  # fmt: skip

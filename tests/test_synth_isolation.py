@@ -23,7 +23,8 @@ SYNTH = "osmf_lib.synth"
 SCANNED = ("osmf_lib", "jobs", "dags")
 # (module, what it may import): the simulator's front door, which writes files and reads nothing back.
 FRONT_DOOR = {
-    ("osmf_lib/cli.py", f"osmf_lib.synth.{name}") for name in ("write_landing", "Serving", "write_served_day")
+    ("osmf_lib/cli.py", f"osmf_lib.synth.{name}")
+    for name in ("write_landing", "Serving", "write_served_day", "build_world", "day_requests")
 }
 
 

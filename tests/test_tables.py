@@ -57,6 +57,7 @@ def test_contracts_match_the_design():
         "group_preference_pairs",
         "generated_creatives",
         "serving_creatives",
+        "serving_assignments",
         "eval_metrics",
     }
     assert not TABLES["users"].partitioned and TABLES["impressions"].partitioned

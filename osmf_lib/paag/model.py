@@ -27,7 +27,7 @@ or model versions is harmless.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -71,10 +71,11 @@ def batches(n: int, size: int) -> Iterator[slice]:
 
 
 def interest_list(value: Any) -> list:
-    """An interests cell as a list: Spark hands over arrays, pandas None or NaN for a missing one."""
+    """An interests cell as a list: Spark hands over arrays, pandas None or NaN for a missing one,
+    and a request may send one value instead of a list."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return []
-    if isinstance(value, str):
+    if isinstance(value, str) or not isinstance(value, Iterable):
         return [value]
     return list(value)
 

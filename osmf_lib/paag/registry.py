@@ -9,8 +9,7 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-from mlflow.models import infer_signature
-from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types import DataType
 
 from osmf_lib import tracking
 from osmf_lib.config import Config
@@ -38,7 +37,8 @@ REQUIREMENTS = (
 # imports pyspark or airflow.
 OSMF_PACKAGE = Path(__file__).resolve().parents[1]
 IMAGE_INPUT = "product_image_uri"
-# Missing user values mean "unknown"; a missing image means the product has no picture.
+# Missing user values mean "unknown"; a missing image means the product has no picture (and the
+# image is typed a string even where an example of products without pictures holds only nulls).
 OPTIONAL_INPUTS = (*USER_ATTRIBUTES, IMAGE_INPUT)
 
 
@@ -56,23 +56,6 @@ class PaagPyfunc(mlflow.pyfunc.PythonModel):
 
 def _output(paag: Paag, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"embedding": paag.embed(frame).tolist()})
-
-
-def _signature(paag: Paag, example: pd.DataFrame) -> mlflow.models.ModelSignature:
-    """Inferred from the example, with OPTIONAL_INPUTS optional and the image a string (an example of
-    products without pictures alone would make it Any)."""
-    signature = infer_signature(example, _output(paag, example))
-    assert signature.inputs is not None
-    inputs = [
-        ColSpec(
-            DataType.string if spec.name == IMAGE_INPUT else spec.type,
-            spec.name,
-            required=spec.name not in OPTIONAL_INPUTS,
-        )
-        for spec in signature.inputs.inputs
-        if isinstance(spec, ColSpec)
-    ]
-    return mlflow.models.ModelSignature(Schema(inputs), signature.outputs)
 
 
 def log_paag(trained: TrainedPaag, cfg: Config, name: str = "osmf-paag") -> str:
@@ -103,7 +86,9 @@ def log_paag(trained: TrainedPaag, cfg: Config, name: str = "osmf-paag") -> str:
             name=name,
             python_model=str(Path(__file__).with_name("serving.py")),
             artifacts={ARTIFACT: str(folder)},
-            signature=_signature(paag, trained.example),
+            signature=tracking.signature(
+                trained.example, _output(paag, trained.example), OPTIONAL_INPUTS, {IMAGE_INPUT: DataType.string}
+            ),
             input_example=trained.example,
             pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
             code_paths=[str(OSMF_PACKAGE)],

@@ -14,9 +14,6 @@ and out of pandas, and keeps the registry tidy.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -29,6 +26,7 @@ from pyspark.sql import functions as F
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
 from osmf_lib.job import JobContext, StageError, worker_errors_as_stage_errors
+from osmf_lib.spark import ship_folder, to_pandas
 from osmf_lib.tables import CREATIVES, DS, IMPRESSIONS, PAAG_EMBEDDINGS, PRODUCTS, USER_ATTRIBUTES, USERS
 
 if TYPE_CHECKING:
@@ -71,14 +69,6 @@ def audience_pairs(members: DataFrame, users: DataFrame, products: DataFrame) ->
         F.col("image_uri").alias("product_image_uri"),
     )
     return members.join(users.select("user_id", *USER_ATTRIBUTES), "user_id").join(product_columns, "product_id")
-
-
-def _to_pandas(df: DataFrame) -> pd.DataFrame:
-    # Spark hands arrays over as numpy arrays; the model's vocabularies want plain lists.
-    frame = df.toPandas()
-    if "interests" in frame:
-        frame["interests"] = frame["interests"].map(lambda v: [] if v is None else list(v))
-    return frame
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,13 +159,11 @@ def train_paag(ctx: JobContext) -> None:
         return
 
     users = tables.read(spark, USERS, cfg, version=dimensions[USERS.name])
-    examples = _to_pandas(training_examples(seen, users, cfg.paag.max_train_rows))
+    examples = to_pandas(training_examples(seen, users, cfg.paag.max_train_rows))
     if examples.empty:
         raise StageError(f"no impressions in the {cfg.paag.lookback_days} days up to ds={ds}: nothing to train on")
-    products = _to_pandas(
-        tables.read(spark, PRODUCTS, cfg, version=dimensions[PRODUCTS.name]).select(*PRODUCT_FEATURES)
-    )
-    creatives = _to_pandas(
+    products = to_pandas(tables.read(spark, PRODUCTS, cfg, version=dimensions[PRODUCTS.name]).select(*PRODUCT_FEATURES))
+    creatives = to_pandas(
         tables.read(spark, CREATIVES, cfg, version=dimensions[CREATIVES.name]).select(
             "creative_id", "product_id", "prompt"
         )
@@ -238,33 +226,22 @@ def _embedder(model_dir: str, model_version: str, ds: date, unreadable_image: st
 
 def champion_version(cfg: Config, ds: date) -> str:
     """The version that is champion for night `ds` (promotion.version_for_ds); fails clearly without one."""
-    tracking.configure(cfg)
-    version = promotion.version_for_ds(MODEL_NAME, ds)
-    if version is None:
-        raise StageError(f"{MODEL_NAME} has no champion for ds={ds}: run train_paag for ds={ds} first")
-    return version
+    return promotion.pinned_version(cfg, MODEL_NAME, ds, "train_paag")
 
 
 def champion_model_dir(cfg: Config, ds: date) -> tuple[Path, str]:
     """Download the night's champion's torch folder; returns it with its lineage name ("osmf-paag/3")."""
-    import mlflow
-
     from osmf_lib.paag.registry import ARTIFACT
 
-    version = champion_version(cfg, ds)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}/{version}"))
-    return local / "artifacts" / ARTIFACT, f"{MODEL_NAME}/{version}"
+    folder, version = promotion.pinned_folder(cfg, MODEL_NAME, ds, ARTIFACT, "train_paag")
+    return folder, f"{MODEL_NAME}/{version}"
 
 
 def embed_audience(
     spark: SparkSession, pairs: DataFrame, model_dir: Path, model_version: str, ds: date, unreadable_image: str
 ) -> DataFrame:
-    """Embed every pair with the model shipped to the executors (local folder, HDFS or object store alike)."""
-    # Spark refuses a second, different folder under a name it already ships: make each name unique.
-    shipped = Path(tempfile.mkdtemp(prefix="osmf-paag-")) / f"paag-{uuid.uuid4().hex}"
-    shutil.copytree(model_dir, shipped)
-    spark.sparkContext.addFile(str(shipped), recursive=True)
-    embedder = _embedder(shipped.name, model_version, ds, unreadable_image)
+    """Embed every pair with the model shipped to the executors."""
+    embedder = _embedder(ship_folder(spark, model_dir, "paag"), model_version, ds, unreadable_image)
     return pairs.mapInPandas(embedder, PAAG_EMBEDDINGS.schema())
 
 

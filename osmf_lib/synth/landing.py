@@ -23,7 +23,7 @@ import io
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 from functools import cached_property
@@ -189,18 +189,20 @@ def _ids(column: pd.Series) -> np.ndarray:
 class Serving:
     """A night's published creatives as the next day's traffic meets them.
 
-    `lookup`: user_id, product_id, creative_id, prompt, image_uri, one row per user and product
-    (the user's group's creative). An impression of a listed (user, product) shows that creative
-    instead of its logged one with probability `share`; the hidden click model decides the click
-    from the creative's prompt, exactly as for a logged background.
+    `lookup`: user_id, product_id, creative_id, origin, prompt, image_uri, one row per user and
+    product (what osmf-serving answered for it). An impression of a listed (user, product) shows
+    that creative instead of its logged one with probability `share`; the hidden click model
+    decides the click from the creative's prompt, exactly as for a logged background.
     """
 
     lookup: pd.DataFrame
     share: float
 
     def creatives(self) -> pd.DataFrame:
-        rows = self.lookup.drop_duplicates("creative_id").sort_values("creative_id")
-        return rows[["creative_id", "product_id", "prompt", "image_uri"]].assign(origin="generated")
+        """The generated creatives served, for the day's creatives file (logged ones are known)."""
+        rows = self.lookup[self.lookup["origin"] == "generated"]
+        rows = rows.drop_duplicates("creative_id").sort_values("creative_id")
+        return rows[["creative_id", "product_id", "prompt", "image_uri", "origin"]]
 
 
 @dataclass(frozen=True)
@@ -444,14 +446,10 @@ class LandingWriter:
             _remove_stale_parts(folder, keep=1)
             return DaySummary(ds, files=1, lines=0, faults=dict(faults), empty=True), []
 
-        traffic = self.world.traffic(day)
         served = None if serving is None else ServedIndex.build(serving, self.world)
         files = self.world.scale.files_per_day
-        sizes = np.diff(np.linspace(0, self.world.scale.impressions_per_day, files + 1).astype(int))
         written, tomorrow = 0, []
-        for part, size in enumerate(sizes):
-            window = (part / files, (part + 1) / files)
-            impressions = traffic.draw(int(size), self._rng(Stream.TRAFFIC, ds.toordinal(), part), window)
+        for part, impressions in enumerate(logged_traffic(self.world, day, ds)):
             shown = None
             if served is not None:
                 rng = self._rng(Stream.SERVING, ds.toordinal(), part)
@@ -467,6 +465,32 @@ class LandingWriter:
         faults["duplicate_previous_day"] = len(redelivered)
         _remove_stale_parts(folder, keep=files)
         return DaySummary(ds, files=files, lines=written, faults=dict(faults), empty=False), tomorrow
+
+
+def logged_traffic(world: World, day: int, ds: date) -> Iterator[Impressions]:
+    """The day's impressions as the logging policy picks them, one events file's worth at a time
+    (its own random stream per file, so serving a day changes none of them)."""
+    traffic = world.traffic(day)
+    files = world.scale.files_per_day
+    sizes = np.diff(np.linspace(0, world.scale.impressions_per_day, files + 1).astype(int))
+    for part, size in enumerate(sizes):
+        rng = rng_for(world.seed, world.scale_name, Stream.TRAFFIC, ds.toordinal(), part)
+        yield traffic.draw(int(size), rng, (part / files, (part + 1) / files))
+
+
+def day_requests(world: World, first: date, ds: date) -> pd.DataFrame:
+    """What the ad server is asked on `ds` of the world whose first day was `first`: one row per
+    impression of the day's logged traffic, user_id and product_id with the user's attributes as
+    that day's users file carries them (USER_KEYS)."""
+    day = (ds - first).days
+    users = world.users_on(day)
+    parts = list(logged_traffic(world, day, ds))
+    user = np.concatenate([p.user for p in parts])
+    product = np.concatenate([p.product for p in parts])
+    requests = users.loc[user, list(USER_KEYS)].reset_index(drop=True)
+    requests.insert(1, "product_id", world.products["product_id"].to_numpy()[product])
+    requests["interests"] = requests["interests"].map(list)
+    return requests
 
 
 def _landed_rows(state: pd.DataFrame, day: int, changes: Sequence[Change]) -> pd.DataFrame:

@@ -47,6 +47,11 @@ class Oracle:
         self._users = pd.Index(world.users["user_id"])
         self._combo_shifts: dict[int, np.ndarray] = {}
 
+    @property
+    def world(self) -> World:
+        """The world it reads, for evaluation that also needs its traffic (synth.day_requests)."""
+        return self._world
+
     @classmethod
     def of_world(cls, seed: int, scale: str) -> Oracle:
         """The oracle of the world a landing manifest names (ingest.world_of)."""

@@ -1,5 +1,7 @@
--- What an ad server reads by key: for a user and a product, the user's group and the creative
--- served to that group, from the latest night that published the product.
+-- A member's creative by key: for a user and a product, the user's group and the creative served
+-- to that group, from the latest night that published the product. Only the night's members are
+-- here; osmf-serving (models:/osmf-serving@champion) places anyone, and serving_assignments holds
+-- what it answered for a day's requests in bulk.
 SELECT g.user_id, s.product_id, s.group_id, s.creative_id, s.origin, s.image_uri, s.prompt,
        s.gmllm_version, s.grm_version, s.groups_ds, s.ds
 FROM serving_creatives s

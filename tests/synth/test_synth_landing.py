@@ -16,7 +16,7 @@ from PIL import Image
 
 from osmf_lib import artifacts
 from osmf_lib.config import SYNTH_LINE_FAULTS, Config, load_config
-from osmf_lib.synth import SCALES, LandingSummary, build_world, write_landing
+from osmf_lib.synth import SCALES, LandingSummary, build_world, day_requests, write_landing
 from osmf_lib.synth.backgrounds import paint_background
 from osmf_lib.synth.landing import EVENT_KEYS, FAULT_CLASSES, MANIFEST_FILE, Serving, write_served_day
 from osmf_lib.synth.oracle import Oracle
@@ -282,14 +282,21 @@ def test_a_landing_on_an_object_store_holds_what_a_folder_does(object_store: str
 
 
 def _lookup(world, prompt_for) -> pd.DataFrame:
-    """Every (user, product) of the first 20 products, one creative per product and gender."""
+    """Every (user, product) of the first 16 products, one generated creative per product and
+    gender; and of the next 4, the product's first logged creative (as a fallback is served)."""
     users = world.users[["user_id", "gender"]]
     rows = []
-    for product_id in world.products["product_id"].head(20):
+    for product_id in world.products["product_id"].head(16):
         for gender, members in users.groupby("gender"):
             creative_id, prompt = f"gen-{product_id}-{gender}", prompt_for(product_id, gender)
-            rows += [(u, product_id, creative_id, prompt, f"/img/{creative_id}.png") for u in members["user_id"]]
-    return pd.DataFrame(rows, columns=["user_id", "product_id", "creative_id", "prompt", "image_uri"])
+            rows += [(u, product_id, creative_id, "generated", prompt, f"/img/{creative_id}.png")
+                     for u in members["user_id"]]  # fmt: skip
+    logged = world.creatives.drop_duplicates("product_id").set_index("product_id")
+    for product_id in world.products["product_id"].iloc[16:20]:
+        creative = logged.loc[product_id]
+        rows += [(u, product_id, creative["creative_id"], "logged", creative["prompt"], None) for u in users["user_id"]]
+    columns = ["user_id", "product_id", "creative_id", "origin", "prompt", "image_uri"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _served_day(root: Path, lookup: pd.DataFrame, share: float = 0.5) -> list[dict]:
@@ -309,14 +316,17 @@ def test_a_served_day_shows_each_group_its_creative_and_keeps_the_rest_of_the_tr
     assert [e["event_id"] for e in served] == [e["event_id"] for e in plain]
     shown = {(u, p): c for u, p, c in lookup[["user_id", "product_id", "creative_id"]].itertuples(index=False)}
     eligible = [(s, e) for s, e in zip(served, plain, strict=True) if (s["user_id"], s["product_id"]) in shown]
-    swapped = [s for s, _ in eligible if s["creative_id"].startswith("gen-")]
+    swapped = [s for s, e in eligible if s["creative_id"] != e["creative_id"] or s["creative_id"].startswith("gen-")]
     assert all(s["creative_id"] == shown[s["user_id"], s["product_id"]] for s in swapped)
     assert 0.4 < len(swapped) / len(eligible) < 0.6
-    untouched = [(s, e) for s, e in zip(served, plain, strict=True) if not s["creative_id"].startswith("gen-")]
-    assert all(s == e for s, e in untouched)
+    untouched = [(s, e) for s, e in zip(served, plain, strict=True) if (s["user_id"], s["product_id"]) not in shown]
+    assert untouched and all(s == e for s, e in untouched)
     creatives = {c["creative_id"]: c for c in _read_dims(root, START + timedelta(days=1), "creatives")}
     assert {c["origin"] for c in creatives.values() if c["creative_id"].startswith("gen-")} == {"generated"}
-    assert set(lookup["creative_id"]) <= set(creatives)
+    generated = lookup["origin"] == "generated"
+    assert set(lookup.loc[generated, "creative_id"]) <= set(creatives)
+    # A logged creative served as a fallback is known already: the day's file does not list it again.
+    assert not set(lookup.loc[~generated, "creative_id"]) & set(creatives)
     # Served again: the same bytes.
     before = _tree(root)
     _served_day(root, lookup)
@@ -341,3 +351,20 @@ def test_the_click_model_decides_a_served_creatives_clicks(tmp_path: Path) -> No
         ]
         rates[name] = np.mean([e["clicked"] for e in events])
     assert rates["best"] > 1.2 * rates["worst"], rates
+
+
+def test_a_days_requests_are_its_logged_traffic_with_the_users_attributes(tmp_path: Path) -> None:
+    root = tmp_path / "landing"
+    cfg = _config(root)
+    write_landing(cfg, days=2)
+    world = build_world(cfg.synth.seed, "tiny")
+    requests = day_requests(world, START, START + timedelta(days=1))
+    events = [json.loads(line) for line in _read_lines(root / "2026-11-02" / "events")]
+    clean = [e for e in events if isinstance(e, dict) and {"user_id", "product_id"} <= set(e)]
+    landed = Counter((e["user_id"], e["product_id"]) for e in clean if e["event_id"].startswith("ev-20261102"))
+    asked = Counter(zip(requests["user_id"], requests["product_id"], strict=True))
+    # Every landed event was asked for; what was asked and did not land is what faults dropped.
+    assert not landed - asked and sum((asked - landed).values()) < 0.05 * sum(asked.values())
+    users = world.users_on(1).set_index("user_id")
+    row = requests.iloc[0]
+    assert row["age_band"] == users.at[row["user_id"], "age_band"] and isinstance(row["interests"], list)

@@ -1,0 +1,73 @@
+"""osmf-serving in MLflow: the night's ServingNight as a pyfunc for the ad server (MLflow's scoring
+server) and for consumers, and a loader for the pipeline's own Spark workers."""
+
+from __future__ import annotations
+
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.types import DataType
+from mlflow.types.schema import AnyType
+
+from osmf_lib import tracking
+from osmf_lib.paag.model import INTERESTS, SINGLE_VALUED_ATTRIBUTES, USER_ATTRIBUTES
+from osmf_lib.paag.registry import OSMF_PACKAGE, REQUIREMENTS
+from osmf_lib.serving.model import ServingError, ServingNight
+from osmf_lib.tracking import TrackingError
+
+MODEL_NAME = "osmf-serving"
+ARTIFACT = "serving"
+REQUEST_COLUMNS = ("product_id", "user_id", *USER_ATTRIBUTES)
+# Only the product is required: a request without a user id is placed by its attributes, and a
+# missing attribute is an unknown one. Interests take any value: a JSON request whose rows name them
+# only sometimes arrives with NaN in the others, which MLflow's array check refuses; PAAG reads a
+# missing or malformed list as no interests.
+OPTIONAL_INPUTS = ("user_id", *USER_ATTRIBUTES)
+
+
+class ServingPyfunc(mlflow.pyfunc.PythonModel):
+    """Requests in (product_id, optionally user_id and the user attributes); per row its group,
+    creative, lineage and the reason (member, assigned, fallback, unknown product) out."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.night = ServingNight.load(Path(context.artifacts[ARTIFACT])).prepare()
+
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        return self.night.assign(model_input)
+
+
+def log_serving(night: ServingNight, example: pd.DataFrame, name: str = MODEL_NAME) -> str:
+    """Log the night's serving model to the active run; return the model URI. `example`: a few
+    requests in the input layout (REQUEST_COLUMNS), with at least one user's interests."""
+    if mlflow.active_run() is None:
+        raise TrackingError("log_serving needs an active MLflow run")
+    example = example.reindex(columns=list(REQUEST_COLUMNS)).astype(object)
+    # None, not NaN: MLflow checks a column of NaN against the string type as a float column.
+    example = example.where(example.notna(), None)
+    strings = {column: DataType.string for column in ("product_id", "user_id", *SINGLE_VALUED_ATTRIBUTES)}
+    signature = tracking.signature(example, night.assign(example), OPTIONAL_INPUTS, {**strings, INTERESTS: AnyType()})
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / ARTIFACT
+        night.save(folder)
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(Path(__file__).with_name("serving.py")),
+            artifacts={ARTIFACT: str(folder)},
+            signature=signature,
+            input_example=example,
+            pip_requirements=[f"{package}=={version(package)}" for package in (*REQUIREMENTS, "pyarrow")],
+            code_paths=[str(OSMF_PACKAGE)],
+            metadata={"groups_ds": night.groups_ds.isoformat(), "paag_version": night.paag_version},
+        )
+    return info.model_uri
+
+
+def load_serving(model_uri: str) -> ServingNight:
+    """The ServingNight behind a logged osmf-serving (any MLflow model URI, e.g.
+    models:/osmf-serving@champion); a missing or unreadable one fails naming the URI."""
+    return tracking.load_logged(model_uri, lambda folder: ServingNight.load(folder / ARTIFACT), ServingError)
