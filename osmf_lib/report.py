@@ -129,15 +129,18 @@ def line_chart(series: dict[str, pd.Series], width: int = 640, height: int = 220
 
 
 def ctr_by_day(ctx: JobContext) -> dict[str, pd.Series]:
-    """Observed CTR per day up to ds: every impression, and the two arms of the closed loop
+    """Observed CTR per day up to the day after ds: every impression, and the two arms of the closed loop
     (the `closed_loop_ab` view, registered with the others) after nights that served generated
     creatives."""
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
-    impressions = tables.read(spark, IMPRESSIONS, cfg).where(F.col("ds") <= F.lit(ds))
+    # Up to the day the night served: written again after it (`osmf report --rebuild`), the page
+    # shows that day's closed loop too.
+    shown = ds + ONE_DAY
+    impressions = tables.read(spark, IMPRESSIONS, cfg).where(F.col("ds") <= F.lit(shown))
     daily = impressions.groupBy("ds").agg(F.avg(F.col("clicked").cast("double")).alias("ctr")).toPandas()
     series = {"all impressions": daily.set_index("ds")["ctr"]}
     if spark.catalog.tableExists("closed_loop_ab"):  # registered by publish when its tables exist
-        arms = spark.table("closed_loop_ab").where((F.col("ds") <= F.lit(ds)) & (F.col("audience") == "all"))
+        arms = spark.table("closed_loop_ab").where((F.col("ds") <= F.lit(shown)) & (F.col("audience") == "all"))
         arms = arms.toPandas()
         for arm, name in (("served", "served creatives"), ("control", "their control")):
             series[name] = arms[arms["arm"] == arm].set_index("ds")["ctr"].astype(float)
@@ -293,6 +296,7 @@ creative; the other groups get their best logged creative.</p>
 def rebuild(ctx: JobContext) -> str:
     """Write the night's report again from the lakehouse as it is now (after the next day was
     served and ingested, it shows that day's coverage and closed loop); returns where it is."""
+    tracking.configure(ctx.cfg)
     served = tables.read(ctx.spark, SERVING_CREATIVES, ctx.cfg, ds=ctx.ds).toPandas()
     tables.register_views(ctx.spark, ctx.cfg)
     uri = report_uri(ctx.cfg, ctx.ds)

@@ -59,7 +59,7 @@ def compose(tmp_path_factory: pytest.TempPathFactory):
     return run
 
 
-@pytest.mark.parametrize("profiles", [(), ("gpu",), ("sql",)], ids=["default", "gpu", "sql"])
+@pytest.mark.parametrize("profiles", [(), ("gpu",), ("sql",), ("serving",)], ids=["default", "gpu", "sql", "serving"])
 def test_compose_file_is_valid(compose, profiles: tuple[str, ...]) -> None:
     profile_args = [arg for name in profiles for arg in ("--profile", name)]
     result = compose(*profile_args, "config", "-q")

@@ -16,9 +16,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from osmf_lib import artifacts, browser, publish, tables
+from osmf_lib import artifacts, browser, publish, report, tables
 from osmf_lib.cli import app
+from osmf_lib.job import JobContext
 from osmf_lib.render import CONTACT_SHEET, product_folder
+from osmf_lib.serving import coverage
 from osmf_lib.tables import (
     EVAL_METRICS,
     GENERATED_CREATIVES,
@@ -190,6 +192,8 @@ def test_the_report_shows_every_group_with_its_served_image(spark, night):
         with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
             assert max(image.size) <= 4 * cfg.publish.thumbnail
     assert "publish" in text and "generated_share" in text
+    assert "Members placed again by their attributes alone get their own group" in text
+    assert "2026-11-04 has not been served and ingested yet" in text
 
 
 def test_the_report_opens_in_a_real_browser_with_every_image_and_no_script_error(night):
@@ -226,6 +230,23 @@ def test_osmf_report_prints_where_the_report_is(night):
     assert (found.exit_code, found.output.strip()) == (0, str(_report(printed)))
     missing = runner.invoke(app, ["--set", f"render.artifacts={cfg.render.artifacts}", "report", "--ds", "2026-11-04"])
     assert missing.exit_code == 1 and "no report for ds=2026-11-04" in missing.output
+
+
+def test_osmf_report_rebuild_reads_the_configured_registry(night, tmp_path, monkeypatch):
+    import mlflow
+
+    cfg, _, printed = night
+    # A fresh process starts pointed at MLflow's default store, not the configured one.
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/elsewhere.db")
+    settings = [f"lakehouse.root={cfg.lakehouse.root}", f"render.artifacts={cfg.render.artifacts}",
+                f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}"]  # fmt: skip
+    args = [arg for setting in settings for arg in ("--set", setting)]
+    rebuilt = CliRunner().invoke(app, [*args, "report", "--ds", "2026-11-03", "--rebuild"])
+    assert (rebuilt.exit_code, rebuilt.output.strip()) == (0, str(_report(printed))), rebuilt.output
+    page = _Page()
+    page.feed(_report(printed).read_text())
+    assert "osmf-serving@champion: v1" in " ".join(page.text)
 
 
 def test_the_night_registers_its_serving_model_pinned_to_the_night(spark, night, run_stage):
@@ -287,3 +308,17 @@ def test_the_closed_loop_view_splits_the_next_days_traffic_into_served_and_contr
         ("members", "control"): [2, 1], ("members", "served"): [4, 2],
         ("newcomers", "control"): [1, 1], ("newcomers", "served"): [1, 0],
     }  # fmt: skip
+
+    # What ingestion records for the day, and the night's report written again to show it.
+    covered = {(m.metric, m.slice): m.value for m in coverage.coverage(spark, cfg, day)}
+    assert covered["impressions", "all"] == covered["impressions", "published"] == len(rows)
+    assert covered["coverage", "creative"] == 1.0 and covered["coverage", "generated"] == pytest.approx(8 / 9)
+    assert covered["reason_share", "member"] == pytest.approx(7 / 9)
+    tables.write_metrics(spark, cfg, day, coverage.STAGE, coverage.coverage(spark, cfg, day), "test")
+    page = _Page()
+    page.feed(Path(report.rebuild(JobContext("report", cfg, DS, "test"))).read_text())
+    text = " ".join(" ".join(page.text).split())
+    assert (
+        "2026-11-04's traffic, answered by this night's osmf-serving: of the impressions on products it "
+        "published, 100.0% got a creative and 88.9% a generated one" in text
+    )

@@ -15,7 +15,6 @@ from __future__ import annotations
 from datetime import date
 
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -27,7 +26,6 @@ from osmf_lib.grouping import LINEAGE
 from osmf_lib.job import JobContext, StageError
 from osmf_lib.paag.stages import PRODUCT_FEATURES
 from osmf_lib.serving.model import (
-    ASSIGNED,
     CREATIVE_COLUMNS,
     FALLBACK_COLUMNS,
     FORMAT,
@@ -177,8 +175,7 @@ def member_agreement(spark: SparkSession, cfg: Config, ds: date, night: ServingN
     sample = sample.sort_values(["_h", "product_id"]).head(rows).drop(columns="_h")
     requests = sample.merge(_attributes(spark, cfg, ds, sample["user_id"]), on="user_id", how="left")
     answered = night.assign(requests.drop(columns=["user_id", "group_id"]))
-    assert (answered["reason"] == ASSIGNED).all()
-    agree = answered["group_id"].to_numpy(dtype=np.int64) == requests["group_id"].to_numpy(dtype=np.int64)
+    agree = answered["group_id"].to_numpy() == requests["group_id"].to_numpy()
     return [
         Metric("member_agreement", "sample", float(agree.mean())),
         Metric("member_agreement_rows", "sample", float(len(agree))),
