@@ -78,7 +78,7 @@ from osmf_lib.config import Config, load_config
 from osmf_lib.gmllm import dpo
 from osmf_lib.gmllm.base import build_tiny, checkpoint_folder, new_gmllm
 from osmf_lib.gmllm.dpo import dpo_args, frozen_copy, train_dpo
-from osmf_lib.gmllm.features import Conditioning
+from osmf_lib.gmllm.features import BackgroundRule, Conditioning
 from osmf_lib.gmllm.generator import Gmllm
 from osmf_lib.gmllm.train import encode, fit, pretraining_examples
 from osmf_lib.grm.features import ProfileVocab
@@ -198,7 +198,10 @@ def fitted_gmllm(night: dict, cfg: Config, device: torch.device) -> Gmllm:
         flush=True,
     )
     gen_batch = cfg.gmllm.generation_batch_size
-    return Gmllm(model, tokenizer, cond, night["profiles"], night["products"], cfg.gmllm.max_new_tokens, gen_batch)
+    rule = BackgroundRule.of(cfg.gmllm.description_rule, night["cells"]["prompt"])
+    return Gmllm(
+        model, tokenizer, cond, night["profiles"], night["products"], cfg.gmllm.max_new_tokens, gen_batch, rule
+    )
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -253,7 +256,7 @@ def group_dpo(base: Gmllm, pairs: pd.DataFrame, cfg: Config, contrast_weight: fl
     """(call s, loop s) of train_dpo from a copy of the base, against a frozen copy of it."""
     model = copy.deepcopy(base.model)
     policy = Gmllm(model, base.tokenizer, base.conditioning, base.profiles, base.products, base.max_new_tokens,
-                   base.batch_size)  # fmt: skip
+                   base.batch_size, base.rule)  # fmt: skip
     reference = frozen_copy(model)
     with recorded_loops() as loops:
         start = time.perf_counter()

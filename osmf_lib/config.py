@@ -346,8 +346,13 @@ class GmllmConfig(Section):
     seed: Annotated[int, Field(ge=0)] = 0
     # A pre-trained model younger than this is reused instead of pre-training again.
     fresh_days: PositiveInt = 7
-    # Products a night generates for (on-policy rounds, rendering): the top N by impressions.
+    # Products whose groups the on-policy DPO rounds sample for: the top N by impressions.
+    # (Rendering covers every product with groups.)
     target_products: PositiveInt = 200
+    # When a written description is fit to render (gmllm.features.BackgroundRule): every phrase
+    # one the logged backgrounds hold ("logged_phrases", right for the tiny profile, whose words
+    # all come from the logs), or the checks without a phrase list ("free_text", for a real LM).
+    description_rule: Literal["logged_phrases", "free_text"] = "logged_phrases"
     generation_batch_size: PositiveInt = 256
 
 
@@ -401,7 +406,11 @@ class RenderConfig(Section):
     size: Annotated[int, Field(ge=16, multiple_of=8)] | None = None
     product_scale: Annotated[float, Field(gt=0.0, le=1.0)] = 0.78
     mask_dilation: Annotated[int, Field(ge=0)] = 8
-    candidates: PositiveInt = 4
+    # Candidates rendered per group, the generator's greedy description first and samples drawn at
+    # `temperature` after; the GRM's best is served. bench/last_mile.py measured the choice on the
+    # demo night's validation groups (docs/last_mile.md).
+    candidates: PositiveInt = 5
+    temperature: PositiveFloat = 0.5
     batch_size: PositiveInt = 4
     shards: PositiveInt = 1
 

@@ -30,17 +30,15 @@ import pandas as pd
 
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
-from osmf_lib.evaluate_oracle import grade_night, held_out_audiences
+from osmf_lib.evaluate_oracle import grade_night, held_out_audiences, writer_inputs
 from osmf_lib.gmllm.generator import Gmllm
 from osmf_lib.gmllm.registry import load_gmllm
 from osmf_lib.gmllm.stages import ARTIFACTS, BASE_NAME, MODEL_NAME, TAG_BASE, TAG_GRM, TAG_VARIANT
 from osmf_lib.grm import Grm, load_grm
 from osmf_lib.grm.stages import MODEL_NAME as GRM_NAME
-from osmf_lib.grm.stages import attribute_profiles
 from osmf_lib.job import JobContext
-from osmf_lib.paag.stages import PRODUCT_FEATURES
 from osmf_lib.synth.oracle import Oracle
-from osmf_lib.tables import CREATIVES, GROUP_CREATIVE_CTR, PRODUCTS, USERS, Metric
+from osmf_lib.tables import CREATIVES, GROUP_CREATIVE_CTR, Metric
 
 STAGE = "gmllm_oracle"
 ONESIZE = "onesize_dpo"
@@ -120,10 +118,7 @@ def evaluate(ctx: JobContext, generators: dict[str, Gmllm], grm: Grm | None, ora
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     members, audiences, weights = held_out_audiences(spark, cfg, ds)
     chosen = members.select("product_id").distinct()
-    profiles = attribute_profiles(members, tables.read(spark, USERS, cfg, as_of=ds)).toPandas()
-    products = (
-        tables.read(spark, PRODUCTS, cfg, as_of=ds).join(chosen, "product_id").select(*PRODUCT_FEATURES).toPandas()
-    )
+    profiles, products = writer_inputs(spark, cfg, ds, members)
     prompts = tables.read(spark, CREATIVES, cfg, as_of=ds).select("product_id", "creative_id", "prompt")
     best = (
         tables.read(spark, GROUP_CREATIVE_CTR, cfg, ds=ds)

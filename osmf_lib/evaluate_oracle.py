@@ -17,7 +17,7 @@ from osmf_lib.config import Config
 from osmf_lib.job import JobContext
 from osmf_lib.pairs import split_of
 from osmf_lib.synth.oracle import Oracle
-from osmf_lib.tables import IMPRESSIONS, USER_GROUPS, Metric
+from osmf_lib.tables import IMPRESSIONS, PRODUCTS, USER_GROUPS, USERS, Metric
 
 Night = TypeVar("Night")
 
@@ -31,6 +31,18 @@ def held_out_members(spark: SparkSession, cfg: Config, ds: date) -> DataFrame:
     """The night's group members of a stable sample of held-out (test-split) products."""
     members = tables.read(spark, USER_GROUPS, cfg, ds=ds).where(split_of(F.col("product_id"), cfg) == "test")
     return members.join(sample_products(members, cfg.evaluate.max_products), "product_id")
+
+
+def writer_inputs(spark: SparkSession, cfg: Config, ds: date, members: DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What a generator needs to write for the groups of `members`: their attribute profiles and
+    their products' text and picture, as the night knew them."""
+    from osmf_lib.grm.stages import attribute_profiles
+    from osmf_lib.paag.stages import PRODUCT_FEATURES
+
+    chosen = members.select("product_id").distinct()
+    profiles = attribute_profiles(members, tables.read(spark, USERS, cfg, as_of=ds)).toPandas()
+    products = tables.read(spark, PRODUCTS, cfg, as_of=ds).join(chosen, "product_id").select(*PRODUCT_FEATURES)
+    return profiles, products.toPandas()
 
 
 def held_out_audiences(spark: SparkSession, cfg: Config, ds: date) -> tuple[DataFrame, pd.Series, pd.Series]:

@@ -5,8 +5,12 @@ world's logging policy draws it: every impression is placed by the night's osmf-
 the ad server places it (a member by its group, anyone else by its attributes), and gets the
 creative served to that group. Per group and audience, the oracle CTR of that creative is set
 against the group's best logged one, weighted by impressions. Slices: `members` (users the night
-grouped), `newcomers` (placed by their attributes) and everyone (no suffix). A method that wins for
-members and loses for newcomers shows it here. A logged skip on real logs.
+grouped), `newcomers` (placed by their attributes), `generated` (groups served a generated
+creative) and everyone (no suffix). A method that wins for members and loses for newcomers shows it
+here. `greedy_lift_kept`: the share of the lift of the served generator's greedy descriptions (of
+the same groups, over the same audience) that what is served keeps, over everyone and over the
+generated part: what best-of-N, rendering and falling back lose, every night. A logged skip on
+real logs.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-from osmf_lib import ingest
-from osmf_lib.evaluate_oracle import grade_night, held_out_members
+from osmf_lib import ingest, promotion
+from osmf_lib.evaluate_oracle import grade_night, held_out_members, writer_inputs
+from osmf_lib.gmllm.registry import load_gmllm
+from osmf_lib.gmllm.stages import MODEL_NAME as GMLLM_NAME
 from osmf_lib.job import JobContext
 from osmf_lib.serving.model import ServingNight
 from osmf_lib.synth import day_requests
@@ -47,19 +53,49 @@ def _oracle_ctr(oracle: Oracle, shown: pd.DataFrame, column: str) -> float:
     return float(np.average(ctr, weights=cells.map(len)))
 
 
+def greedy_descriptions(ctx: JobContext, keys: pd.DataFrame) -> pd.Series | None:
+    """The night's osmf-gmllm's greedy description per (product_id, group_id) of `keys`, None
+    where it is unusable; None without a generator for the night."""
+    version = promotion.version_for_ds(GMLLM_NAME, ctx.ds)
+    if version is None:
+        return None
+    writer = load_gmllm(f"models:/{GMLLM_NAME}/{version}", unreadable_image=ctx.cfg.models.unreadable_image)
+    members = held_out_members(ctx.spark, ctx.cfg, ctx.ds).join(
+        ctx.spark.createDataFrame(keys[["product_id"]].drop_duplicates()), "product_id"
+    )
+    written = writer.write(keys, *writer_inputs(ctx.spark, ctx.cfg, ctx.ds, members)).set_index(KEY)
+    return written["prompt"].where(written["usable"])
+
+
+def _lift_kept(oracle: Oracle, rows: pd.DataFrame, served: float, floor: float) -> float:
+    """The share of the greedy descriptions' lift over the best logged that what is served keeps."""
+    greedy = _oracle_ctr(oracle, rows.assign(greedy=rows["greedy"].fillna(rows["best_logged"])), "greedy")
+    return (served - floor) / (greedy - floor) if greedy != floor else float("nan")
+
+
 def grade_served(ctx: JobContext, night: ServingNight, logged: pd.DataFrame, oracle: Oracle) -> list[Metric]:
-    """Oracle CTR of what is served against the best logged creative, over the next day's audience."""
+    """Oracle CTR of what is served against the best logged creative, over the next day's audience;
+    and against the served generator's greedy descriptions of the same groups: over everyone (the
+    mix of generated and logged creatives) and over the groups served a generated one."""
     shown = next_day_audience(ctx, night, oracle)
     best = logged.set_index(KEY)["prompt"].rename("best_logged")
     shown = shown[shown["reason"].isin(AUDIENCES)].astype({"group_id": "int64"})
     shown = shown.join(best, on=KEY, how="inner")
     if shown.empty:
         return [Metric("impressions", "test", 0.0)]
+    greedy = greedy_descriptions(ctx, shown[KEY].drop_duplicates().reset_index(drop=True))
+    if greedy is not None:
+        shown = shown.join(greedy.rename("greedy"), on=KEY)
     metrics = [
         Metric("groups", "test", float(len(shown.groupby(KEY)))),
         Metric("generated_share", "test", float((shown["origin"] == GENERATED).mean())),
     ]
-    for suffix, rows in (("", shown), *((f".{name}", shown[shown["reason"] == r]) for r, name in AUDIENCES.items())):
+    slices = (
+        ("", shown),
+        *((f".{name}", shown[shown["reason"] == r]) for r, name in AUDIENCES.items()),
+        (".generated", shown[shown["origin"] == GENERATED]),
+    )
+    for suffix, rows in slices:
         if rows.empty:
             continue
         served, logged_ctr = _oracle_ctr(oracle, rows, "prompt"), _oracle_ctr(oracle, rows, "best_logged")
@@ -69,6 +105,8 @@ def grade_served(ctx: JobContext, night: ServingNight, logged: pd.DataFrame, ora
             Metric("oracle_ctr", f"best_logged{suffix}", logged_ctr),
             Metric("lift_vs_best_logged", f"served{suffix}", served / logged_ctr - 1),
         ]
+        if greedy is not None and suffix in ("", ".generated"):
+            metrics.append(Metric("greedy_lift_kept", f"served{suffix}", _lift_kept(oracle, rows, served, logged_ctr)))
     return metrics
 
 

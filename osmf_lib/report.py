@@ -51,6 +51,7 @@ HEADLINE = {
     ("publish_oracle", "lift_vs_best_logged", "served"): "oracle CTR lift of the served creatives over the best logged",
     ("publish_oracle", "lift_vs_best_logged", "served.members"): "the same for the night's group members",
     ("publish_oracle", "lift_vs_best_logged", "served.newcomers"): "the same for newcomers placed by osmf-serving",
+    ("publish_oracle", "greedy_lift_kept", "served.generated"): "the share of the greedy descriptions' lift they keep",
     ("gmllm_oracle", "lift_vs_onesize", "group_dpo"): "oracle CTR lift of Group-DPO over one-size-fits-all DPO",
     ("gmllm_oracle", "lift_vs_onesize", "prefix_dpo"): "oracle CTR lift of DPO with prefix over one-size-fits-all",
     ("gmllm_oracle", "headroom_captured", "group_dpo"): "share of the oracle's headroom Group-DPO captures",
@@ -198,7 +199,7 @@ def _metrics_table(metrics: pd.DataFrame) -> str:
 def _headline(metrics: pd.DataFrame) -> str:
     values = metrics.set_index(["stage", "metric", "slice"])["value"]
     items = [
-        f"<li>{text}: <b>{values[key]:{'+.1%' if 'lift' in key[1] else '.0%'}}</b></li>"
+        f"<li>{text}: <b>{values[key]:{'+.1%' if key[1].startswith('lift') else '.0%'}}</b></li>"
         for key, text in HEADLINE.items()
         if key in values.index
     ]

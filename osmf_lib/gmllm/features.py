@@ -8,8 +8,12 @@ kept for `gmllm.fresh_days` nights must read groups that later PAAG versions mad
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -51,11 +55,67 @@ def answer(text: str) -> str:
     return " " + " ".join(str(text).split())
 
 
-def usable(text: str, finished: bool, min_words: int = 3) -> bool:
-    """A background description worth rendering: finished before the token limit, with at least
-    `min_words` words, and not a copy of the instruction's lines."""
-    words = text.split()
-    return finished and len(words) >= min_words and not any(w.endswith(":") for w in words)
+MIN_WORDS = 3
+PHRASE_SEPARATOR = ","
+DescriptionRule = Literal["logged_phrases", "free_text"]  # gmllm.description_rule
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"[\w'-]+", text.lower())
+
+
+def phrases_of(text: str) -> list[str]:
+    """A description's comma-separated phrases, whitespace collapsed."""
+    return [" ".join(part.split()) for part in text.split(PHRASE_SEPARATOR) if part.strip()]
+
+
+@dataclass(frozen=True)
+class BackgroundRule:
+    """When a written description is a well-formed background, fit to render.
+
+    Always: finished before the token limit; at least MIN_WORDS words; no replacement character
+    (U+FFFD, what a byte-level tokenizer decodes broken bytes to) or control character; no
+    instruction label ("Background:", "Audience:"); no phrase twice; no two consecutive words of
+    the product's title. With `phrases` (rule "logged_phrases", the default): every phrase is one
+    the logged backgrounds hold, which keeps out every fragment of a title, a group description or
+    another task's answer. A real language model writes phrases no log holds: its deployment sets
+    gmllm.description_rule to "free_text", which keeps the checks above and drops the phrase list.
+    """
+
+    phrases: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, rule: DescriptionRule, logged: Iterable[str]) -> BackgroundRule:
+        """The rule named by gmllm.description_rule, its phrases read off the logged backgrounds."""
+        if rule == "free_text":
+            return cls()
+        return cls(frozenset(phrase for text in logged for phrase in phrases_of(text)))
+
+    def problem(self, text: str, finished: bool, title: str = "") -> str | None:
+        """Why `text` is not fit to render, or None when it is."""
+        words = text.split()
+        parts = phrases_of(text)
+        named = set(itertools.pairwise(_tokens(title))) & set(itertools.pairwise(_tokens(text)))
+        checks = (
+            (not finished, "unfinished"),
+            (len(words) < MIN_WORDS, "too short"),
+            (any(c == "\ufffd" or (unicodedata.category(c) == "Cc" and not c.isspace()) for c in text), "broken bytes"),
+            (any(w.endswith(":") for w in words), "an instruction label"),
+            (len({p.lower() for p in parts}) < len(parts), "a repeated phrase"),
+            (bool(named), "the title"),
+            (bool(self.phrases) and any(p not in self.phrases for p in parts), "a phrase no logged background has"),
+        )
+        return next((why for bad, why in checks if bad), None)
+
+    def usable(self, text: str, finished: bool, title: str = "") -> bool:
+        return self.problem(text, finished, title) is None
+
+    def to_json(self) -> list[str]:
+        return sorted(self.phrases)
+
+    @classmethod
+    def from_json(cls, phrases: Sequence[str] | None) -> BackgroundRule:
+        return cls(frozenset(phrases or ()))
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from osmf_lib.gmllm.features import Conditioning, GmllmError, usable, write_background
+from osmf_lib.gmllm.features import BackgroundRule, Conditioning, GmllmError, write_background
 from osmf_lib.gmllm.model import GmllmModel
 from osmf_lib.grm.features import PROFILE_COLUMNS, load_context, require_columns, save_context
 from osmf_lib.paag.model import resolve_device
@@ -30,6 +30,7 @@ class Gmllm:
         products: pd.DataFrame,
         max_new_tokens: int,
         batch_size: int,
+        rule: BackgroundRule,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -38,6 +39,7 @@ class Gmllm:
         self.products = products[list(PRODUCT_COLUMNS)].drop_duplicates("product_id").reset_index(drop=True)
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
+        self.rule = rule
 
     @property
     def group_aware(self) -> bool:
@@ -53,12 +55,16 @@ class Gmllm:
         require_columns(products, PRODUCT_COLUMNS, "products")
         return pd.concat([products[list(PRODUCT_COLUMNS)], self.products]).drop_duplicates("product_id")
 
-    def instructions(self, rows: pd.DataFrame, products: pd.DataFrame | None = None) -> list[str]:
+    def _titles(self, rows: pd.DataFrame, products: pd.DataFrame | None) -> pd.DataFrame:
+        """Title and category per row."""
         known = self._known_products(products).set_index("product_id")
         missing = sorted(set(rows["product_id"]) - set(known.index))
         if missing:
             raise GmllmError(f"no title or category for products {missing[:5]}; pass them in `products`")
-        found = known.loc[rows["product_id"]]
+        return known.loc[rows["product_id"], ["title", "category"]]
+
+    def instructions(self, rows: pd.DataFrame, products: pd.DataFrame | None = None) -> list[str]:
+        found = self._titles(rows, products)
         return [write_background(t, c) for t, c in zip(found["title"], found["category"], strict=True)]
 
     def prefix_inputs(
@@ -80,11 +86,13 @@ class Gmllm:
         products: pd.DataFrame | None = None,
         samples: int = 0,
         seed: int = 0,
+        temperature: float = 1.0,
     ) -> pd.DataFrame:
         """Background descriptions for (product_id, group_id) rows: the most likely one
-        (`samples=0`, greedy) or `samples` drawn ones per row (seeded). One row out per description:
-        product_id, group_id, sample, prompt, usable (a description fit to render, see
-        features.usable; an unusable one keeps its text for counting and must not be passed on)."""
+        (`samples=0`, greedy) or `samples` drawn ones per row (seeded, at `temperature`: 1 reads
+        the model's own distribution, lower draws closer to its mode). One row out per description:
+        product_id, group_id, sample, prompt, usable (a description fit to render by the model's
+        BackgroundRule; an unusable one keeps its text for counting and must not be passed on)."""
         rows = rows[list(WRITE_COLUMNS)].reset_index(drop=True)
         if samples:
             rows = rows.loc[rows.index.repeat(samples)].reset_index(drop=True)
@@ -113,14 +121,20 @@ class Gmllm:
                     groups[part].to(self.device),
                     product_features[part].to(self.device),
                     max_new_tokens=self.max_new_tokens,
-                    # Sampling reads the model's own distribution: no top-k or nucleus cut.
-                    **({"do_sample": True, "top_k": 0, "top_p": 1.0} if samples else {"do_sample": False}),
+                    # No top-k or nucleus cut: the temperature alone says how far from the mode to draw.
+                    **(
+                        {"do_sample": True, "top_k": 0, "top_p": 1.0, "temperature": temperature}
+                        if samples
+                        else {"do_sample": False}
+                    ),
                     pad_token_id=self.tokenizer.pad_token_id,
                     eos_token_id=eos,
                 )
                 finished += (new == eos).any(dim=1).tolist()
                 prompts += [" ".join(t.split()) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
-        return out.assign(prompt=prompts, usable=[usable(p, done) for p, done in zip(prompts, finished, strict=True)])
+        titles = self._titles(rows, products)["title"]
+        fit = [self.rule.usable(p, done, t) for p, done, t in zip(prompts, finished, titles, strict=True)]
+        return out.assign(prompt=prompts, usable=fit)
 
     def save(self, folder: Path) -> None:
         conditioning = self.conditioning
@@ -132,6 +146,7 @@ class Gmllm:
             self.profiles,
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
+            background_phrases=self.rule.to_json(),
         )
         self.model.save_pretrained(folder / "model")
         self.tokenizer.save_pretrained(folder / "model")
@@ -149,4 +164,6 @@ class Gmllm:
             pd.read_parquet(folder / "products.parquet"),
             saved.meta["max_new_tokens"],
             saved.meta["batch_size"],
+            # A model saved before descriptions had a phrase list checks them as free text.
+            BackgroundRule.from_json(saved.meta.get("background_phrases")),
         )

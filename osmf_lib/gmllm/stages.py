@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from datetime import date, timedelta
 
 import mlflow
@@ -28,7 +29,7 @@ from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
 from osmf_lib.gmllm.base import base_checkpoint, new_gmllm
 from osmf_lib.gmllm.dpo import NO_CONTRAST, PAIR_COLUMNS, frozen_copy, train_dpo
-from osmf_lib.gmllm.features import Conditioning, GmllmError
+from osmf_lib.gmllm.features import BackgroundRule, Conditioning, GmllmError
 from osmf_lib.gmllm.generator import Gmllm
 from osmf_lib.gmllm.lora import merge_lora, with_lora
 from osmf_lib.gmllm.registry import load_gmllm, log_gmllm
@@ -51,6 +52,8 @@ DPO_STAGE = "group_dpo"
 METRIC = "val_grm_reward"
 TAG_BASE = "osmf.gmllm_base_version"
 TAG_GRM = "osmf.grm_version"
+# On a base version: the base_settings it was made with, as JSON.
+TAG_BASE_SETTINGS = "osmf.base_settings"
 # name -> (reads the group prefix, contrast weight taken from the config)
 VARIANTS = {"group_dpo": (True, True), "prefix_dpo": (True, False), "onesize_dpo": (False, False)}
 # Every variant is logged in the night's run under its artifact; osmf-gmllm registers one of them.
@@ -112,15 +115,41 @@ def _settings(cfg: Config) -> dict:
     return {"gmllm": cfg.gmllm.model_dump(mode="json"), "models": cfg.models.model_dump(mode="json")}
 
 
-def _fresh_base(cfg: Config, ds: date) -> str | None:
-    """The base model for ds when it is younger than gmllm.fresh_days (else None)."""
+def base_settings(cfg: Config) -> dict:
+    """What a pre-trained base is made of: its profile, language model, encoders, prefix sizes and
+    the rule its descriptions are checked by. A base made otherwise is no base for this config."""
+    g, m = cfg.gmllm, cfg.models
+    language_model = {"tiny": g.tiny.model_dump(mode="json"), "small": g.small_checkpoint, "full": g.full_checkpoint}
+    return {
+        "profile": m.profile,
+        "language_model": language_model[m.profile],
+        "text_encoder": m.text_encoder,
+        "vision_encoder": "tiny-vit" if m.profile == "tiny" else m.vision_encoder,
+        "group_prefix_tokens": g.group_prefix_tokens,
+        "product_tokens": g.product_tokens,
+        "lora_rank": g.lora_rank,
+        "description_rule": g.description_rule,
+    }
+
+
+def fresh_base(cfg: Config, ds: date) -> str | None:
+    """The base model for ds when it is younger than gmllm.fresh_days and was made with this
+    config's base_settings (else None, saying why when a young one was made otherwise)."""
     version = promotion.version_for_ds(BASE_NAME, ds)
     if version is None:
         return None
-    made = date.fromisoformat(
-        mlflow.MlflowClient().get_model_version(BASE_NAME, version).tags[promotion.TAG_CHAMPION_FROM]
-    )
-    return version if (ds - made).days < cfg.gmllm.fresh_days else None
+    tags = mlflow.MlflowClient().get_model_version(BASE_NAME, version).tags
+    if (ds - date.fromisoformat(tags[promotion.TAG_CHAMPION_FROM])).days >= cfg.gmllm.fresh_days:
+        return None
+    made_with = json.loads(tags.get(TAG_BASE_SETTINGS, "{}"))
+    wanted = base_settings(cfg)
+    differ = sorted(key for key in wanted.keys() | made_with.keys() if made_with.get(key) != wanted.get(key))
+    if differ:
+        changes = ", ".join(f"{key}: {made_with.get(key)} -> {wanted.get(key)}" for key in differ)
+        print(f"pretrain_gmllm: {BASE_NAME} v{version} is fresh but was made with other settings ({changes}): "
+              "pre-training anew")  # fmt: skip
+        return None
+    return version
 
 
 def _skip(stage: str, reason: str) -> None:
@@ -131,7 +160,7 @@ def _skip(stage: str, reason: str) -> None:
 def pretrain_gmllm(ctx: JobContext) -> None:
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     check_groups(spark, cfg, ds)
-    fresh = _fresh_base(cfg, ds)
+    fresh = fresh_base(cfg, ds)
     if fresh is not None:
         _skip("pretrain_gmllm", f"{BASE_NAME} v{fresh} is younger than gmllm.fresh_days={cfg.gmllm.fresh_days}")
         return
@@ -158,7 +187,7 @@ def pretrain_gmllm(ctx: JobContext) -> None:
     merge_lora(model)
     gmllm = Gmllm(
         model, tokenizer, cond, data["profiles"], data["products"], cfg.gmllm.max_new_tokens,
-        cfg.gmllm.generation_batch_size,
+        cfg.gmllm.generation_batch_size, BackgroundRule.of(cfg.gmllm.description_rule, data["cells"]["prompt"]),
     )  # fmt: skip
     counts = examples["task"].value_counts()
     mlflow.log_params({f"gmllm.examples.{task}": int(n) for task, n in counts.items()})
@@ -167,7 +196,7 @@ def pretrain_gmllm(ctx: JobContext) -> None:
     uri = log_gmllm(gmllm, BASE_NAME, ds, examples[examples["group_id"] != EVERYONE])
     version = tracking.register(uri, BASE_NAME)
     client = mlflow.MlflowClient()
-    for key, value in tags.items():
+    for key, value in {**tags, TAG_BASE_SETTINGS: json.dumps(base_settings(cfg), sort_keys=True)}.items():
         client.set_model_version_tag(BASE_NAME, version, key, value)
     promotion.crown(BASE_NAME, version, ds)
     print(
@@ -322,7 +351,7 @@ def train_variant(
     model = copy.deepcopy(base.model)
     model.config.group_aware = aware
     policy = Gmllm(model, base.tokenizer, base.conditioning, data["profiles"], data["products"],
-                   base.max_new_tokens, base.batch_size)  # fmt: skip
+                   base.max_new_tokens, base.batch_size, base.rule)  # fmt: skip
     reference = frozen_copy(model)
     if cfg.models.profile != "tiny":
         with_lora(model, cfg.gmllm.lora_rank)

@@ -89,7 +89,8 @@ def pretrained(world, tmp_path_factory) -> tuple[Gmllm, Config]:
     data = encode(examples, tokenizer, cond, world["profiles"], world["products"], model.text_context)
     losses = fit(model, tokenizer, data, cfg)
     assert losses[-1] < losses[0] / 3
-    return Gmllm(model, tokenizer, cond, world["profiles"], world["products"], 16, 64), cfg
+    rule = text.BackgroundRule.of("logged_phrases", world["cells"]["prompt"])
+    return Gmllm(model, tokenizer, cond, world["profiles"], world["products"], 16, 64, rule), cfg
 
 
 def _rows(products=PRODUCTS) -> pd.DataFrame:
@@ -177,11 +178,43 @@ def test_bad_input_is_named(pretrained, world):
     assert len(out) == 1
 
 
-def test_usable_means_finished_and_a_description():
-    assert text.usable(WANTS[0], finished=True)
-    assert not text.usable(WANTS[0], finished=False)
-    assert not text.usable("beach", finished=True)
-    assert not text.usable("Write the ad background. Background: beach scene", finished=True)
+# What the demo night of e61d138 served (issue 31), with the product each was written for.
+GARBLED = {
+    "a cozy living room scene, vivid\ufffdWeather Running Shoes (electronics, bright daylight": (
+        "Stride All-Weather Running Shoes", "broken bytes"),
+    "a clean white studio tier-3/tier-4 cities, low purchase power, into3 cities": ("", "a phrase no logged"),
+    "a rustic kitchen scene, bright daylight, minimalist style, muted earthy tones, with into yes": ("", "a phrase no"),
+    "a busy city street scene, Velvet Dinosaur city street scene": ("Tumble Velvet Dinosaur", "the title"),
+    "a sunlit beach scene, dramatic spotlight, dramatic spotlight": ("", "a repeated phrase"),
+}  # fmt: skip
+LOGGED = (
+    "a cozy living room scene, vivid saturated colours, bright daylight",
+    "a clean white studio scene, minimalist style, with potted plants",
+    "a rustic kitchen scene, bright daylight, minimalist style, muted earthy tones",
+    "a busy city street scene, dramatic spotlight",
+    "a sunlit beach scene, warm golden tones, dramatic spotlight",
+)
+
+
+def test_a_usable_description_is_a_finished_background_made_of_logged_phrases():
+    rule = text.BackgroundRule.of("logged_phrases", LOGGED)
+    assert rule.usable("a busy city street scene, bright daylight, with potted plants", finished=True)
+    assert rule.problem(WANTS[0], finished=False) == "unfinished"
+    assert rule.problem("a beach", finished=True) == "too short"
+    assert rule.problem("Write the ad background. Background: beach scene", True) == "an instruction label"
+    for garbled, (title, why) in GARBLED.items():
+        assert rule.problem(garbled, True, title).startswith(why), garbled
+
+
+def test_free_text_drops_the_phrase_list_and_keeps_the_rest():
+    rule = text.BackgroundRule.of("free_text", LOGGED)
+    assert rule.usable("a moonlit rooftop garden, silver tones", finished=True)
+    caught = {g: rule.problem(g, True, title) for g, (title, _) in GARBLED.items()}
+    assert [why for why in caught.values() if why] == ["broken bytes", "the title", "a repeated phrase"]
+    assert rule.problem("a scene\x07 with a bell, soft light", True) == "broken bytes"
+    assert text.BackgroundRule.from_json(rule.to_json()) == rule
+    phrases = text.BackgroundRule.of("logged_phrases", LOGGED)
+    assert text.BackgroundRule.from_json(phrases.to_json()) == phrases
 
 
 def _pairs(chosen_group: int, products=PRODUCTS) -> pd.DataFrame:
@@ -267,7 +300,9 @@ def test_group_dpo_moves_each_group_to_its_chosen_answer_and_never_the_reference
     cfg = load_config(
         overrides=[f"models.dir={cfg.models.dir}", "group_dpo.epochs=6", "group_dpo.batch_size=8"], base_file=None
     )
-    policy = Gmllm(copy.deepcopy(base.model), base.tokenizer, base.conditioning, base.profiles, base.products, 16, 64)
+    policy = Gmllm(
+        copy.deepcopy(base.model), base.tokenizer, base.conditioning, base.profiles, base.products, 16, 64, base.rule
+    )
     reference = frozen_copy(base.model)
     before = {k: v.clone() for k, v in reference.state_dict().items()}
     pairs = _pairs(-1)
@@ -286,7 +321,7 @@ def test_the_contrast_term_moves_the_answer_under_its_own_group_only(pretrained,
     # The other group's pass is a fixed target: no gradient may reach it (or lower y_w under g').
     base, cfg = pretrained
     policy = copy.deepcopy(base.model).train()
-    gmllm = Gmllm(policy, base.tokenizer, base.conditioning, base.profiles, base.products, 16, 64)
+    gmllm = Gmllm(policy, base.tokenizer, base.conditioning, base.profiles, base.products, 16, 64, base.rule)
     trainer = GroupDPOTrainer(
         model=policy,
         ref_model=frozen_copy(base.model),

@@ -56,6 +56,17 @@ def test_pretraining_registers_the_base_and_a_fresh_one_is_not_redone(lakehouse,
     assert len(client.search_model_versions("name = 'osmf-gmllm-base'")) == 1
 
 
+def test_a_fresh_base_made_with_other_settings_is_no_base_for_this_config(lakehouse, pretrained, capsys):
+    later = DS + dt.timedelta(days=3)
+    assert stages.fresh_base(lakehouse, later) == "1"
+    switched = lakehouse.model_copy(update={"models": lakehouse.models.model_copy(update={"profile": "small"})})
+    assert stages.fresh_base(switched, later) is None
+    said = capsys.readouterr().out
+    assert "osmf-gmllm-base v1 is fresh but was made with other settings (" in said and "profile: tiny -> small" in said
+    wider = lakehouse.model_copy(update={"gmllm": lakehouse.gmllm.model_copy(update={"group_prefix_tokens": 2})})
+    assert stages.fresh_base(wider, later) is None and "group_prefix_tokens: 4 -> 2" in capsys.readouterr().out
+
+
 def test_group_dpo_registers_a_champion_with_its_lineage_and_both_baselines(spark, lakehouse, aligned):
     client = MlflowClient()
     (version,) = client.search_model_versions("name = 'osmf-gmllm'")

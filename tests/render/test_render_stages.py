@@ -15,7 +15,9 @@ from delta.tables import DeltaTable
 from PIL import Image
 
 from osmf_lib import artifacts, tables
+from osmf_lib.config import Config
 from osmf_lib.gmllm import stages as gmllm_stages
+from osmf_lib.gmllm.registry import load_gmllm
 from osmf_lib.grm import stages as grm_stages
 from osmf_lib.job import Shard, StageError
 from osmf_lib.render import stages
@@ -87,10 +89,15 @@ def test_every_target_gets_its_candidates_and_one_selected_the_grms_best(spark, 
     rows = _rows(spark, lakehouse)
     targets = tables.read(spark, GROUP_PROFILES, lakehouse, ds=DS).select("product_id", "group_id").toPandas()
     groups = targets[targets["product_id"] != NO_PICTURE]  # counted, not rendered
-    # Every target with a picture, three descriptions each: rendered, or counted as unusable.
-    unusable = int(re.search(r"(\d+) unusable descriptions", rendered).group(1))
-    assert len(rows) + unusable == 3 * len(groups) and unusable < len(rows)
-    assert set(map(tuple, rows[stages.KEY].to_numpy())) <= set(map(tuple, groups.to_numpy()))
+    # Every target with a picture: its greedy description first, then up to two distinct samples
+    # (this world's generator knows one answer per group, so its samples repeat it).
+    counts = rows.groupby(stages.KEY).size()
+    assert set(counts.index) == set(map(tuple, groups.to_numpy())) and counts.between(1, 3).all()
+    writer = load_gmllm("models:/osmf-gmllm/1")
+    greedy = writer.write(groups.reset_index(drop=True)).set_index(stages.KEY)["prompt"]
+    first = rows[rows["candidate"] == 0].set_index(stages.KEY)["prompt"]
+    assert first.to_dict() == greedy.loc[first.index].to_dict()
+    assert re.search(r"\d+ unusable descriptions not rendered", rendered)
     assert rows.groupby(stages.KEY)["selected"].sum().eq(1).all()
     best = rows.loc[rows.groupby(stages.KEY)["grm_score"].idxmax()]
     assert best["selected"].all()
@@ -124,6 +131,34 @@ def test_shards_cover_every_product_exactly_once():
     assert stages.in_shard(products, Shard(0, 1)) == products
     with pytest.raises(Exception, match="need 0 <= INDEX < COUNT"):
         Shard.parse("4/4")
+
+
+class _Writer:
+    """Writes from a script: per (product, group), the greedy description and the samples in order."""
+
+    def __init__(self, greedy: dict, samples: dict) -> None:
+        self.greedy, self.samples = greedy, samples
+
+    def write(self, rows, profiles, products, samples=0, seed=0, temperature=1.0):
+        out = []
+        for key in map(tuple, rows[stages.KEY].to_numpy()):
+            texts = [self.greedy[key]] if not samples else (self.samples[key] * samples)[:samples]
+            out += [(*key, i, text, not text.startswith("!")) for i, text in enumerate(texts)]
+        return pd.DataFrame(out, columns=[*stages.KEY, "sample", "prompt", "usable"])
+
+
+def test_candidates_are_the_greedy_description_then_distinct_usable_samples():
+    writer = _Writer(
+        greedy={("a", 0): "g0", ("a", 1): "!garbled"},
+        samples={("a", 0): ["g0", "!bad", "s1", "s2", "s3"], ("a", 1): ["t1", "t1", "t2"]},
+    )
+    cfg = Config().model_copy(update={"render": Config().render.model_copy(update={"candidates": 3})})
+    groups = pd.DataFrame({"product_id": ["a", "a"], "group_id": [0, 1]})
+    rows, unusable = stages.candidates_for(writer, groups, {"profiles": None, "products": None}, cfg, seed=1)
+    assert rows.groupby("group_id")["prompt"].agg(list).to_dict() == {0: ["g0", "s1", "s2"], 1: ["t1", "t2"]}
+    assert rows.groupby("group_id")["candidate"].agg(list).to_dict() == {0: [0, 1, 2], 1: [0, 1]}
+    # The unusable ones written are counted: a sample of group 0 and group 1's greedy description.
+    assert unusable == 2
 
 
 def test_best_of_n_takes_the_top_score_and_skips_failed_images():
