@@ -151,6 +151,8 @@ def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> None:
         print(f"{STAGE}: skipped: {reason}")
         mlflow.set_tag("osmf.skipped", reason)
         return
+    # The table exists once the stage has run, even on a night whose every description was unusable.
+    tables.ensure(spark, GENERATED_CREATIVES, cfg)
     # Every group of every product: rendering all 500 demo products' 1,113 groups costs minutes.
     targets = data["groups"][KEY]
     pictures = {row.product_id: image_path(row.image_uri) for row in data["products"].itertuples()}

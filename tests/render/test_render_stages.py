@@ -3,9 +3,11 @@ backgrounds: every target rendered once, best-of-N by the GRM, resumable, sharde
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -211,3 +213,18 @@ def test_osmf_models_build_tiny_builds_the_folders_the_stages_load(lakehouse, tm
     assert (language_model / "config.json").exists() and (Path(renderer) / "controlnet").is_dir()
     bad = CliRunner().invoke(app, ["--config", str(config), "models", "build-tiny", "--ds", "03/11/2026"])
     assert bad.exit_code == 1 and "--ds must be an ISO date" in bad.output
+
+
+def test_a_night_whose_every_description_is_unusable_leaves_an_empty_partition(spark, lakehouse, run_stage,
+                                                                                 monkeypatch, tmp_path):  # fmt: skip
+    garbled = collections.defaultdict(lambda: "!garbled"), collections.defaultdict(lambda: ["!garbled"])
+    monkeypatch.setattr(stages, "load_gmllm", lambda *_: _Writer(*garbled))
+    stored = Path(GENERATED_CREATIVES.location(lakehouse))
+    shutil.move(stored, tmp_path / "stored")  # as on a night before any was rendered; put back after
+    try:
+        out = run_stage(stages.generate_creatives, lakehouse)
+        assert "0 images for" in out and "unusable descriptions not rendered" in out
+        assert tables.exists(spark, GENERATED_CREATIVES, lakehouse) and _rows(spark, lakehouse).empty
+    finally:
+        shutil.rmtree(stored, ignore_errors=True)
+        shutil.move(tmp_path / "stored", stored)
