@@ -4,13 +4,14 @@ feature code of its prefix, the products it knows and the groups of the night it
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from osmf_lib.gmllm.features import BackgroundRule, Conditioning, GmllmError, write_background
+from osmf_lib.gmllm.features import PHRASE_SEPARATOR, BackgroundRule, Conditioning, GmllmError, answer, write_background
 from osmf_lib.gmllm.model import GmllmModel
 from osmf_lib.grm.features import PROFILE_COLUMNS, load_context, require_columns, save_context
 from osmf_lib.paag.model import resolve_device
@@ -54,6 +55,21 @@ class Gmllm:
             return self.products
         require_columns(products, PRODUCT_COLUMNS, "products")
         return pd.concat([products[list(PRODUCT_COLUMNS)], self.products]).drop_duplicates("product_id")
+
+    @cached_property
+    def foreign_tokens(self) -> list[int]:
+        """Tokens no logged background phrase is written with, kept out of every description when
+        the rule has a phrase list. Why: the pre-training tasks share one vocabulary, and without
+        this a description drifted into a title, a group description or a click answer ("with into
+        yes"), or into half a multi-byte character; the rule then threw the whole description away.
+        """
+        if not self.rule.phrases:
+            return []
+        allowed = {self.tokenizer.eos_token_id}
+        for phrase in self.rule.phrases:
+            # As a phrase is written inside a description: after a space, before a separator.
+            allowed.update(self.tokenizer(answer(phrase) + PHRASE_SEPARATOR, add_special_tokens=False)["input_ids"])
+        return sorted(set(range(self.model.get_output_embeddings().weight.shape[0])) - allowed)
 
     def _titles(self, rows: pd.DataFrame, products: pd.DataFrame | None) -> pd.DataFrame:
         """Title and category per row."""
@@ -129,6 +145,7 @@ class Gmllm:
                     ),
                     pad_token_id=self.tokenizer.pad_token_id,
                     eos_token_id=eos,
+                    suppress_tokens=self.foreign_tokens or None,
                 )
                 finished += (new == eos).any(dim=1).tolist()
                 prompts += [" ".join(t.split()) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]

@@ -217,6 +217,23 @@ def test_free_text_drops_the_phrase_list_and_keeps_the_rest():
     assert text.BackgroundRule.from_json(phrases.to_json()) == phrases
 
 
+def test_with_a_phrase_list_a_description_is_written_only_with_the_logged_phrases_tokens(pretrained):
+    gmllm, _ = pretrained
+    logged = {word for prompt in (*WANTS.values(), OTHER) for word in text.phrases_of(prompt)}
+    free = Gmllm(gmllm.model, gmllm.tokenizer, gmllm.conditioning, gmllm.profiles, gmllm.products, 16, 64,
+                 text.BackgroundRule())  # fmt: skip
+    # Far from the mode, where the other tasks' words (titles, "women", " yes") come up.
+    hot = {"samples": 8, "seed": 3, "temperature": 4.0}
+
+    def words(written: pd.DataFrame) -> set[str]:
+        return set(" ".join(written["prompt"]).replace(text.PHRASE_SEPARATOR, " ").split())
+
+    vocabulary = set(" ".join(logged).split())
+    assert not words(free.write(_rows(), **hot)) <= vocabulary
+    assert free.foreign_tokens == []
+    assert words(gmllm.write(_rows(), **hot)) <= vocabulary
+
+
 def _pairs(chosen_group: int, products=PRODUCTS) -> pd.DataFrame:
     """Pairs that ask every group for the other group's background (so DPO has to move it)."""
     return pd.DataFrame(
