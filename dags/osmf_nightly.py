@@ -45,6 +45,10 @@ DEPLOYMENT_ENV = {
 JOBS = PROJECT_ROOT / "jobs"
 # Every job receives the day it works on and the run it reports to; none ever reads now().
 JOB_ARGS = ["--ds", "{{ ds }}", "--dag-run-id", "{{ run_id }}"]
+# A shell command reads them from its environment instead: a run_id is chosen by whoever triggers
+# the run, and must never be read as shell syntax.
+JOB_ENV = {"OSMF_JOB_DS": "{{ ds }}", "OSMF_JOB_RUN_ID": "{{ run_id }}"}
+SHELL_JOB_ARGS = ["--ds", '"$OSMF_JOB_DS"', "--dag-run-id", '"$OSMF_JOB_RUN_ID"']
 # Training and rendering queue here, one task per GPU (`airflow pools set gpu <n>`).
 GPU_POOL = "gpu"
 # Every Spark task gets the session settings and jars the CLI uses. The jars go by folder, so
@@ -113,7 +117,7 @@ def spark_job(task_id: str, timeout: timedelta, writes: tuple[Table, ...] = ()) 
 
 
 def _shell(command: list[str]) -> str:
-    return " ".join(arg if "{{" in arg else shlex.quote(arg) for arg in command)
+    return " ".join(arg if arg in SHELL_JOB_ARGS[1::2] else shlex.quote(arg) for arg in command)
 
 
 def _operator(cls, argument: str, values: list, mapped: bool, **kwargs):
@@ -130,14 +134,14 @@ def gpu_job(task_id: str, timeout: timedelta, shards: int | None = None):
     extras = [[]] if shards is None else [["--shard", f"{i}/{shards}"] for i in range(shards)]
     if CFG.gpu.launcher == "kubernetes":
         return gpu_pod(task_id, timeout, [[*JOB_ARGS, *extra] for extra in extras], mapped=shards is not None)
-    commands = [_shell([sys.executable, str(JOBS / f"{task_id}.py"), *JOB_ARGS, *extra]) for extra in extras]
+    commands = [_shell([sys.executable, str(JOBS / f"{task_id}.py"), *SHELL_JOB_ARGS, *extra]) for extra in extras]
     return _operator(
         BashOperator,
         "bash_command",
         commands,
         mapped=shards is not None,
         task_id=task_id,
-        env=DEPLOYMENT_ENV,
+        env={**DEPLOYMENT_ENV, **JOB_ENV},
         append_env=True,
         pool=GPU_POOL,
         execution_timeout=timeout,

@@ -8,6 +8,7 @@ environment (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ...).
 from __future__ import annotations
 
 import os
+import unicodedata
 import uuid
 
 import fsspec
@@ -59,11 +60,34 @@ def write_atomically(uri: str, data: bytes) -> None:
     temporary = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
     try:
         fs.pipe_file(temporary, data)
+        # On disk before the rename, and the rename on disk after: a crash of the machine leaves
+        # the old file or the new one, never a name pointing at blocks not yet written.
+        _sync(temporary, os.O_RDONLY)
         fs.mv(temporary, path)
+        _sync(parent, os.O_RDONLY | os.O_DIRECTORY)
     finally:
         if fs.exists(temporary):
             fs.rm(temporary)
 
 
+def _sync(path: str, flags: int) -> None:
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class UnsafePath(ValueError):
+    """A path part that would leave its root."""
+
+
 def join(root: str | os.PathLike, *parts: str) -> str:
+    """`root`/part/...; a part is a name or names joined by '/', none of them empty, '.', '..' or
+    holding a backslash or control character, so a part made from data (a product id, a file a
+    listing names) cannot leave `root`."""
+    for part in parts:
+        for name in part.split("/"):
+            if name in ("", ".", "..") or "\\" in name or any(unicodedata.category(c) == "Cc" for c in name):
+                raise UnsafePath(f"{part!r} is no name under {os.fspath(root)}")
     return "/".join([os.fspath(root).rstrip("/"), *parts])

@@ -8,6 +8,7 @@ and says what is missing.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -50,6 +51,12 @@ def find() -> tuple[str, str]:
     return found["chromium"], found["chromedriver"]
 
 
+def arguments(euid: int) -> list[str]:
+    """Chromium's flags; the sandbox is dropped only for root, which it refuses to run as (and
+    which containers and CI often are)."""
+    return ["--headless=new", *(["--no-sandbox"] if euid == 0 else []), "--disable-gpu", "--disable-dev-shm-usage"]
+
+
 def render(page: str) -> Rendering:
     """Open the HTML `page` in headless Chromium as a local file and look at what it shows."""
     from selenium import webdriver
@@ -58,8 +65,7 @@ def render(page: str) -> Rendering:
     chromium, chromedriver = find()
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    # --no-sandbox: Chromium's sandbox refuses to run as root, which containers and CI often are.
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+    for argument in arguments(os.geteuid()):
         options.add_argument(argument)
     options.add_argument(f"--window-size={WIDTH},800")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})

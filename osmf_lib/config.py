@@ -32,6 +32,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -220,6 +221,34 @@ class IngestConfig(Section):
     # None: events of any age are kept, so a log's whole history can be ingested as one ds.
     max_late_days: Annotated[int, Field(ge=0)] | None = 0
     max_future_skew_minutes: Annotated[int, Field(ge=0)] = 60
+    # A rerun of a ds that would lose more of its stored events than quality.max_shrink fails,
+    # unless this says the loss is meant (a source withdrew events).
+    allow_shrink: bool = False
+
+
+class ImagesConfig(Section):
+    """Where product images may come from and how much of one is read (osmf_lib/images.py)."""
+
+    # Roots an image_uri must lie under (local folders or object-store prefixes); unset: the
+    # landing's images/ and render.artifacts. Ingest refuses a products or creatives row with any
+    # other image_uri, naming the reason.
+    roots: list[Location] | None = None
+    # A read stops here: an image file larger than this is unreadable.
+    max_bytes: PositiveInt = 32 * 2**20
+    # Decoding stops here: a 5000 x 5000 picture is far beyond a cut-out's needs, while a small
+    # PNG can claim billions of pixels.
+    max_pixels: PositiveInt = 25_000_000
+
+    @field_validator("roots")
+    @classmethod
+    def _stores(cls, roots: list[str] | None) -> list[str] | None:
+        from osmf_lib.images import refusal
+
+        for root in roots or ():
+            why = refusal(root)
+            if why:
+                raise ValueError(f"images.roots entry {root!r} is not a place images can come from: {why}")
+        return roots
 
 
 class PaagConfig(Section):
@@ -448,6 +477,9 @@ class QualityConfig(Section):
     # mapped to null in ingest.users are absent by design and not checked). Groups are described
     # and told apart by these values.
     max_null_share: Fraction = 0.5
+    # Share of a ds's stored events a rerun of its ingestion may lose (neither accepted again nor
+    # counted a duplicate): none, since a landing day that lost files would replace the stored one.
+    max_shrink: Fraction = 0.0
 
     @model_validator(mode="after")
     def _band(self) -> QualityConfig:
@@ -465,6 +497,7 @@ class Config(Section):
     gpu: GpuConfig = GpuConfig()
     synth: SynthConfig = SynthConfig()
     ingest: IngestConfig = IngestConfig()
+    images: ImagesConfig = ImagesConfig()
     paag: PaagConfig = PaagConfig()
     grouping: GroupingConfig = GroupingConfig()
     pairs: PairsConfig = PairsConfig()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from osmf_lib import quality, tables
+from osmf_lib import images, quality, tables
 from osmf_lib.config import Config, IngestConfig, Source
 from osmf_lib.job import JobContext, StageError
 from osmf_lib.quality import Check
@@ -41,13 +41,15 @@ from osmf_lib.tables import (
     LOGGED,
     PRODUCTS,
     REJECTED_EVENTS,
+    SAFE_ID,
+    SAFE_ID_RULE,
     USER_ATTRIBUTES,
     USERS,
     Table,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Hashable, Iterable, Mapping
+    from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 
     from pyspark.sql import Row
 
@@ -74,17 +76,22 @@ MANIFEST_FILE = "synth-manifest.json"
 MAX_TIME_RANGES = 8
 
 
+# The ids of an event line, each checked against tables.SAFE_ID.
+EVENT_IDS = ("user_id", "product_id", "creative_id")
+
+
 @dataclass(frozen=True)
 class Dimension:
     table: Table
     source_attr: str  # the IngestConfig field describing its landing file
     required: tuple[str, ...]
+    ids: tuple[str, ...]  # checked against tables.SAFE_ID
 
 
 DIMENSIONS = (
-    Dimension(USERS, "users", ("user_id",)),
-    Dimension(PRODUCTS, "products", ("product_id", "title", "category")),
-    Dimension(CREATIVES, "creatives", ("creative_id", "product_id", "prompt")),
+    Dimension(USERS, "users", ("user_id",), ("user_id",)),
+    Dimension(PRODUCTS, "products", ("product_id", "title", "category"), ("product_id",)),
+    Dimension(CREATIVES, "creatives", ("creative_id", "product_id", "prompt"), ("creative_id", "product_id")),
 )
 
 
@@ -281,6 +288,24 @@ def _shape_checks(source: Source, fields: Iterable[str], required: Iterable[str]
     return checks
 
 
+def _unsafe_id(column: str) -> tuple[Column, Column]:
+    """An id outside tables.SAFE_ID, quoted in the reason (a control character only named)."""
+    value = F.col(column)
+    # \z, not $: Java's $ also matches before a final line break.
+    unsafe = ~value.rlike(f"^{SAFE_ID}\\z") | value.isin(".", "..")
+    shown = F.when(value.rlike(r"\p{Cc}"), F.lit("a control character")).otherwise(
+        F.concat(F.lit("'"), F.substring(value, 1, 64), F.lit("'"))
+    )
+    return (value.isNotNull() & unsafe, F.concat(F.lit(f"unsafe {column}: "), shown, F.lit(f" ({SAFE_ID_RULE})")))
+
+
+def _refused_image(allowed: Sequence[str]) -> tuple[Column, Column]:
+    """An image_uri images.refusal refuses under the allowed roots; a blank one is no picture."""
+    why = F.udf(lambda uri: images.refusal(uri, allowed) if uri and uri.strip() else None, "string")
+    refused = why(F.col("image_uri"))
+    return (refused.isNotNull(), F.concat(F.lit("refused image_uri: "), refused))
+
+
 def _timestamp(raw: Column, fmt: str) -> Column:
     if fmt == "epoch_seconds":
         return F.timestamp_seconds(raw.try_cast("double"))
@@ -366,6 +391,7 @@ def validate_events(
         (F.col("_shape").isNotNull(), F.col("_shape")),
         *type_checks,
         (F.col("ts") >= F.lit(latest), F.lit(f"future timestamp: after {latest.isoformat()}")),
+        *[_unsafe_id(column) for column in EVENT_IDS],
         (F.col("_user").isNull(), F.concat(F.lit("unknown user_id: "), F.col("user_id"))),
         (F.col("_product").isNull(), F.concat(F.lit("unknown product_id: "), F.col("product_id"))),
         (F.col("_creative").isNull(), F.concat(F.lit("unknown creative_id: "), F.col("creative_id"))),
@@ -530,8 +556,11 @@ def _bucketed(text: Column, edges: list[float], labels: list[str]) -> Column:
     return banded.otherwise(labels[-1])
 
 
-def validate_dimension(raw: DataFrame, dim: Dimension, source: Source, ds: date) -> DataFrame:
-    """Type a dimension file to its table and classify each line; the last valid line of a key wins."""
+def validate_dimension(
+    raw: DataFrame, dim: Dimension, source: Source, ds: date, image_roots: Sequence[str]
+) -> DataFrame:
+    """Type a dimension file to its table and classify each line; the last valid line of a key
+    wins. Ids must be safe and an image_uri must lie under `image_roots` (see images.roots)."""
     columns = [c for c in dim.table.column_names if c != "updated_ds"]
     values = {}
     for column in columns:
@@ -554,8 +583,11 @@ def validate_dimension(raw: DataFrame, dim: Dimension, source: Source, ds: date)
         .when(F.row_number().over(latest_first) > 1, DUPLICATE)
         .otherwise(ACCEPTED)
     )
+    checks = [*_shape_checks(source, columns, dim.required), *[_unsafe_id(column) for column in dim.ids]]
+    if "image_uri" in raw.columns:
+        checks.append(_refused_image(image_roots))
     return (
-        raw.select("*", _first_reason(*_shape_checks(source, columns, dim.required)).alias(REASON))
+        raw.select("*", _first_reason(*checks).alias(REASON))
         .select(*POSITION, RAW, REASON, *[v.alias(k) for k, v in values.items()], F.lit(ds).alias("updated_ds"))
         .withColumn(STATUS, status)
     )
@@ -581,8 +613,20 @@ def original_creatives(events: DataFrame, ds: date) -> DataFrame:
 # The stage: the only place that reads landing files and writes tables.
 
 
-def _ingest_dimension(spark: SparkSession, cfg: Config, ds: date, dim: Dimension) -> DataFrame | None:
-    """Reconcile and upsert one dimension file if the day has it; return its rejected lines."""
+@dataclass(frozen=True)
+class StagedDimension:
+    """A dimension's accepted rows of the day, not merged yet."""
+
+    table: Table
+    accepted: DataFrame  # the table's columns
+    rows: int  # a file with none makes the table and merges nothing
+
+
+def _stage_dimension(
+    spark: SparkSession, cfg: Config, ds: date, dim: Dimension
+) -> tuple[StagedDimension, DataFrame] | None:
+    """Read, validate and reconcile one dimension file if the day has it -> (its accepted rows,
+    its rejected lines as rejected_events rows)."""
     source: Source = getattr(cfg.ingest, dim.source_attr)
     location = source_location(cfg, ds, source)
     if not path_exists(spark, location):
@@ -590,22 +634,28 @@ def _ingest_dimension(spark: SparkSession, cfg: Config, ds: date, dim: Dimension
         return None
     columns = [c for c in dim.table.column_names if c != "updated_ds"]
     landed = read_source(spark, location, source, columns)
-    rows = validate_dimension(landed.rows, dim, source, ds).cache()
-    tally = rows.groupBy(FILE, SPLIT, STATUS).agg(*split_extent(), F.count("*").alias("n")).collect()
-    numbers = LineNumbers.of(tally, landed.header_lines)
-    fates = Counter()
-    for group in tally:
-        fates[group[STATUS]] += group["n"]
-    counts = Reconciliation.of(numbers.lines, fates).checked(f"ingest {dim.table.name} {ds} from {location}")
-    if counts.accepted:
-        accepted = rows.where(F.col(STATUS) == ACCEPTED).select(*dim.table.column_names)
-        tables.merge(spark, accepted, dim.table, cfg, unless_newer="updated_ds", ds=ds)
-    else:
-        # A MERGE of no rows commits nothing yet costs about what a real one does (the table's
-        # log replay and scan), and a file with nothing new is common once a catalogue is stable.
-        tables.ensure(spark, dim.table, cfg)
-    rejected = rows.where(F.col(STATUS) == REJECTED).select(*POSITION, RAW, REASON, F.lit(ds).alias(DS))
-    return numbers.apply(spark, rejected)
+    rows = validate_dimension(landed.rows, dim, source, ds, images.roots(cfg)).cache()
+    try:
+        tally = rows.groupBy(FILE, SPLIT, STATUS).agg(*split_extent(), F.count("*").alias("n")).collect()
+        numbers = LineNumbers.of(tally, landed.header_lines)
+        fates = Counter()
+        for group in tally:
+            fates[group[STATUS]] += group["n"]
+        counts = Reconciliation.of(numbers.lines, fates).checked(f"ingest {dim.table.name} {ds} from {location}")
+        # Checkpointed and the cache let go: a cached plan is matched by its text, so a rerun in the
+        # same session would read the file as it was before it was shipped again.
+        accepted = rows.where(F.col(STATUS) == ACCEPTED).select(*dim.table.column_names).localCheckpoint()
+        rejected = rows.where(F.col(STATUS) == REJECTED).select(*POSITION, RAW, REASON, F.lit(ds).alias(DS))
+        return StagedDimension(dim.table, accepted, counts.accepted), numbers.apply(spark, rejected).localCheckpoint()
+    finally:
+        rows.unpersist()
+
+
+def _as_merged(stored: DataFrame | None, staged: DataFrame | None, key: str) -> DataFrame:
+    """The dimension as it will be once `staged` is merged: a staged row replaces its key's."""
+    if staged is None or stored is None:
+        return stored if staged is None else staged
+    return staged.unionByName(stored.join(staged.select(key), key, "left_anti"))
 
 
 def parse_manifest(text: str, location: str) -> tuple[int, str]:
@@ -650,8 +700,25 @@ def first_day_of(spark: SparkSession, cfg: Config, world: tuple[int, str]) -> da
     return manifests.where((F.col("seed") == seed) & (F.col("scale") == scale)).agg(F.min("ds")).first()[0]
 
 
-def ingest_day(spark: SparkSession, cfg: Config, ds: date) -> Reconciliation:
-    """Ingest `{landing}/{ds}`: dimensions first (a new user's first events land the same day)."""
+@dataclass(frozen=True)
+class StagedDay:
+    """A landing day read, validated, deduplicated and reconciled, nothing of it written yet: what
+    `publish_day` will write, materialised apart from the tables it was checked against, so
+    writing one of them recomputes nothing."""
+
+    ds: date
+    counts: Reconciliation
+    dimensions: tuple[StagedDimension, ...]  # in DIMENSIONS order
+    impressions: DataFrame
+    rejects: DataFrame
+    manifest: DataFrame
+    stored: int  # impressions a stored run of the ds holds (0 on a first run)
+    lost: int  # of those, events the staged day neither accepts nor counts as duplicates
+
+
+def stage_day(spark: SparkSession, cfg: Config, ds: date) -> StagedDay:
+    """Read and check `{landing}/{ds}` without writing: dimensions first (a new user's first
+    events land the same day, so events are checked against the dimensions as they will be)."""
     day = f"{cfg.lakehouse.landing.rstrip('/')}/{ds.isoformat()}"
     if not path_exists(spark, day):
         raise StageError(f"no landing folder for ds={ds}: {day} does not exist (has the log shipper run?)")
@@ -660,58 +727,108 @@ def ingest_day(spark: SparkSession, cfg: Config, ds: date) -> Reconciliation:
         raise StageError(f"no events for ds={ds}: {events_location} does not exist")
     manifest = manifest_of(spark, day, ds)
 
-    # The dimensions are independent tables, so they are upserted side by side: each upsert is
-    # mostly small jobs and a Delta commit, which overlap well (bench/ingest.py has the figures).
+    # The dimension files are independent, so they are read and reconciled side by side: each is
+    # mostly small jobs, which overlap well (bench/ingest.py has the figures).
     with ThreadPoolExecutor(len(DIMENSIONS)) as pool:
-        upserts = pool.map(lambda dim: _ingest_dimension(spark, cfg, ds, dim), DIMENSIONS)
-        rejected = [r for r in upserts if r is not None]
+        staged = [s for s in pool.map(lambda dim: _stage_dimension(spark, cfg, ds, dim), DIMENSIONS) if s]
+    upserts = {upsert.table.name: upsert for upsert, _ in staged}
+
+    def as_merged(table: Table) -> DataFrame:
+        upsert = upserts.get(table.name)
+        return _as_merged(tables.read_or_empty(spark, table, cfg), upsert and upsert.accepted, table.keys[0])
+
     landed = read_source(spark, events_location, cfg.ingest.events, EVENT_FIELDS)
     if cfg.ingest.events.columns.get("creative_id", "creative_id") is None:
-        known = tables.read_or_empty(spark, PRODUCTS, cfg).select("product_id")
+        known = as_merged(PRODUCTS).select("product_id")
         originals = original_creatives(type_events(landed.rows, cfg.ingest).join(known, "product_id", "left_semi"), ds)
-        tables.merge(spark, originals, CREATIVES, cfg, unless_newer="updated_ds", ds=ds)
-
-    dims = {t.name: tables.read_or_empty(spark, t, cfg) for t in (USERS, PRODUCTS, CREATIVES)}
+        shipped = upserts.get(CREATIVES.name)
+        # Checkpointed, as everything staged that reads a table: publishing writes that table.
+        rows = _as_merged(originals, shipped and shipped.accepted, "creative_id").localCheckpoint()
+        upserts[CREATIVES.name] = StagedDimension(CREATIVES, rows, rows.count())
     # The day is read and validated once, into memory; everything after reads the cache.
-    validated = validate_events(landed.rows, dims["users"], dims["products"], dims["creatives"], ds, cfg.ingest).cache()
+    dims = [as_merged(table) for table in (USERS, PRODUCTS, CREATIVES)]
+    validated = validate_events(landed.rows, *dims, ds, cfg.ingest).cache()
     try:
-        counts = _store_events(spark, cfg, ds, validated, landed.header_lines, rejected)
+        counts, impressions, rejects, (stored, lost) = _stage_events(spark, cfg, ds, validated, landed.header_lines)
     finally:
         validated.unpersist()
-    tables.overwrite_partition(spark, manifest, LANDING_MANIFESTS, cfg, ds)
-    return counts
+    rejects = reduce(DataFrame.unionByName, [rejects, *(rejected for _, rejected in staged)])
+    return StagedDay(ds, counts, tuple(upserts.values()), impressions, rejects, manifest, stored, lost)
 
 
-def _store_events(
-    spark: SparkSession, cfg: Config, ds: date, validated: DataFrame, header_lines: int, rejected: list[DataFrame]
-) -> Reconciliation:
-    """Deduplicate, reconcile and write the validated day, and the dimensions' rejected lines.
+def _stage_events(
+    spark: SparkSession, cfg: Config, ds: date, validated: DataFrame, header_lines: int
+) -> tuple[Reconciliation, DataFrame, DataFrame, tuple[int, int]]:
+    """Deduplicate and reconcile the validated day -> (counts, impressions, rejects, (impressions
+    stored for the ds, how many of them the day would lose)), both frames checkpointed.
 
-    An empty day goes the same way: its impressions partition is replaced with nothing and its
-    rejected_events partition with the dimensions' rejected lines alone, so no row of an earlier
-    run of the ds survives it.
+    An empty day goes the same way: nothing to publish in place of what is stored, and every
+    stored event counted lost.
     """
     survey = survey_events(validated).collect()
     numbers = LineNumbers.of(survey, header_lines)
-    stored = tables.read_or_empty(spark, IMPRESSIONS, cfg).where(F.col(DS) != F.lit(ds))
+    every = tables.read_or_empty(spark, IMPRESSIONS, cfg)
+    stored = every.where(F.col(DS) != F.lit(ds))
     repeated = repeated_ids(validated, repeatable(stored, event_times(survey))).cache()
     repeated.count()  # materialised: first_copies broadcasts it
     copies = first_copies(validated, repeated).cache()
     classified = classify_events(validated, copies)
     try:
         counts = reconcile(classified, numbers.lines).checked(f"ingest events {ds}")
-        # Rejects first: writing impressions makes Spark drop every cached plan that reads the
-        # impressions table, `repeated` and `copies` included (they read the stored ids), and a
-        # write after that would recompute the day's deduplication.
-        day_rejects = numbers.apply(spark, rejects_of(classified, ds))
-        tables.overwrite_partition(
-            spark, reduce(DataFrame.unionByName, [day_rejects, *rejected]), REJECTED_EVENTS, cfg, ds
-        )
-        tables.overwrite_partition(spark, impressions_of(classified, ds), IMPRESSIONS, cfg, ds)
+        impressions = impressions_of(classified, ds).localCheckpoint()
+        rejects = numbers.apply(spark, rejects_of(classified, ds)).localCheckpoint()
+        kept = classified.where(F.col(STATUS) != REJECTED).select("event_id")
+        before = every.where(F.col(DS) == F.lit(ds)).select("event_id")
+        lost = before.join(kept, "event_id", "left_anti").count()
+        return counts, impressions, rejects, (before.count(), lost)
     finally:
         copies.unpersist()
         repeated.unpersist()
-    return counts
+
+
+def refuse_loss(cfg: Config, staged: StagedDay) -> None:
+    """A rerun of a ds that would drop more of its stored events than quality.max_shrink (as when
+    the landing day lost files) fails naming both counts, unless ingest.allow_shrink says the
+    loss is meant."""
+    share = staged.lost / staged.stored if staged.stored else 0.0
+    if share <= cfg.quality.max_shrink or cfg.ingest.allow_shrink:
+        return
+    raise StageError(
+        f"ingest {staged.ds}: the landing day holds {staged.counts.accepted:,} impressions where the stored "
+        f"run of the ds holds {staged.stored:,}, and {staged.lost:,} of those events would be lost "
+        f"({share:.1%} > quality.max_shrink {cfg.quality.max_shrink:g}); nothing was written. If the loss "
+        "is meant (a source withdrew events), rerun with --set ingest.allow_shrink=true"
+    )
+
+
+def publish_day(spark: SparkSession, cfg: Config, staged: StagedDay) -> None:
+    """Write an audited day: the dimensions, then its rejects, impressions and manifest. A run
+    killed in between leaves each table whole, and a rerun of the ds completes it."""
+    for upsert in staged.dimensions:
+        if upsert.rows:
+            tables.merge(spark, upsert.accepted, upsert.table, cfg, unless_newer="updated_ds", ds=staged.ds)
+        else:
+            # A MERGE of no rows commits nothing yet costs about what a real one does (the table's
+            # log replay and scan), and a file with nothing new is common once a catalogue is stable.
+            tables.ensure(spark, upsert.table, cfg)
+    tables.overwrite_partition(spark, staged.rejects, REJECTED_EVENTS, cfg, staged.ds)
+    tables.overwrite_partition(spark, staged.impressions, IMPRESSIONS, cfg, staged.ds)
+    tables.overwrite_partition(spark, staged.manifest, LANDING_MANIFESTS, cfg, staged.ds)
+
+
+def ingest_day(
+    spark: SparkSession, cfg: Config, ds: date, gate: Callable[[list[Check]], None] | None = None
+) -> Reconciliation:
+    """Ingest `{landing}/{ds}` by write-audit-publish: stage the day (`stage_day`), refuse a rerun
+    that loses stored events (`refuse_loss`), hand the quality checks of the staged day to `gate`
+    (which fails the stage), and only then write (`publish_day`). A failed audit leaves every
+    table at its previous version."""
+    staged = stage_day(spark, cfg, ds)
+    refuse_loss(cfg, staged)
+    if gate is not None:
+        gate(quality_checks(spark, cfg, staged))
+    publish_day(spark, cfg, staged)
+    return staged.counts
 
 
 def reject_reasons(spark: SparkSession, cfg: Config, ds: date) -> dict[str, int]:
@@ -722,9 +839,11 @@ def reject_reasons(spark: SparkSession, cfg: Config, ds: date) -> dict[str, int]
     return {r["kind"]: r["count"] for r in rows.collect()}
 
 
-def quality_checks(spark: SparkSession, cfg: Config, ds: date, counts: Reconciliation) -> list[Check]:
-    """The night's gate: refused lines, impressions per event day against the previous night, and
-    the share of the day's users missing the most-missed attribute the users file carries."""
+def quality_checks(spark: SparkSession, cfg: Config, staged: StagedDay) -> list[Check]:
+    """The day's gate, on the staged day: refused lines, impressions per event day against the
+    previous night, and the share of the day's users missing the most-missed attribute the users
+    file carries."""
+    counts = staged.counts
     refused = Check(
         "rejected_share",
         counts.rejected / counts.read if counts.read else 0.0,
@@ -734,20 +853,23 @@ def quality_checks(spark: SparkSession, cfg: Config, ds: date, counts: Reconcili
     )
     # Per event day, so a night that ingested a history is compared by its daily rate.
     daily = F.count("*") / F.countDistinct(F.to_date("ts"))
-    stored = tables.read(spark, IMPRESSIONS, cfg)
-    change = quality.versus_previous(cfg, "impressions_per_day", stored, ds, "impressions a day", daily)
-    return [refused, *change, *_missing_attributes(spark, cfg, ds)]
+    others = tables.read_or_empty(spark, IMPRESSIONS, cfg).where(F.col(DS) != F.lit(staged.ds))
+    with_day = others.unionByName(staged.impressions)
+    change = quality.versus_previous(cfg, "impressions_per_day", with_day, staged.ds, "impressions a day", daily)
+    return [refused, *change, *_missing_attributes(spark, cfg, staged)]
 
 
-def _missing_attributes(spark: SparkSession, cfg: Config, ds: date) -> list[Check]:
+def _missing_attributes(spark: SparkSession, cfg: Config, staged: StagedDay) -> list[Check]:
     """The attribute the most of the day's users lack, among those the users file carries. A user
     with impressions but no row in users lacks them all; a log that never shipped a users file
     has no attributes to check."""
     carried = list(source_columns(cfg.ingest.users, USER_ATTRIBUTES))
-    seen = tables.read(spark, IMPRESSIONS, cfg, ds=ds).select("user_id").distinct()
-    if not carried or not tables.exists(spark, USERS, cfg) or seen.first() is None:
+    seen = staged.impressions.select("user_id").distinct()
+    arriving = next((upsert.accepted for upsert in staged.dimensions if upsert.table is USERS), None)
+    stored = tables.read(spark, USERS, cfg, as_of=staged.ds) if tables.exists(spark, USERS, cfg) else None
+    if not carried or (stored is None and arriving is None) or seen.first() is None:
         return []
-    users = tables.read(spark, USERS, cfg, as_of=ds).select("user_id", *carried)
+    users = _as_merged(stored, arriving, "user_id").select("user_id", *carried)
     row = (
         seen.join(users, "user_id", "left")
         .agg(F.count("*").alias("users"), *(F.count(F.when(F.col(a).isNull(), 1)).alias(a) for a in carried))
@@ -768,7 +890,7 @@ def _missing_attributes(spark: SparkSession, cfg: Config, ds: date) -> list[Chec
 def run(ctx: JobContext) -> None:
     import mlflow
 
-    counts = ingest_day(ctx.spark, ctx.cfg, ctx.ds)
+    counts = ingest_day(ctx.spark, ctx.cfg, ctx.ds, gate=lambda checks: quality.gate(ctx, checks, published=False))
     mlflow.log_metrics(
         {
             "events_read": counts.read,
@@ -783,7 +905,6 @@ def run(ctx: JobContext) -> None:
     for table in (IMPRESSIONS, REJECTED_EVENTS, LANDING_MANIFESTS, USERS, PRODUCTS, CREATIVES):
         if tables.exists(ctx.spark, table, ctx.cfg):
             mlflow.log_param(f"output.{table.name}.version", tables.latest_version(ctx.spark, table, ctx.cfg))
-    quality.gate(ctx, quality_checks(ctx.spark, ctx.cfg, ctx.ds, counts))
     # Always written, so a rerun after the day's assignments were dropped leaves none behind.
     reached = coverage.coverage(ctx.spark, ctx.cfg, ctx.ds)
     tables.write_metrics(ctx.spark, ctx.cfg, ctx.ds, coverage.STAGE, reached, mlflow.active_run().info.run_id)

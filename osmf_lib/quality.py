@@ -1,4 +1,6 @@
-"""Data-quality gates: a stage checks what it just wrote before anything downstream reads it.
+"""Data-quality gates: a stage checks its night's data before anything downstream reads it.
+Ingestion checks the day before it writes it (write-audit-publish: a failed gate leaves every
+table as it was); the later stages check what they just wrote.
 
 A gate is a list of `Check`s, numbers measured on the night's tables with the bounds they must
 keep. Each stage that feeds others states its own, next to the data it knows
@@ -89,8 +91,9 @@ def versus_previous(
     return [Check(f"{name}_vs_previous", tonight / previous, low, high, "quality.change_band", what)]
 
 
-def gate(ctx: JobContext, checks: Sequence[Check]) -> None:
-    """Record the checks of `ctx.stage` for the night, then fail the stage if any is out of bounds."""
+def gate(ctx: JobContext, checks: Sequence[Check], published: bool = True) -> None:
+    """Record the checks of `ctx.stage` for the night, then fail the stage if any is out of bounds
+    (`published`: whether the stage wrote its tables before its checks)."""
     import mlflow
 
     failed = [check for check in checks if not check.passed]
@@ -103,7 +106,8 @@ def gate(ctx: JobContext, checks: Sequence[Check]) -> None:
     for check in checks:
         print(f"{STAGE} {ctx.stage}: {check}")
     if failed:
+        kept = f"what {ctx.stage} wrote stays for inspection" if published else "nothing of the night was written"
         raise StageError(
             f"quality gate failed, so nothing downstream runs: {'; '.join(map(str, failed))} "
-            f"(what {ctx.stage} wrote stays for inspection; eval_metrics holds the night's checks)"
+            f"({kept}; eval_metrics holds the night's checks)"
         )

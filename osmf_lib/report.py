@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 
 from osmf_lib import artifacts, browser, tables, tracking
 from osmf_lib.config import Config
+from osmf_lib.images import ImageError, ImageLimits, read_image
 from osmf_lib.job import JobContext, StageError
 from osmf_lib.render import CONTACT_SHEET, product_folder
 from osmf_lib.tables import (
@@ -73,23 +74,22 @@ def report_uri(cfg: Config, ds: date) -> str:
     return artifacts.join(cfg.render.artifacts, ds.isoformat(), "report.html")
 
 
-def _thumbnail(uri: str, side: int) -> str:
+def _thumbnail(uri: str, side: int, limits: ImageLimits) -> str:
     """The image at `uri` as a data URI no larger than side x side."""
     try:
-        with Image.open(io.BytesIO(artifacts.read_bytes(uri))) as image:
-            image = image.convert("RGB")
-            image.thumbnail((side, side))
-    except (OSError, ValueError) as err:
+        image = read_image(uri, limits).convert("RGB")
+        image.thumbnail((side, side))
+    except ImageError as err:
         raise StageError(f"report: cannot read image {uri}: {err}") from err
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _img(uri: str | None, side: int, alt: str) -> str:
+def _img(uri: str | None, side: int, alt: str, limits: ImageLimits) -> str:
     if not uri:
         return '<span class="muted">no image</span>'
-    return f'<img src="{_thumbnail(uri, side)}" alt="{html.escape(alt)}">'
+    return f'<img src="{_thumbnail(uri, side, limits)}" alt="{html.escape(alt)}">'
 
 
 def _e(value: object) -> str:
@@ -207,7 +207,7 @@ def _headline(metrics: pd.DataFrame) -> str:
 
 
 def _product_section(product: pd.Series, groups: pd.DataFrame, served: pd.DataFrame, candidates: pd.DataFrame,
-                     sheet_uri: str | None, side: int) -> str:  # fmt: skip
+                     sheet_uri: str | None, side: int, limits: ImageLimits) -> str:  # fmt: skip
     rows = []
     for group in groups.itertuples():
         mine = served[served["group_id"] == group.group_id]
@@ -221,12 +221,13 @@ def _product_section(product: pd.Series, groups: pd.DataFrame, served: pd.DataFr
         rows.append(
             f'<tr><td class="num">{group.group_id}</td><td class="num">{group.size}</td>'
             f"<td>{_e(group.description)}</td>"
-            f"<td>{_img(creative['image_uri'], side, f'group {group.group_id}')}</td><td>{_e(creative['origin'])}</td>"
+            f"<td>{_img(creative['image_uri'], side, f'group {group.group_id}', limits)}</td>"
+            f"<td>{_e(creative['origin'])}</td>"
             f"<td>{_e(creative['prompt'])}</td><td>{listed}</td></tr>"
         )
     sheet = (
         "<p>Contact sheet: groups as rows, candidates as columns, the selected one framed.<br>"
-        f"{_img(sheet_uri, side * 4, 'contact sheet')}</p>"
+        f"{_img(sheet_uri, side * 4, 'contact sheet', limits)}</p>"
         if sheet_uri
         else ""
     )
@@ -269,6 +270,7 @@ def build(ctx: JobContext, served: pd.DataFrame) -> str:
             candidates[candidates["product_id"] == p],
             artifacts.join(product_folder(cfg, ds, p), CONTACT_SHEET) if p in rendered else None,
             side,
+            ImageLimits.of(cfg),
         )
         for p in chosen
         if p in products.index

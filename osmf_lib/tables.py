@@ -33,6 +33,10 @@ DS = "ds"
 GROUPS_DS = "groups_ds"
 COMMIT_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 VIEWS_FOLDER = PROJECT_ROOT / "sql" / "views"
+# What a user_id, product_id or creative_id from a landing file may be. Ids become parts of paths
+# (a product's render folder) and of URLs, so ingest rejects any other, naming this rule.
+SAFE_ID = "[A-Za-z0-9._-]{1,128}"
+SAFE_ID_RULE = "1 to 128 letters, digits, '.', '_' or '-', and not '.' or '..'"
 
 
 class TableError(ValueError):

@@ -7,6 +7,7 @@ aliases `challenger` and `champion`; consumers load `models:/NAME@champion`.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -76,6 +77,25 @@ def configure(cfg: Config) -> str:
     return experiment_id
 
 
+# Config keys whose values are secrets (fs.s3a.secret.key, a password, a token), and the
+# user:password@ of a URI: neither is ever logged with a run.
+_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|(^|[._-])key$", re.IGNORECASE)
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+REDACTED = "***"
+
+
+def redacted(tree: Any, key: str = "") -> Any:
+    """A config as JSON with the value of every key named like a secret, and the userinfo of every
+    URI, replaced by REDACTED."""
+    if isinstance(tree, dict):
+        return {k: redacted(v, str(k)) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [redacted(v, key) for v in tree]
+    if _SECRET_KEY.search(key) and tree not in (None, ""):
+        return REDACTED
+    return _USERINFO.sub(f"{REDACTED}@", tree) if isinstance(tree, str) else tree
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
@@ -119,7 +139,7 @@ def stage_run(cfg: Config, stage: str, ds: date, dag_run_id: str) -> Iterator[ml
         mlflow.start_run(run_id=parent.info.run_id),
         mlflow.start_run(run_name=stage, nested=True, tags=tags) as run,
     ):
-        resolved = cfg.model_dump(mode="json")
+        resolved = redacted(cfg.model_dump(mode="json"))
         mlflow.log_params(flatten(resolved))
         mlflow.log_dict(resolved, "config.json")
         yield run

@@ -52,3 +52,25 @@ def test_local_paths_become_absolute_and_uris_stay(tmp_path: Path, monkeypatch: 
     assert artifacts.absolute(f"file://{tmp_path}/landing") == str(tmp_path / "landing")
     assert artifacts.absolute("s3a://bucket/landing") == "s3a://bucket/landing"
     assert artifacts.join("s3a://bucket/landing/", "2026-11-01", "dims") == "s3a://bucket/landing/2026-11-01/dims"
+
+
+@pytest.mark.parametrize("part", ["..", "../../outside", "a/../b", "", ".", "a//b", "p\x00", "a\\..\\b"])
+def test_a_part_that_would_leave_its_root_is_refused(tmp_path: Path, part: str) -> None:
+    with pytest.raises(artifacts.UnsafePath, match="is no name under"):
+        artifacts.join(tmp_path, "2026-11-03", part)
+
+
+def test_names_and_folders_join_under_the_root(tmp_path: Path) -> None:
+    assert artifacts.join(f"{tmp_path}/", "p1", "0/1.png") == f"{tmp_path}/p1/0/1.png"
+    assert artifacts.join("s3a://bucket/creatives", "p-1.b_2") == "s3a://bucket/creatives/p-1.b_2"
+
+
+def test_a_local_file_is_on_disk_before_its_rename_and_the_rename_after(tmp_path: Path, monkeypatch) -> None:
+    target = artifacts.join(tmp_path, "report.html")
+    steps: list[str] = []
+    fs = type(artifacts._fs(target)[0])
+    move, sync = fs.mv, os.fsync
+    monkeypatch.setattr(fs, "mv", lambda self, *a, **k: steps.append("rename") or move(self, *a, **k))
+    monkeypatch.setattr(os, "fsync", lambda fd: steps.append(os.readlink(f"/proc/self/fd/{fd}")) or sync(fd))
+    artifacts.write_atomically(target, b"<html>")
+    assert steps[1:] == ["rename", str(tmp_path)] and steps[0].startswith(f"{tmp_path}/.report.html.")

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -160,7 +161,23 @@ def test_gpu_stages_queue_in_the_gpu_pool_and_run_their_job(dag):
         assert (getattr(task, "partial_kwargs", None) or vars(task))["pool"] == "gpu"
         for command in _commands(task):
             assert str(PROJECT_ROOT / "jobs" / f"{task.task_id}.py") in command
-            assert "--ds {{ ds }} --dag-run-id {{ run_id }}" in command
+            assert '--ds "$OSMF_JOB_DS" --dag-run-id "$OSMF_JOB_RUN_ID"' in command
+        assert {k: _env(task)[k] for k in ("OSMF_JOB_DS", "OSMF_JOB_RUN_ID")} == {
+            "OSMF_JOB_DS": "{{ ds }}",
+            "OSMF_JOB_RUN_ID": "{{ run_id }}",
+        }
+
+
+def test_a_run_id_reaches_a_subprocess_job_as_data_never_as_shell_syntax(dag, tmp_path):
+    (command,) = _commands(dag.get_task("train_paag"))
+    job = f"{shlex.quote(sys.executable)} {shlex.quote(str(PROJECT_ROOT / 'jobs' / 'train_paag.py'))}"
+    assert command.startswith(job)
+    hostile = f"manual__$(touch {tmp_path}/a)'; touch {tmp_path}/b; echo '"
+    env = {"PATH": os.environ["PATH"], "OSMF_JOB_DS": "2026-11-03", "OSMF_JOB_RUN_ID": hostile}
+    printed = subprocess.run(["bash", "-c", command.replace(job, "printf '%s\\n'")], env=env, capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+    assert printed.splitlines() == ["--ds", "2026-11-03", "--dag-run-id", hostile]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_rendering_fans_out_over_one_mapped_instance_per_shard(monkeypatch):

@@ -148,12 +148,11 @@ def test_the_simulated_world_of_each_day_is_recorded(spark, landed):
 
 def test_the_quality_gate_compares_the_day_with_the_previous_one(spark, landed):
     cfg, _, counts = landed
+    # The checks read the staged day: a rerun's, here, which is the stored one again.
+    first, second = ingest.stage_day(spark, cfg, D1), ingest.stage_day(spark, cfg, D2)
     # The first day has no previous one to compare with.
-    assert {c.name for c in ingest.quality_checks(spark, cfg, D1, counts[D1])} == {
-        "rejected_share",
-        "attribute_null_share",
-    }
-    checks = {c.name: c for c in ingest.quality_checks(spark, cfg, D2, counts[D2])}
+    assert {c.name for c in ingest.quality_checks(spark, cfg, first)} == {"rejected_share", "attribute_null_share"}
+    checks = {c.name: c for c in ingest.quality_checks(spark, cfg, second)}
     assert 0.5 < checks["impressions_per_day_vs_previous"].value < 2 and checks["attribute_null_share"].value == 0.0
     # 1% of each of seven refused fault classes is more than the default bound of 5% allows.
     refused = checks["rejected_share"]
@@ -162,7 +161,7 @@ def test_the_quality_gate_compares_the_day_with_the_previous_one(spark, landed):
     assert str(refused).startswith(f"rejected_share {refused.value:.4g} > quality.max_rejected_share 0.05 FAILED")
     # A feed known to refuse that many says so in its config.
     lenient = cfg.model_copy(update={"quality": QualityConfig(max_rejected_share=0.1)})
-    assert all(c.passed for c in ingest.quality_checks(spark, lenient, D2, counts[D2]))
+    assert all(c.passed for c in ingest.quality_checks(spark, lenient, second))
 
 
 # --- a hand-written JSON-lines day -------------------------------------------------------------
@@ -197,12 +196,51 @@ def _land(cfg, events: list, manifest: str | None = None, **dimensions: list) ->
             (day / name).write_text("".join(f"{json.dumps(x) if isinstance(x, dict) else x}\n" for x in lines))
 
 
-def test_an_empty_rerun_leaves_no_rows_of_the_earlier_run(spark, make_cfg):
+def test_ids_that_could_be_paths_and_images_from_elsewhere_are_rejected_naming_why(spark, make_cfg):
     cfg = make_cfg()
+    pictures = Path(cfg.lakehouse.landing) / "images" / "products"
+    lamp = DIMENSION_LINES["products"][0]
+    products = [
+        lamp,
+        {**lamp, "product_id": "../../outside"},
+        {**lamp, "product_id": "p\u0007"},
+        {**lamp, "product_id": "p" * 129},
+        {**lamp, "product_id": ".."},
+        {**lamp, "product_id": "p2", "image_uri": "/etc/passwd"},
+        {**lamp, "product_id": "p3", "image_uri": "http://169.254.169.254/latest/meta-data"},
+        {**lamp, "product_id": "p4", "image_uri": f"{pictures}/../../../outside.png"},
+        {**lamp, "product_id": "p5", "image_uri": f"{pictures}/p5.png"},
+        {**lamp, "product_id": "p6", "image_uri": ""},
+    ]
+    events = [EVENT, {**EVENT, "event_id": "e2", "user_id": "../u1"}, {**EVENT, "event_id": "e3", "user_id": "u1\n"}]
+    _land(cfg, events, products=products)
+    assert ingest.ingest_day(spark, cfg, D1) == ingest.Reconciliation(3, 1, 2, 0)
+    rule = "(1 to 128 letters, digits, '.', '_' or '-', and not '.' or '..')"
+    roots = f"{Path(cfg.lakehouse.landing)}/images/, {Path(cfg.render.artifacts)}/"
+    stores = "abfs, abfss, file, gcs, gs, s3, s3a"
+    reasons = {(Path(r["source_file"]).name, r["line_number"]): r["reason"]
+               for r in tables.read(spark, REJECTED_EVENTS, cfg, ds=D1).collect()}  # fmt: skip
+    assert reasons == {
+        ("products.jsonl", 2): f"unsafe product_id: '../../outside' {rule}",
+        ("products.jsonl", 3): f"unsafe product_id: a control character {rule}",
+        ("products.jsonl", 4): f"unsafe product_id: '{'p' * 64}' {rule}",
+        ("products.jsonl", 5): f"unsafe product_id: '..' {rule}",
+        ("products.jsonl", 6): f"refused image_uri: outside images.roots ({roots})",
+        ("products.jsonl", 7): f"refused image_uri: scheme http:// (images come from {stores})",
+        ("products.jsonl", 8): "refused image_uri: a '.' or '..' segment",
+        ("part-00000.jsonl", 2): f"unsafe user_id: '../u1' {rule}",
+        ("part-00000.jsonl", 3): f"unsafe user_id: a control character {rule}",
+    }
+    stored = tables.read(spark, PRODUCTS, cfg).select("product_id", "image_uri").collect()
+    assert {r["product_id"]: r["image_uri"] for r in stored} == {"p1": None, "p5": f"{pictures}/p5.png", "p6": ""}
+
+
+def test_an_empty_rerun_that_may_shrink_leaves_no_rows_of_the_earlier_run(spark, make_cfg):
+    cfg = make_cfg("ingest.allow_shrink=true")
     _land(cfg, [EVENT, "{cut off"], manifest='{"seed": 3, "scale": "tiny"}')
     assert ingest.ingest_day(spark, cfg, D1) == ingest.Reconciliation(2, 1, 1, 0)
     assert ingest.world_of(spark, cfg, D1) == (3, "tiny")
-    # The day is shipped again with its events lost, and from real logs (no manifest).
+    # The day is shipped again with its events withdrawn, and from real logs (no manifest).
     _land(cfg, [])
     assert ingest.ingest_day(spark, cfg, D1) == ingest.Reconciliation(0, 0, 0, 0)
     for table in (IMPRESSIONS, REJECTED_EVENTS, LANDING_MANIFESTS):
@@ -210,17 +248,46 @@ def test_an_empty_rerun_leaves_no_rows_of_the_earlier_run(spark, make_cfg):
     assert ingest.world_of(spark, cfg, D1) is None
 
 
+def test_a_failed_gate_or_a_rerun_that_loses_events_leaves_every_table_as_it_was(spark, make_cfg, run_stage):
+    cfg = make_cfg()
+    events = [EVENT, {**EVENT, "event_id": "e2"}]
+    user, newcomer = ({"user_id": u, **{a: "x" for a in USER_ATTRIBUTES}} for u in ("u1", "u2"))
+    _land(cfg, events, users=[user])
+    run_stage(ingest.run, cfg, D1)
+    written = (IMPRESSIONS, REJECTED_EVENTS, LANDING_MANIFESTS, USERS, PRODUCTS, CREATIVES)
+
+    def versions() -> dict[str, int]:
+        return {table.name: tables.latest_version(spark, table, cfg) for table in written}
+
+    before = versions()
+    # Shipped again with a new user, but most of its lines cut off: the gate refuses the day.
+    _land(cfg, [*events, "{cut", "{cut", "{cut"], users=[user, newcomer])
+    refused = r"quality gate failed.*rejected_share 0\.6 >.*nothing of the night was written"
+    with pytest.raises(StageError, match=refused):
+        run_stage(ingest.run, cfg, D1)
+    assert versions() == before
+    # Shipped again with one of its two events lost: refused, naming both counts.
+    _land(cfg, events[:1], users=[user, newcomer])
+    lost = r"holds 1 impressions where the stored run of the ds holds 2, and 1 of those events would be lost"
+    with pytest.raises(StageError, match=rf"{lost} \(50\.0% > quality.max_shrink 0\); nothing was written.*shrink"):
+        ingest.ingest_day(spark, cfg, D1)
+    assert versions() == before
+    meant = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"allow_shrink": True})})
+    assert ingest.ingest_day(spark, meant, D1) == ingest.Reconciliation(1, 1, 0, 0)
+    assert {r["user_id"] for r in tables.read(spark, USERS, cfg).collect()} == {"u1", "u2"}
+
+
 def test_users_missing_an_attribute_the_users_file_carries_fail_the_gate(spark, make_cfg):
     cfg = make_cfg()
     _land(cfg, [EVENT])  # its one user has a gender and nothing else
-    counts = ingest.ingest_day(spark, cfg, D1)
-    (missing,) = [c for c in ingest.quality_checks(spark, cfg, D1, counts) if c.name == "attribute_null_share"]
+    staged = ingest.stage_day(spark, cfg, D1)
+    (missing,) = [c for c in ingest.quality_checks(spark, cfg, staged) if c.name == "attribute_null_share"]
     assert not missing.passed and missing.measured == "age_band: 1 of the day's 1 users"
     # A source that lacks those attributes says so in its mapping; then only gender is checked.
     absent = {a: None for a in USER_ATTRIBUTES if a != "gender"}
     users = cfg.ingest.users.model_copy(update={"columns": absent})
     mapped = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"users": users})})
-    (carried,) = [c for c in ingest.quality_checks(spark, mapped, D1, counts) if c.name == "attribute_null_share"]
+    (carried,) = [c for c in ingest.quality_checks(spark, mapped, staged) if c.name == "attribute_null_share"]
     assert carried.passed and carried.measured == "gender: 0 of the day's 1 users"
 
 

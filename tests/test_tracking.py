@@ -114,3 +114,18 @@ def test_unusable_tracking_store_is_named(make_cfg, tmp_path):
 
 def test_flatten_nests_with_dots():
     assert tracking.flatten({"a": {"b": 1, "c": {"d": 2}}, "e": {}}) == {"a.b": 1, "a.c.d": 2, "e": {}}
+
+
+def test_secrets_in_the_config_are_never_logged_with_a_run(make_cfg):
+    secret = "spark.hadoop.fs.s3a.secret.key=wJalrXUtnFEMI"
+    cfg = make_cfg(f"spark.conf={{{secret.replace('=', ': ')}, spark.hadoop.fs.s3a.access.key: AKIA1}}",
+                   "images.roots=['s3a://osmf:hunter2@bucket/images']")  # fmt: skip
+    with tracking.stage_run(cfg, "preflight", DS, "manual__secrets") as run:
+        pass
+    logged = MlflowClient().get_run(run.info.run_id).data.params
+    assert logged["spark.conf.spark.hadoop.fs.s3a.secret.key"] == "***"
+    assert logged["spark.conf.spark.hadoop.fs.s3a.access.key"] == "***"
+    assert logged["images.roots"] == "['s3a://***@bucket/images']"
+    config = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/config.json")
+    assert "wJalrXUtnFEMI" not in str(config) and "hunter2" not in str(config) and "AKIA1" not in str(config)
+    assert config["lakehouse"]["root"] == cfg.lakehouse.root  # the rest as it is

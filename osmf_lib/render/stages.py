@@ -35,6 +35,7 @@ from osmf_lib.gmllm.generator import Gmllm
 from osmf_lib.gmllm.registry import load_gmllm
 from osmf_lib.grm import stages as grm_stages
 from osmf_lib.grouping import check_groups
+from osmf_lib.images import ImageError, ImageLimits, read_image
 from osmf_lib.job import JobContext, Shard, StageError
 from osmf_lib.paag.features import image_path
 from osmf_lib.paag.model import resolve_device
@@ -129,10 +130,10 @@ def rendered_products(ctx: JobContext) -> list[str]:
     return [row["product_id"] for row in rows.collect()]
 
 
-def _cut_out(product_id: str, path: str) -> Image.Image:
+def _cut_out(product_id: str, path: str, limits: ImageLimits) -> Image.Image:
     try:
-        return Image.open(io.BytesIO(artifacts.read_bytes(path))).convert("RGBA")
-    except (OSError, ValueError) as err:
+        return read_image(path, limits).convert("RGBA")
+    except ImageError as err:
         raise StageError(f"product {product_id}: cannot read its image {path}: {err}") from err
 
 
@@ -187,7 +188,7 @@ def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> None:
             unusable += skipped
             progress.update(len(groups[groups["product_id"] == product_id]) * cfg.render.candidates - len(rows))
             if len(rows):
-                written.append((rows, _cut_out(product_id, pictures[product_id])))
+                written.append((rows, _cut_out(product_id, pictures[product_id], ImageLimits.of(cfg))))
         chunk = _render_chunk(ctx, renderer, judged, written, versions, data["profiles"], progress)
         rendered += sum(len(rows) for rows, _ in written)
         if chunk:

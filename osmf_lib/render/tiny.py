@@ -19,7 +19,6 @@ changes, and `from_pretrained` loads it the way it loads a full SD1.5-class pipe
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 from osmf_lib import artifacts
 from osmf_lib.config import Config, TinyRendererConfig
 from osmf_lib.gmllm.base import train_tokenizer
+from osmf_lib.images import ImageError, ImageLimits, read_image
 from osmf_lib.model_folders import publish
 
 METADATA = "metadata.jsonl"
@@ -59,7 +59,7 @@ class Captioned:
     captions: list[str]
 
 
-def read_library(folder: str, size: int) -> Captioned:
+def read_library(folder: str, size: int, limits: ImageLimits) -> Captioned:
     """The images and captions a metadata.jsonl lists, resized to size x size."""
     listing = artifacts.join(folder, METADATA)
     if not artifacts.exists(listing):
@@ -72,9 +72,8 @@ def read_library(folder: str, size: int) -> Captioned:
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise RenderError(f"{listing} line {number}: expected {{'file_name', 'text'}}: {err}") from err
         try:
-            with Image.open(io.BytesIO(artifacts.read_bytes(path))) as image:
-                rgb = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-        except OSError as err:
+            rgb = read_image(path, limits).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        except ImageError as err:
             raise RenderError(f"{listing} line {number}: cannot read {path}: {err}") from err
         images.append(np.asarray(rgb))
         captions.append(caption)
@@ -216,7 +215,7 @@ def build_tiny_renderer(library: str, cfg: Config) -> Path:
     folder = Path(cfg.models.dir) / f"render-tiny-{_digest(library, settings)}"
     if folder.exists():
         return folder
-    data = read_library(library, settings.size)
+    data = read_library(library, settings.size, ImageLimits.of(cfg))
     tokenizer = train_tokenizer(data.captions, settings.vocab_size)
     tokenizer.model_max_length = settings.max_tokens
     with torch.random.fork_rng(devices=[]):

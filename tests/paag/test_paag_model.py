@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from osmf_lib import artifacts, tracking
@@ -285,20 +286,21 @@ def test_products_without_a_picture_are_trained_on_and_embedded_from_their_text_
 def test_an_unreadable_picture_fails_naming_product_and_file_unless_text_only_is_set(
     small, world: World, products, tmp_path: Path
 ) -> None:
-    gone, garbled = tmp_path / "gone.png", tmp_path / "garbled.png"
+    gone, garbled, bomb = tmp_path / "gone.png", tmp_path / "garbled.png", tmp_path / "bomb.png"
     garbled.write_text("not a png")
+    Image.new("1", (2000, 2000)).save(bomb)  # 4 M pixels in a few KB
     catalog = products.copy()
-    catalog.loc[:1, "image_uri"] = [str(gone), str(garbled)]
-    first, second = catalog["product_id"][:2]
-    with pytest.raises(PaagError, match=f"product {first}: cannot read its image {gone}: "):
-        small(catalog=catalog)
+    catalog.loc[:2, "image_uri"] = [str(gone), str(garbled), str(bomb)]
+    limits = "images.max_pixels=1000000"
+    with pytest.raises(PaagError, match=f"product {catalog['product_id'][0]}: cannot read its image {gone}: "):
+        small(limits, catalog=catalog)
 
-    trained = small("models.unreadable_image=text_only", catalog=catalog)
-    assert trained.paag.unreadable_images == [first, second]
+    trained = small(limits, "models.unreadable_image=text_only", catalog=catalog)
+    assert trained.paag.unreadable_images == sorted(catalog["product_id"][:3])
     users = world.users.head(5)
     np.testing.assert_allclose(
-        embed(trained, pairs_of(users, catalog.head(2))),
-        embed(trained, pairs_of(users, catalog.head(2).assign(image_uri=None))),
+        embed(trained, pairs_of(users, catalog.head(3))),
+        embed(trained, pairs_of(users, catalog.head(3).assign(image_uri=None))),
         atol=1e-5,
     )
 

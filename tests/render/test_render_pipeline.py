@@ -14,12 +14,14 @@ from PIL import Image
 
 from osmf_lib import artifacts
 from osmf_lib.config import Config, load_config
+from osmf_lib.images import ImageLimits
 from osmf_lib.render.pipeline import Renderer, blank, load_pipeline, renderer_folders
 from osmf_lib.render.placement import place
 from osmf_lib.render.tiny import METADATA, RenderError, build_tiny_renderer, read_library
 from osmf_lib.synth.backgrounds import paint_background
 from osmf_lib.synth.images import product_image
 
+LIMITS = ImageLimits.of(Config())
 PROMPTS = ["a sunlit beach scene, warm golden tones", "a misty forest scene, cool blue tones"]
 
 
@@ -72,19 +74,19 @@ def test_a_library_on_an_object_store_is_the_same_library(tiny, object_store):
     for path in library.iterdir():
         artifacts.write_atomically(artifacts.join(stored, path.name), path.read_bytes())
     assert build_tiny_renderer(stored, cfg) == folder  # same digest: nothing retrained
-    here, there = read_library(library, 64), read_library(stored, 64)
+    here, there = read_library(library, 64, LIMITS), read_library(stored, 64, LIMITS)
     assert there.captions == here.captions and torch.equal(there.pixels, here.pixels)
 
 
 def test_a_bad_library_is_named(tmp_path):
     with pytest.raises(RenderError, match="no metadata.jsonl"):
-        read_library(tmp_path, 64)
+        read_library(tmp_path, 64, LIMITS)
     (tmp_path / METADATA).write_text('{"file_name": "a.png", "text": "x"}\nnot json\n')
     with pytest.raises(RenderError, match=r"metadata.jsonl line 1: cannot read .*a.png"):
-        read_library(tmp_path, 64)
+        read_library(tmp_path, 64, LIMITS)
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     with pytest.raises(RenderError, match="metadata.jsonl line 2: expected"):
-        read_library(tmp_path, 64)
+        read_library(tmp_path, 64, LIMITS)
 
 
 def test_the_product_is_untouched_and_batches_are_padded(renderer):

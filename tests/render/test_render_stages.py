@@ -22,7 +22,7 @@ from osmf_lib.gmllm import stages as gmllm_stages
 from osmf_lib.gmllm.registry import load_gmllm
 from osmf_lib.grm import stages as grm_stages
 from osmf_lib.job import Shard, StageError
-from osmf_lib.render import stages
+from osmf_lib.render import product_folder, stages
 from osmf_lib.render.tiny import METADATA, library_of
 from osmf_lib.synth.backgrounds import paint_background
 from osmf_lib.synth.images import product_png
@@ -228,3 +228,10 @@ def test_a_night_whose_every_description_is_unusable_leaves_an_empty_partition(s
     finally:
         shutil.rmtree(stored, ignore_errors=True)
         shutil.move(tmp_path / "stored", stored)
+
+
+def test_a_product_id_that_is_a_path_never_leaves_the_nights_folder():
+    # Ingest refuses such ids (tests/test_ingest.py); this is the defence behind it.
+    with pytest.raises(artifacts.UnsafePath, match="'../../outside' is no name under"):
+        product_folder(Config(), DS, "../../outside")
+    assert product_folder(Config(), DS, "p-1").endswith("/2026-11-03/p-1")
