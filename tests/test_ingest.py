@@ -11,7 +11,7 @@ import pytest
 from pyspark.sql import Row
 from pyspark.sql import functions as F
 
-from osmf_lib import ingest, tables
+from osmf_lib import ingest, tables, tracking
 from osmf_lib.config import PROJECT_ROOT, QualityConfig, load_config
 from osmf_lib.job import StageError
 from osmf_lib.synth import write_landing
@@ -253,6 +253,7 @@ def test_a_failed_gate_or_a_rerun_that_loses_events_leaves_every_table_as_it_was
     events = [EVENT, {**EVENT, "event_id": "e2"}]
     user, newcomer = ({"user_id": u, **{a: "x" for a in USER_ATTRIBUTES}} for u in ("u1", "u2"))
     _land(cfg, events, users=[user])
+    tracking.configure(cfg)
     run_stage(ingest.run, cfg, D1)
     written = (IMPRESSIONS, REJECTED_EVENTS, LANDING_MANIFESTS, USERS, PRODUCTS, CREATIVES)
 
