@@ -109,6 +109,10 @@ def get_spark(cfg: Config, app_name: str | None = None) -> SparkSession:
         # pyspark starts its Python workers with $PYSPARK_PYTHON (else `python3` from PATH); they
         # must run this interpreter, the one with numpy, torch and osmf_lib.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        if cfg.spark.master.startswith("local"):
+            # An embedded Spark is this machine's alone: its UI binds $SPARK_LOCAL_IP, else every
+            # interface, and shows every query and config of the night.
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     for key, value in session_conf(cfg).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

@@ -1,3 +1,6 @@
+import ipaddress
+from pathlib import Path
+
 import pytest
 
 from osmf_lib import spark as spark_setup
@@ -48,3 +51,21 @@ def test_user_conf_extends_the_session_conf(make_cfg):
     assert conf["spark.sql.ansi.enabled"] == "true"
     assert conf["spark.databricks.delta.snapshotPartitions"] == "3"
     assert conf["spark.sql.catalog.spark_catalog"].endswith("DeltaCatalog")
+
+
+def _listening(port: int) -> set[str]:
+    """The addresses a local TCP port listens on, from /proc/net/tcp and tcp6."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                words = [bytes.fromhex(address[i : i + 8])[::-1].hex() for i in range(0, width, 8)]
+                found.add(str(ipaddress.ip_address(bytes.fromhex("".join(words)))))
+    return found
+
+
+def test_an_embedded_spark_ui_listens_on_this_machine_only(spark):
+    addresses = _listening(int(spark.sparkContext.uiWebUrl.rsplit(":", 1)[1]))
+    assert addresses and addresses <= {"127.0.0.1", "::ffff:7f00:1"}, addresses
