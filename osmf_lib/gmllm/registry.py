@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
 from datetime import date
-from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
@@ -15,8 +13,6 @@ from mlflow.types import ColSpec, DataType, Schema
 from osmf_lib import tracking
 from osmf_lib.gmllm.features import GmllmError
 from osmf_lib.gmllm.generator import Gmllm
-from osmf_lib.paag.registry import OSMF_PACKAGE, REQUIREMENTS
-from osmf_lib.tracking import TrackingError
 
 ARTIFACT = "gmllm"
 SIGNATURE = ModelSignature(
@@ -40,22 +36,15 @@ class GmllmPyfunc(mlflow.pyfunc.PythonModel):
 
 def log_gmllm(gmllm: Gmllm, name: str, ds: date, example: pd.DataFrame) -> str:
     """Log the generator to the active run; return the model URI."""
-    if mlflow.active_run() is None:
-        raise TrackingError("log_gmllm needs an active MLflow run")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / ARTIFACT
-        gmllm.save(folder)
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(Path(__file__).with_name("serving.py")),
-            artifacts={ARTIFACT: str(folder)},
-            signature=SIGNATURE,
-            input_example=example[["product_id", "group_id"]].astype({"group_id": "int64"}),
-            pip_requirements=[f"{package}=={version(package)}" for package in (*REQUIREMENTS, "pyarrow")],
-            code_paths=[str(OSMF_PACKAGE)],
-            metadata={"group_aware": gmllm.group_aware, "groups_ds": ds.isoformat()},
-        )
-    return info.model_uri
+    return tracking.log_folder_model(
+        name,
+        ARTIFACT,
+        gmllm.save,
+        __file__,
+        signature=SIGNATURE,
+        input_example=example[["product_id", "group_id"]].astype({"group_id": "int64"}),
+        metadata={"group_aware": gmllm.group_aware, "groups_ds": ds.isoformat()},
+    )
 
 
 def load_gmllm(model_uri: str, device: str = "cpu", unreadable_image: str = "fail") -> Gmllm:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
 from datetime import date
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,6 @@ from osmf_lib.config import Config
 from osmf_lib.grm.features import GrmError
 from osmf_lib.grm.model import SCORE_COLUMNS, Grm
 from osmf_lib.grm.train import TrainedGrm
-from osmf_lib.paag.registry import OSMF_PACKAGE, REQUIREMENTS
 from osmf_lib.tracking import TrackingError
 
 ARTIFACT = "grm"
@@ -67,20 +64,15 @@ def log_grm(trained: TrainedGrm, cfg: Config, name: str, ds: date) -> str:
     for epoch, loss in enumerate(trained.train_losses, start=1):
         mlflow.log_metric(f"{prefix}.train_loss", loss, step=epoch)
     example = trained.example[list(SCORE_COLUMNS)].astype({"group_id": "int64"})
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / ARTIFACT
-        grm.save(folder)
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(Path(__file__).with_name("serving.py")),
-            artifacts={ARTIFACT: str(folder)},
-            signature=SIGNATURE,
-            input_example=example,
-            pip_requirements=[f"{package}=={version(package)}" for package in (*REQUIREMENTS, "pyarrow")],
-            code_paths=[str(OSMF_PACKAGE)],
-            metadata={"group_aware": grm.group_aware, "groups_ds": ds.isoformat()},
-        )
-    return info.model_uri
+    return tracking.log_folder_model(
+        name,
+        ARTIFACT,
+        grm.save,
+        __file__,
+        signature=SIGNATURE,
+        input_example=example,
+        metadata={"group_aware": grm.group_aware, "groups_ds": ds.isoformat()},
+    )
 
 
 def load_grm(model_uri: str, device: str = "cpu", unreadable_image: str = "fail") -> Grm:

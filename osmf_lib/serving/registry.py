@@ -3,8 +3,6 @@ server) and for consumers, and a loader for the pipeline's own Spark workers."""
 
 from __future__ import annotations
 
-import tempfile
-from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
@@ -14,9 +12,7 @@ from mlflow.types.schema import AnyType
 
 from osmf_lib import tracking
 from osmf_lib.paag.model import INTERESTS, SINGLE_VALUED_ATTRIBUTES, USER_ATTRIBUTES
-from osmf_lib.paag.registry import OSMF_PACKAGE, REQUIREMENTS
 from osmf_lib.serving.model import ServingError, ServingNight
-from osmf_lib.tracking import TrackingError
 
 MODEL_NAME = "osmf-serving"
 ARTIFACT = "serving"
@@ -44,27 +40,20 @@ class ServingPyfunc(mlflow.pyfunc.PythonModel):
 def log_serving(night: ServingNight, example: pd.DataFrame, name: str = MODEL_NAME) -> str:
     """Log the night's serving model to the active run; return the model URI. `example`: a few
     requests in the input layout (REQUEST_COLUMNS), with at least one user's interests."""
-    if mlflow.active_run() is None:
-        raise TrackingError("log_serving needs an active MLflow run")
     example = example.reindex(columns=list(REQUEST_COLUMNS)).astype(object)
     # None, not NaN: MLflow checks a column of NaN against the string type as a float column.
     example = example.where(example.notna(), None)
     strings = {column: DataType.string for column in ("product_id", "user_id", *SINGLE_VALUED_ATTRIBUTES)}
     signature = tracking.signature(example, night.assign(example), OPTIONAL_INPUTS, {**strings, INTERESTS: AnyType()})
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / ARTIFACT
-        night.save(folder)
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(Path(__file__).with_name("serving.py")),
-            artifacts={ARTIFACT: str(folder)},
-            signature=signature,
-            input_example=example,
-            pip_requirements=[f"{package}=={version(package)}" for package in (*REQUIREMENTS, "pyarrow")],
-            code_paths=[str(OSMF_PACKAGE)],
-            metadata={"groups_ds": night.groups_ds.isoformat(), "paag_version": night.paag_version},
-        )
-    return info.model_uri
+    return tracking.log_folder_model(
+        name,
+        ARTIFACT,
+        night.save,
+        __file__,
+        signature=signature,
+        input_example=example,
+        metadata={"groups_ds": night.groups_ds.isoformat(), "paag_version": night.paag_version},
+    )
 
 
 def load_serving(model_uri: str) -> ServingNight:
