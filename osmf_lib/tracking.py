@@ -81,19 +81,20 @@ def configure(cfg: Config) -> str:
 
 # Config keys whose values are secrets (fs.s3a.secret.key, a password, a token), and the
 # user:password@ of a URI: neither is ever logged with a run.
-_SECRET_KEY = re.compile(r"secret|password|passwd|token|credential|(^|[._-])key$", re.IGNORECASE)
+_SECRET_WORDS = frozenset({"secret", "password", "passwd", "token", "credential", "credentials", "key", "apikey"})
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 REDACTED = "***"
 
 
 def redacted(tree: Any, key: str = "") -> Any:
-    """A config as JSON with the value of every key named like a secret, and the userinfo of every
+    """A config as JSON with the value of every key with a secret's word in its name (words split
+    at '.', '_', '-': fs.s3a.secret.key, api_token, not max_text_tokens), and the userinfo of every
     URI, replaced by REDACTED."""
     if isinstance(tree, dict):
         return {k: redacted(v, str(k)) for k, v in tree.items()}
     if isinstance(tree, list):
         return [redacted(v, key) for v in tree]
-    if _SECRET_KEY.search(key) and tree not in (None, ""):
+    if _SECRET_WORDS & set(re.split(r"[._-]", key.lower())) and tree not in (None, ""):
         return REDACTED
     return _USERINFO.sub(f"{REDACTED}@", tree) if isinstance(tree, str) else tree
 

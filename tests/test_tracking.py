@@ -129,3 +129,4 @@ def test_secrets_in_the_config_are_never_logged_with_a_run(make_cfg):
     config = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/config.json")
     assert "wJalrXUtnFEMI" not in str(config) and "hunter2" not in str(config) and "AKIA1" not in str(config)
     assert config["lakehouse"]["root"] == cfg.lakehouse.root  # the rest as it is
+    assert logged["paag.max_text_tokens"] == str(cfg.paag.max_text_tokens)  # tokens, not a token
