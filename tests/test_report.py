@@ -7,9 +7,14 @@ from xml.etree import ElementTree
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from osmf_lib import report
+from osmf_lib.config import Config
+from osmf_lib.images import ImageLimits
 from osmf_lib.job import StageError
+
+LIMITS = ImageLimits.of(Config())
 
 
 def test_the_ctr_chart_is_valid_svg_with_a_line_per_series_that_has_data():
@@ -29,4 +34,8 @@ def test_an_unreadable_image_fails_naming_it(tmp_path):
     broken = tmp_path / "0.png"
     broken.write_bytes(b"not a png")
     with pytest.raises(StageError, match=f"cannot read image {broken}"):
-        report._thumbnail(str(broken), 64)
+        report._thumbnail(str(broken), 64, LIMITS)
+    # An image over the pixel cap is as unreadable as a broken one (the report embeds it).
+    Image.new("1", (200, 200)).save(broken)
+    with pytest.raises(StageError, match="200x200 is more than images.max_pixels=100"):
+        report._thumbnail(str(broken), 64, ImageLimits(2**20, 100))

@@ -21,6 +21,7 @@ from osmf_lib.config import Config
 from osmf_lib.gmllm import stages as gmllm_stages
 from osmf_lib.gmllm.registry import load_gmllm
 from osmf_lib.grm import stages as grm_stages
+from osmf_lib.images import ImageLimits
 from osmf_lib.job import Shard, StageError
 from osmf_lib.render import product_folder, stages
 from osmf_lib.render.tiny import METADATA, library_of
@@ -194,7 +195,7 @@ def test_a_night_without_a_generator_is_skipped_saying_why(lakehouse, run_stage)
 def test_an_unreadable_product_image_fails_naming_the_product_and_file(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(StageError, match=r"product p9: cannot read its image .*broken.png"):
-        stages._cut_out("p9", str(tmp_path / "broken.png"))
+        stages._cut_out("p9", str(tmp_path / "broken.png"), ImageLimits.of(Config()))
 
 
 def test_osmf_models_build_tiny_builds_the_folders_the_stages_load(lakehouse, tmp_path):
