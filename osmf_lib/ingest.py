@@ -10,7 +10,8 @@ Every line read ends up in exactly one place: its table (`impressions` or the di
 if it does not hold. An external log in another schema comes in through
 `ingest.<source>.columns` (and buckets, timestamp format, click threshold) in the config.
 
-Transforms are pure DataFrame functions; `run` is the only place that reads and writes.
+Transforms are pure DataFrame functions; `stage_day` is the only place that reads landing files
+and `publish_day` the only one that writes tables (write-audit-publish: `ingest_day`).
 """
 
 from __future__ import annotations
