@@ -90,7 +90,7 @@ class SparkConfig(Section):
     # Partitions Delta rebuilds a table's state with (its default is 50). On the small logs of
     # nightly tables that cost is paid per task, not per row (a profile shows code generation in
     # every task), so one per core beats Delta's default here; a cluster with very long logs can
-    # raise it. bench/ingest.py and the README hold the figures.
+    # raise it. bench/ingest.py and bench/README.md hold the figures.
     delta_snapshot_partitions: PositiveInt = Field(default_factory=lambda: os.cpu_count() or 2)
     driver_memory: str = "4g"
     jars_dir: Location = ".jars"
@@ -103,6 +103,7 @@ class SparkConfig(Section):
 
 class MlflowConfig(Section):
     tracking_uri: Annotated[str, AfterValidator(_absolute_sqlite)] = "sqlite:///var/mlflow/mlflow.db"
+    # Only without a tracking server: an http(s) tracking_uri keeps artifacts where the server says.
     artifact_root: Location = "var/mlflow/artifacts"
     experiment: str = "osmf_nightly"
 
@@ -254,8 +255,7 @@ class ImagesConfig(Section):
 class PaagConfig(Section):
     embedding_dim: PositiveInt = 32
     lookback_days: PositiveInt = 7
-    # On the demo world (500k rows) a fourth epoch moved the groups' ARI with the hidden segments
-    # only from 0.55 to 0.58 (a prototype of this model), for as much time again.
+    # A fourth epoch barely moves the groups for as much time again (docs/results.md#settings).
     epochs: PositiveInt = 3
     batch_size: PositiveInt = 512
     learning_rate: PositiveFloat = 1e-3
@@ -307,10 +307,9 @@ class GroupingConfig(Section):
 class PairsConfig(Section):
     min_impressions: PositiveInt = 50
     ratio_min: PositiveFloat = 1.05
-    # None: no upper bound. CAIG keeps 1.05..1.20 on far larger logs; at the demo's volume (median
-    # 183 impressions a cell) a 20% gap never reaches min_confidence, so that band kept 155 pairs
-    # and a GRM trained on them ordered validation pairs no better than chance (0.59, conflict
-    # pairs 0.49), against 0.77-0.79 (0.74-0.76) with no bound. The README has the measurement.
+    # None: no upper bound. CAIG keeps 1.05..1.20 on far larger logs; at a few hundred impressions
+    # a cell a 20% gap rarely reaches min_confidence, and the few pairs left teach the GRM nothing
+    # (docs/results.md#preference-pair-rule).
     ratio_max: PositiveFloat | None = None
     min_confidence: Fraction = 0.8
     validation_fraction: Fraction = 0.1
@@ -324,8 +323,7 @@ class PairsConfig(Section):
 
 
 class GrmConfig(Section):
-    # On the demo lakehouse validation pair accuracy was flat from 20 to 80 epochs (0.75-0.79,
-    # within its noise) while held-out log-loss rose: more epochs only overfit click rates.
+    # More epochs only overfit click rates: pair accuracy stays flat (docs/results.md#settings).
     epochs: PositiveInt = 20
     # (group, creative) cells per step; each step also takes its share of the pairs.
     batch_size: PositiveInt = 256
@@ -387,12 +385,12 @@ class GmllmConfig(Section):
 
 class GroupDpoConfig(Section):
     beta: PositiveFloat = 0.1
-    # lambda of the group-contrast term (DESIGN §6.7); 0 trains "DPO with prefix".
+    # lambda of the group-contrast term (docs/design.md#group-dpo); 0 trains "DPO with prefix".
     contrast_weight: NonNegativeFloat = 0.5
     # Weight of the chosen answers' per-token NLL next to the DPO terms (RPO, arXiv 2404.19733):
     # it keeps the policy writing finished descriptions while preferences move.
     sft_weight: NonNegativeFloat = 1.0
-    # One round keeps pretrain_gmllm + train_group_dpo within 8 minutes at demo scale on 2 cores.
+    # One round keeps the generator's two tasks short at demo scale (docs/results.md#settings).
     rounds: Annotated[int, Field(ge=0)] = 1
     samples_per_group: Annotated[int, Field(ge=2)] = 6
     # On-policy pairs: best against worst sample of a group when their GRM logits differ by this.
@@ -437,7 +435,7 @@ class RenderConfig(Section):
     mask_dilation: Annotated[int, Field(ge=0)] = 8
     # Candidates rendered per group, the generator's greedy description first and samples drawn at
     # `temperature` after; the GRM's best is served. bench/last_mile.py measured the choice on the
-    # demo night's validation groups (docs/last_mile.md).
+    # demo night's validation groups (docs/stages/last_mile.md).
     candidates: PositiveInt = 5
     temperature: PositiveFloat = 0.5
     batch_size: PositiveInt = 4

@@ -1,4 +1,4 @@
-"""Ingest one day of landing files into the lakehouse (DESIGN §6.1).
+"""Ingest one day of landing files into the lakehouse (docs/design.md#ingest).
 
     {landing}/{ds}/events/...        impressions (JSON lines by default; CSV, TSV or Parquet by mapping)
     {landing}/{ds}/dims/...          users, products, creatives: upserts, each file optional
@@ -64,7 +64,7 @@ ACCEPTED, REJECTED, DUPLICATE = "accepted", "rejected", "duplicate"
 
 # What an event line carries: the impressions contract less what ingestion adds itself.
 EVENT_FIELDS = tuple(c for c in IMPRESSIONS.column_names if c not in (FILE, DS))
-# What a source that lacks a column gets (documented in the README's bring-your-own-logs section).
+# What a source that lacks a column gets (documented in docs/stages/ingest.md#bring-your-own-logs).
 DEFAULT_POSITION = 1
 ORIGINAL_CREATIVE_SUFFIX = "-original"
 ORIGINAL_CREATIVE_PROMPT = "original product image"
@@ -378,10 +378,12 @@ def validate_events(
     known_creatives = creatives.select(
         F.col("creative_id").alias("_creative"), F.col("product_id").alias("_creative_product")
     )
+    # No broadcast hint: Spark broadcasts a dimension that is small and shuffles one that is not,
+    # so a users table of any size never has to fit in the driver's memory.
     joined = (
-        typed.join(F.broadcast(known_users), typed["user_id"] == F.col("_user"), "left")
-        .join(F.broadcast(known_products), typed["product_id"] == F.col("_product"), "left")
-        .join(F.broadcast(known_creatives), typed["creative_id"] == F.col("_creative"), "left")
+        typed.join(known_users, typed["user_id"] == F.col("_user"), "left")
+        .join(known_products, typed["product_id"] == F.col("_product"), "left")
+        .join(known_creatives, typed["creative_id"] == F.col("_creative"), "left")
     )
     type_checks = [
         _wrong_type(column, what)

@@ -98,6 +98,15 @@ def _launched_by_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+def ui_binding(cfg: Config) -> dict[str, str]:
+    """The environment of a Spark with a local master, embedded or spark-submitted: it is this
+    machine's alone, and its UI binds $SPARK_LOCAL_IP, else every interface, showing every query
+    and config of the night. A SPARK_LOCAL_IP already set is kept."""
+    if not cfg.spark.master.startswith("local"):
+        return {}
+    return {"SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")}
+
+
 def get_spark(cfg: Config, app_name: str | None = None) -> SparkSession:
     """Return the process's SparkSession, creating it from Config on first use."""
     from pyspark.sql import SparkSession
@@ -109,10 +118,7 @@ def get_spark(cfg: Config, app_name: str | None = None) -> SparkSession:
         # pyspark starts its Python workers with $PYSPARK_PYTHON (else `python3` from PATH); they
         # must run this interpreter, the one with numpy, torch and osmf_lib.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        if cfg.spark.master.startswith("local"):
-            # An embedded Spark is this machine's alone: its UI binds $SPARK_LOCAL_IP, else every
-            # interface, and shows every query and config of the night.
-            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.update(ui_binding(cfg))
     for key, value in session_conf(cfg).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -164,6 +170,12 @@ def path_exists(spark: SparkSession, location: str) -> bool:
     return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(path)
 
 
+def named_in(dimension: DataFrame, rows: DataFrame, key: str) -> DataFrame:
+    """The dimension's rows whose `key` occurs in `rows`: a stage pulls to the driver what the
+    night's data names, never a whole dimension (whose size has no bound)."""
+    return dimension.join(rows.select(key).distinct(), key, "left_semi")
+
+
 def to_pandas(df: DataFrame) -> pd.DataFrame:
     """`df.toPandas()` with its interests as lists: Spark hands arrays over as numpy arrays, which
     the models' vocabularies and MLflow's input examples do not take for lists."""
@@ -174,10 +186,12 @@ def to_pandas(df: DataFrame) -> pd.DataFrame:
 
 
 def ship_folder(spark: SparkSession, folder: Path, prefix: str) -> str:
-    """Send a local folder to every executor (local, HDFS or object store alike); returns the name
-    `SparkFiles.get` finds it under there. Spark refuses a second, different folder under a name it
-    already ships, so every call ships a copy under a name of its own."""
-    shipped = Path(tempfile.mkdtemp(prefix=f"{prefix}-")) / f"{prefix}-{uuid.uuid4().hex}"
-    shutil.copytree(folder, shipped)
-    spark.sparkContext.addFile(str(shipped), recursive=True)
-    return shipped.name
+    """Send a local folder to every executor, of a local master or a cluster's; returns the name
+    `SparkFiles.get` finds it under there. It travels as a zip archive that each executor unpacks
+    under that name: Spark ships a local folder itself to a local master's executors only. Spark
+    refuses a second, different file under a name it already ships, so every call ships one under
+    a name of its own."""
+    staging = Path(tempfile.mkdtemp(prefix=f"{prefix}-")) / f"{prefix}-{uuid.uuid4().hex}"
+    archive = shutil.make_archive(str(staging), "zip", folder)
+    spark.sparkContext.addArchive(archive)
+    return Path(archive).name

@@ -55,6 +55,16 @@ def git_commit() -> str:
     return out.stdout.strip()
 
 
+def artifact_location(cfg: Config) -> str | None:
+    """Where a new experiment keeps its artifacts. A tracking server chooses (None): it proxies
+    artifacts behind its authentication, where a path of ours would send every client straight
+    to the store, past the server. Without one, `mlflow.artifact_root`."""
+    if cfg.mlflow.tracking_uri.startswith(("http://", "https://")):
+        return None
+    root = cfg.mlflow.artifact_root
+    return root if ":" in root else Path(root).as_uri()
+
+
 def configure(cfg: Config) -> str:
     """Point MLflow at the configured store and return the experiment id (created on first use)."""
     uri = cfg.mlflow.tracking_uri
@@ -66,10 +76,7 @@ def configure(cfg: Config) -> str:
     try:
         experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
         if experiment is None:
-            artifact_root = cfg.mlflow.artifact_root
-            if ":" not in artifact_root:
-                artifact_root = Path(artifact_root).as_uri()
-            experiment_id = client.create_experiment(cfg.mlflow.experiment, artifact_location=artifact_root)
+            experiment_id = client.create_experiment(cfg.mlflow.experiment, artifact_location=artifact_location(cfg))
         else:
             experiment_id = experiment.experiment_id
         # Runs started without an explicit experiment (nested ones) must land here, not in Default.

@@ -218,8 +218,10 @@ def test_ids_that_could_be_paths_and_images_from_elsewhere_are_rejected_naming_w
     rule = "(1 to 128 letters, digits, '.', '_' or '-', and not '.' or '..')"
     roots = f"{Path(cfg.lakehouse.landing)}/images/, {Path(cfg.render.artifacts)}/"
     stores = "abfs, abfss, file, gcs, gs, s3, s3a"
-    reasons = {(Path(r["source_file"]).name, r["line_number"]): r["reason"]
-               for r in tables.read(spark, REJECTED_EVENTS, cfg, ds=D1).collect()}  # fmt: skip
+    reasons = {
+        (Path(r["source_file"]).name, r["line_number"]): r["reason"]
+        for r in tables.read(spark, REJECTED_EVENTS, cfg, ds=D1).collect()
+    }
     assert reasons == {
         ("products.jsonl", 2): f"unsafe product_id: '../../outside' {rule}",
         ("products.jsonl", 3): f"unsafe product_id: a control character {rule}",
@@ -358,7 +360,7 @@ def _ship_ratings(tmp_path, ds, ratings=RATINGS):
 
 
 def _byo(tmp_path, *overrides):
-    """The README's worked example: its config file over sample files of that shape."""
+    """The worked example of docs/stages/ingest.md: its config file over sample files of that shape."""
     _ship_ratings(tmp_path, D1)
     day = tmp_path / "landing" / D1.isoformat()
     (day / "users.csv").write_text(USERS_CSV)
@@ -558,10 +560,15 @@ def test_spark_reads_a_landing_on_an_object_store_as_from_a_folder(object_store,
     for name, landing in (("object store", f"{object_store}/ingest-landing"), ("folder", tmp_path / "landing")):
         cfg = make_cfg(f"lakehouse.landing={landing}")
         write_landing(cfg, scale="tiny", start=D1, days=1)
-        settings = [f"{key}={value}" for key, value in (
-            ("lakehouse.root", cfg.lakehouse.root), ("lakehouse.landing", cfg.lakehouse.landing),
-            ("mlflow.tracking_uri", cfg.mlflow.tracking_uri), ("mlflow.artifact_root", cfg.mlflow.artifact_root),
-        )]  # fmt: skip
+        settings = [
+            f"{key}={value}"
+            for key, value in (
+                ("lakehouse.root", cfg.lakehouse.root),
+                ("lakehouse.landing", cfg.lakehouse.landing),
+                ("mlflow.tracking_uri", cfg.mlflow.tracking_uri),
+                ("mlflow.artifact_root", cfg.mlflow.artifact_root),
+            )
+        ]
         job = [sys.executable, str(PROJECT_ROOT / "jobs" / "ingest_events.py"), "--ds", D1.isoformat()]
         subprocess.run([*job, *[arg for setting in settings for arg in ("--set", setting)]], env=env, check=True)
         ingested[name] = cfg
@@ -571,3 +578,25 @@ def test_spark_reads_a_landing_on_an_object_store_as_from_a_folder(object_store,
         there, here = (tables.read(spark, table, cfg).drop(*located) for cfg in ingested.values())
         assert there.count() == here.count() > 0, table.name
         assert there.exceptAll(here).count() == 0 and here.exceptAll(there).count() == 0, table.name
+
+
+def test_events_are_checked_against_a_dimension_too_big_to_broadcast_without_broadcasting_it(spark, tmp_path, cfg):
+    """A users table of any size: Spark may broadcast a dimension it finds small, but nothing
+    forces a whole dimension into the driver's memory."""
+    events = tmp_path / "events.jsonl"
+    line = {"event_id": "e1", "ts": "2026-11-01T10:00:00Z", "user_id": "u1", "product_id": "p1"}
+    events.write_text(json.dumps({**line, "creative_id": "c1", "position": 1, "clicked": 1}) + "\n")
+    landed = ingest.read_source(spark, str(events), cfg.ingest.events, ingest.EVENT_FIELDS)
+    users = spark.createDataFrame([Row(user_id="u1"), Row(user_id="u2")])
+    products = spark.createDataFrame([Row(product_id="p1")])
+    creatives = spark.createDataFrame([Row(creative_id="c1", product_id="p1")])
+    previous = spark.conf.get("spark.sql.autoBroadcastJoinThreshold")
+    spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")  # every dimension counts as big
+    try:
+        validated = ingest.validate_events(landed.rows, users, products, creatives, D1, cfg.ingest)
+        plan = validated._jdf.queryExecution().executedPlan().toString()
+        reasons = [r[ingest.REASON] for r in validated.collect()]
+    finally:
+        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", previous)
+    assert reasons == [None]
+    assert "Broadcast" not in plan

@@ -112,14 +112,25 @@ def test_unusable_tracking_store_is_named(make_cfg, tmp_path):
         tracking.configure(cfg)
 
 
+def test_with_a_tracking_server_the_server_keeps_the_artifacts(make_cfg, tmp_path):
+    """A path of ours would send every client straight to the store, past the server's auth."""
+    served = make_cfg("mlflow.tracking_uri=https://mlflow.example:5000", f"mlflow.artifact_root={tmp_path}/a")
+    assert tracking.artifact_location(served) is None
+    local = make_cfg(f"mlflow.artifact_root={tmp_path}/a")
+    assert tracking.artifact_location(local) == (tmp_path / "a").as_uri()
+    assert tracking.artifact_location(make_cfg("mlflow.artifact_root=s3://bucket/mlflow")) == "s3://bucket/mlflow"
+
+
 def test_flatten_nests_with_dots():
     assert tracking.flatten({"a": {"b": 1, "c": {"d": 2}}, "e": {}}) == {"a.b": 1, "a.c.d": 2, "e": {}}
 
 
 def test_secrets_in_the_config_are_never_logged_with_a_run(make_cfg):
     secret = "spark.hadoop.fs.s3a.secret.key=wJalrXUtnFEMI"
-    cfg = make_cfg(f"spark.conf={{{secret.replace('=', ': ')}, spark.hadoop.fs.s3a.access.key: AKIA1}}",
-                   "images.roots=['s3a://osmf:hunter2@bucket/images']")  # fmt: skip
+    cfg = make_cfg(
+        f"spark.conf={{{secret.replace('=', ': ')}, spark.hadoop.fs.s3a.access.key: AKIA1}}",
+        "images.roots=['s3a://osmf:hunter2@bucket/images']",
+    )
     with tracking.stage_run(cfg, "preflight", DS, "manual__secrets") as run:
         pass
     logged = MlflowClient().get_run(run.info.run_id).data.params

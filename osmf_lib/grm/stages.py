@@ -1,4 +1,4 @@
-"""The train_grm stage on the lakehouse (DESIGN §6.5): tonight's group-wise CTRs and preference
+"""The train_grm stage on the lakehouse (docs/design.md#grm): tonight's group-wise CTRs and preference
 pairs -> osmf-grm, with its group-agnostic baseline trained in the same run on the same data.
 
 Reads the groups, CTRs and pairs of its ds and the dimensions as that night left them; promotes
@@ -24,6 +24,7 @@ from osmf_lib.grouping import check_groups
 from osmf_lib.job import JobContext
 from osmf_lib.paag.stages import PRODUCT_FEATURES
 from osmf_lib.pairs import split_of
+from osmf_lib.spark import named_in
 from osmf_lib.tables import (
     CREATIVES,
     GROUP_CREATIVE_CTR,
@@ -164,7 +165,7 @@ def load_inputs(ctx: JobContext, dimensions: dict[str, int]) -> dict[str, pd.Dat
         "cells": training_cells(ctr, creatives, cfg).toPandas(),
         "pairs": pairs.toPandas(),
         "profiles": attribute_profiles(members, users).toPandas(),
-        "products": products.select(*PRODUCT_FEATURES).toPandas(),
+        "products": named_in(products, ctr, "product_id").select(*PRODUCT_FEATURES).toPandas(),
     }
 
 

@@ -1,4 +1,4 @@
-"""The PAAG stages on the lakehouse (DESIGN §6.2): who the audience is, what PAAG learns from,
+"""The PAAG stages on the lakehouse (docs/design.md#paag): who the audience is, what PAAG learns from,
 and the product-aware embedding of every (product, user) in a product's audience.
 
     train_paag             impressions of the look-back window -> osmf-paag (+ its product-agnostic
@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
 from osmf_lib.job import JobContext, StageError, worker_errors_as_stage_errors
-from osmf_lib.spark import ship_folder, to_pandas
+from osmf_lib.spark import named_in, ship_folder, to_pandas
 from osmf_lib.tables import CREATIVES, DS, IMPRESSIONS, PAAG_EMBEDDINGS, PRODUCTS, USER_ATTRIBUTES, USERS
 
 if TYPE_CHECKING:
@@ -140,6 +140,21 @@ def challenge(
     return promotion.challenge(MODEL_NAME, METRIC, version, champion, score, cfg)
 
 
+def training_catalogue(
+    spark: SparkSession, cfg: Config, seen: DataFrame, dimensions: dict[str, int]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(products, creatives) the window's impressions name, as of the night's dimension versions."""
+
+    def named(table: tables.Table, key: str, *columns: str) -> pd.DataFrame:
+        rows = tables.read(spark, table, cfg, version=dimensions[table.name])
+        return to_pandas(named_in(rows, seen, key).select(*columns))
+
+    return (
+        named(PRODUCTS, "product_id", *PRODUCT_FEATURES),
+        named(CREATIVES, "creative_id", "creative_id", "product_id", "prompt"),
+    )
+
+
 def train_paag(ctx: JobContext) -> None:
     import mlflow
 
@@ -162,12 +177,7 @@ def train_paag(ctx: JobContext) -> None:
     examples = to_pandas(training_examples(seen, users, cfg.paag.max_train_rows))
     if examples.empty:
         raise StageError(f"no impressions in the {cfg.paag.lookback_days} days up to ds={ds}: nothing to train on")
-    products = to_pandas(tables.read(spark, PRODUCTS, cfg, version=dimensions[PRODUCTS.name]).select(*PRODUCT_FEATURES))
-    creatives = to_pandas(
-        tables.read(spark, CREATIVES, cfg, version=dimensions[CREATIVES.name]).select(
-            "creative_id", "product_id", "prompt"
-        )
-    )
+    products, creatives = training_catalogue(spark, cfg, seen, dimensions)
     tracking.log_table_input(spark, IMPRESSIONS, cfg, context="training")
     for table in DIMENSIONS:
         tracking.log_table_input(spark, table, cfg, context="features", version=dimensions[table.name])

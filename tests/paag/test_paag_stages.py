@@ -10,7 +10,15 @@ from osmf_lib import evaluate_grouping, grouping, ingest, promotion, tables
 from osmf_lib.job import main
 from osmf_lib.paag import stages
 from osmf_lib.synth import write_landing
-from osmf_lib.tables import EVAL_METRICS, GROUP_PROFILES, IMPRESSIONS, PAAG_EMBEDDINGS, USER_GROUPS, USERS
+from osmf_lib.tables import (
+    EVAL_METRICS,
+    GROUP_PROFILES,
+    IMPRESSIONS,
+    PAAG_EMBEDDINGS,
+    PRODUCTS,
+    USER_GROUPS,
+    USERS,
+)
 
 D1, D2, D3 = dt.date(2026, 11, 1), dt.date(2026, 11, 2), dt.date(2026, 11, 3)
 FAST = ["paag.max_train_rows=20000", "paag.epochs=1", "evaluate.max_products=6", "grouping.silhouette_sample=500"]
@@ -46,6 +54,18 @@ def test_embedding_before_any_training_fails_clearly(night, capsys):
     assert (
         "osmf-paag has no champion for ds=2026-11-02: run train_paag for ds=2026-11-02 first" in capsys.readouterr().err
     )
+
+
+def test_training_pulls_only_the_products_and_creatives_its_window_names(night):
+    """The driver holds what the night's impressions name, not the whole catalogue."""
+    cfg, spark, _ = night
+    one = tables.read(spark, IMPRESSIONS, cfg, ds=D2).orderBy("event_id").limit(1)
+    product, creative = one.first()["product_id"], one.first()["creative_id"]
+    dimensions = {t.name: tables.version_as_of(spark, t, cfg, D2) for t in stages.DIMENSIONS}
+    products, creatives = stages.training_catalogue(spark, cfg, one, dimensions)
+    assert tables.read(spark, PRODUCTS, cfg, as_of=D2).count() > 1
+    assert products["product_id"].tolist() == [product]
+    assert creatives["creative_id"].tolist() == [creative]
 
 
 @pytest.fixture(scope="module")
