@@ -1,4 +1,4 @@
-"""G-MLLM: the group-aware prompt generator (DESIGN §6.6) and its Group-DPO alignment (§6.7).
+"""G-MLLM: the group-aware prompt generator (docs/design.md#g-mllm) and its Group-DPO alignment (#group-dpo).
 
     base_checkpoint(cfg, texts) -> the profile's language model folder (tiny: built from texts)
     new_gmllm(folder, group_dim, product_dim, cfg)   -> (GmllmModel, tokenizer) with fresh projectors
@@ -15,7 +15,7 @@ and group_id (groups of the night it was trained for); it returns prompt and usa
 """
 
 from osmf_lib.gmllm.base import base_checkpoint, new_gmllm
-from osmf_lib.gmllm.dpo import GroupDPOTrainer, train_dpo
+from osmf_lib.gmllm.dpo import GroupDPOConfig, GroupDPOTrainer, train_dpo
 from osmf_lib.gmllm.features import GmllmError
 from osmf_lib.gmllm.generator import Gmllm
 from osmf_lib.gmllm.registry import GmllmPyfunc, load_gmllm, log_gmllm
@@ -25,6 +25,7 @@ __all__ = [
     "Gmllm",
     "GmllmError",
     "GmllmPyfunc",
+    "GroupDPOConfig",
     "GroupDPOTrainer",
     "base_checkpoint",
     "encode",

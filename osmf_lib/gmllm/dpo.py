@@ -1,4 +1,4 @@
-"""Group-DPO (DESIGN §6.7) on trl's DPOTrainer.
+"""Group-DPO (docs/design.md#group-dpo) on trl's DPOTrainer.
 
 For a pair (x, y_w, y_l) of group g, with r(y|g) = log pi(y|x,g) - log ref(y|x,g):
 
@@ -9,7 +9,7 @@ For a pair (x, y_w, y_l) of group g, with r(y|g) = log pi(y|x,g) - log ref(y|x,g
 w_g makes every (product, group) weigh the same whatever its number of pairs; g' is a group of the
 same product that rejected y_w (it has the opposite pair, or its judge scores y_w below y_l), so
 the contrast term makes a group's answer likelier for that group than for one that did not want
-it. sg[] stops the gradient: DESIGN §6.7 lets it flow into g' too, which only pushes y_w down
+it. sg[] stops the gradient: docs/design.md#group-dpo's first form lets it flow into g' too, which only pushes y_w down
 under g' a second time (g's opposite pair already does) at the price of one more backward pass;
 on the demo lakehouse the two gave the same validation GRM reward (0.401 vs 0.398). The last term
 (`group_dpo.sft_weight`, RPO's anchor) keeps the chosen answers likely: without it the tiny model
@@ -66,16 +66,67 @@ class GroupPreferenceCollator(DataCollatorForPreference):
         return batch
 
 
+@dataclass
+class GroupDPOConfig(DPOConfig):
+    """trl's DPOConfig plus the weights of Group-DPO's two extra terms (see the module doc).
+
+    Group-DPO computes its own loss, so the DPOConfig options that pick or reshape another loss
+    would be silently ignored: `GroupDPOTrainer` refuses them (`IGNORED_OPTIONS`).
+    """
+
+    contrast_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "lambda of the group-contrast term: how much more likely a group's chosen answer must "
+            "become under its own group than under a group of the same product that rejected it. "
+            "0 trains 'DPO with the group prefix'."
+        },
+    )
+    sft_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the chosen answers' per-token NLL next to the DPO terms (RPO's anchor, "
+            "arXiv 2404.19733): it keeps the policy writing finished descriptions while preferences move."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("contrast_weight", "sft_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"GroupDPOConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+
+# DPOConfig options with no effect on Group-DPO's loss, with the value that means "off".
+IGNORED_OPTIONS: dict[str, object] = {
+    "loss_type": ["sigmoid"],
+    "label_smoothing": 0.0,
+    "f_divergence_type": "reverse_kl",
+    "use_weighting": False,
+    "ld_alpha": None,
+    "loss_weights": None,
+    # The reference's log-probabilities are computed in compute_loss, with the prefix inputs.
+    "precompute_ref_log_probs": False,
+}
+
+
 class GroupDPOTrainer(DPOTrainer):
-    """DPOTrainer with group-balanced weights and the group-contrast term."""
+    """DPOTrainer with group-balanced weights, the group-contrast term and the NLL anchor, weighted
+    by `args` (a GroupDPOConfig)."""
 
     _EXTRA = ("contrast_features", "has_contrast", "weight")
     _NOT_MODEL = ("completion_mask", *_EXTRA)
 
-    def __init__(self, *args: Any, contrast_weight: float = 0.0, sft_weight: float = 0.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.contrast_weight = contrast_weight
-        self.sft_weight = sft_weight
+    def __init__(self, model: torch.nn.Module, ref_model: torch.nn.Module, args: GroupDPOConfig, **kwargs: Any) -> None:
+        if not isinstance(args, GroupDPOConfig):
+            raise TypeError(f"GroupDPOTrainer needs args=GroupDPOConfig(...), got {type(args).__name__}")
+        for option, off in IGNORED_OPTIONS.items():
+            value = getattr(args, option)
+            if value != off and not (isinstance(off, list) and value == off[0]):
+                raise ValueError(
+                    f"GroupDPOTrainer computes its own loss and would ignore {option}={value!r}; leave it at {off!r}"
+                )
+        super().__init__(model=model, ref_model=ref_model, args=args, **kwargs)
 
     def _logps(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], rows: slice, **override) -> torch.Tensor:
         kwargs = {k: v[rows] for k, v in inputs.items() if k not in self._NOT_MODEL}
@@ -104,15 +155,15 @@ class GroupDPOTrainer(DPOTrainer):
         metrics["rewards/accuracies"].append((margin > 0).float().mean().item())
         metrics["rewards/margins"].append(margin.mean().item())
         metrics["loss/dpo"].append(loss.item())
-        if self.sft_weight > 0:
+        if self.args.sft_weight > 0:
             # RPO's anchor: DPO alone may lower both answers' likelihood until the model no longer
             # writes a finished description; the chosen answer's per-token NLL keeps it writing.
             tokens = inputs["completion_mask"][:n].sum(1).clamp(min=1)
             nll = (weight * -policy[:n] / tokens).sum() / weight.sum()
-            loss = loss + self.sft_weight * nll
+            loss = loss + self.args.sft_weight * nll
             metrics["loss/sft"].append(nll.item())
         has = inputs["has_contrast"]
-        if self.contrast_weight > 0 and has.any():
+        if self.args.contrast_weight > 0 and has.any():
             # The other group's pass is a fixed target: pushing y_w down under g' as well (its own
             # DPO term already does) drove the policy's outputs for g' off course (see the module doc).
             with torch.no_grad():
@@ -120,7 +171,7 @@ class GroupDPOTrainer(DPOTrainer):
             contrast = -F.logsigmoid(self.beta * (chosen - other))
             w = weight * has
             contrast_loss = (w * contrast).sum() / w.sum()
-            loss = loss + self.contrast_weight * contrast_loss
+            loss = loss + self.args.contrast_weight * contrast_loss
             metrics["loss/contrast"].append(contrast_loss.item())
         return loss
 
@@ -170,12 +221,14 @@ def frozen_copy(model: GmllmModel) -> GmllmModel:
     return copy.deepcopy(model).eval().requires_grad_(False)
 
 
-def dpo_args(scratch: str, gmllm: Gmllm, cfg: Config) -> DPOConfig:
-    """trl's settings for one DPO run of `gmllm` (checkpoints and logs to `scratch`, never kept)."""
+def dpo_args(scratch: str, gmllm: Gmllm, cfg: Config, contrast_weight: float = 0.0) -> GroupDPOConfig:
+    """trl's settings for one Group-DPO run of `gmllm` (checkpoints and logs to `scratch`, never kept)."""
     d = cfg.group_dpo
     cuda = resolve_device(cfg.gpu.device).type == "cuda"
-    return DPOConfig(
+    return GroupDPOConfig(
         output_dir=scratch,
+        contrast_weight=contrast_weight,
+        sft_weight=d.sft_weight,
         beta=d.beta,
         learning_rate=d.learning_rate,
         num_train_epochs=d.epochs,
@@ -209,18 +262,14 @@ def train_dpo(
 ) -> dict[str, float]:
     """Train gmllm.model in place on the pairs against the frozen reference; trl's last log out."""
     dataset, collator = preference_data(gmllm, pairs, profiles, products)
-    d = cfg.group_dpo
     with tempfile.TemporaryDirectory() as scratch:
-        args = dpo_args(scratch, gmllm, cfg)
         trainer = GroupDPOTrainer(
             model=gmllm.model,
             ref_model=reference,
-            args=args,
+            args=dpo_args(scratch, gmllm, cfg, contrast_weight),
             data_collator=collator,
             train_dataset=dataset,
             processing_class=gmllm.tokenizer,
-            contrast_weight=contrast_weight,
-            sft_weight=d.sft_weight,
         )
         trainer.train()
         history = [entry for entry in trainer.state.log_history if "loss" in entry]

@@ -1,5 +1,5 @@
 """What the G-MLLM reads: the prefix inputs (group profile, product features) and the text of its
-four pre-training tasks (DESIGN §6.6), one template each.
+four pre-training tasks (docs/design.md#g-mllm), one template each.
 
 The group is read as the GRM reads it, by its attribute profile, for the same reason (see
 osmf_lib.grm.features): anchor points live in one PAAG version's embedding space, and a generator

@@ -1,4 +1,4 @@
-"""The G-MLLM network (DESIGN §6.6): a causal language model read through a prefix of projected
+"""The G-MLLM network (docs/design.md#g-mllm): a causal language model read through a prefix of projected
 group and product embeddings.
 
     [k group tokens][m product tokens][instruction, title, category ...][answer ...]

@@ -1,4 +1,4 @@
-"""The pretrain_gmllm and train_group_dpo stages on the lakehouse (DESIGN §6.6, §6.7).
+"""The pretrain_gmllm and train_group_dpo stages on the lakehouse (docs/design.md#g-mllm, #group-dpo).
 
 - **pretrain_gmllm** builds the four pre-training tasks from tonight's tables, trains the G-MLLM
   around the profile's language model and registers it as `osmf-gmllm-base`, the reference every
@@ -146,8 +146,10 @@ def fresh_base(cfg: Config, ds: date) -> str | None:
     differ = sorted(key for key in wanted.keys() | made_with.keys() if made_with.get(key) != wanted.get(key))
     if differ:
         changes = ", ".join(f"{key}: {made_with.get(key)} -> {wanted.get(key)}" for key in differ)
-        print(f"pretrain_gmllm: {BASE_NAME} v{version} is fresh but was made with other settings ({changes}): "
-              "pre-training anew")  # fmt: skip
+        print(
+            f"pretrain_gmllm: {BASE_NAME} v{version} is fresh but was made with other settings ({changes}): "
+            "pre-training anew"
+        )
         return None
     return version
 
@@ -186,9 +188,15 @@ def pretrain_gmllm(ctx: JobContext) -> None:
     losses = fit(model, tokenizer, encoded, cfg)
     merge_lora(model)
     gmllm = Gmllm(
-        model, tokenizer, cond, data["profiles"], data["products"], cfg.gmllm.max_new_tokens,
-        cfg.gmllm.generation_batch_size, BackgroundRule.of(cfg.gmllm.description_rule, data["cells"]["prompt"]),
-    )  # fmt: skip
+        model,
+        tokenizer,
+        cond,
+        data["profiles"],
+        data["products"],
+        cfg.gmllm.max_new_tokens,
+        cfg.gmllm.generation_batch_size,
+        BackgroundRule.of(cfg.gmllm.description_rule, data["cells"]["prompt"]),
+    )
     counts = examples["task"].value_counts()
     mlflow.log_params({f"gmllm.examples.{task}": int(n) for task, n in counts.items()})
     for epoch, loss in enumerate(losses, start=1):
@@ -350,8 +358,16 @@ def train_variant(
     aware, contrast = VARIANTS[name]
     model = copy.deepcopy(base.model)
     model.config.group_aware = aware
-    policy = Gmllm(model, base.tokenizer, base.conditioning, data["profiles"], data["products"],
-                   base.max_new_tokens, base.batch_size, base.rule)  # fmt: skip
+    policy = Gmllm(
+        model,
+        base.tokenizer,
+        base.conditioning,
+        data["profiles"],
+        data["products"],
+        base.max_new_tokens,
+        base.batch_size,
+        base.rule,
+    )
     reference = frozen_copy(model)
     if cfg.models.profile != "tiny":
         with_lora(model, cfg.gmllm.lora_rank)
@@ -365,8 +381,10 @@ def train_variant(
             policy, grm, targets, data["groups"], profiles, products, cfg, seed=cfg.gmllm.seed + round_
         )
         mlflow.log_metrics({f"{name}.round.{k}": v for k, v in stats.items()}, step=round_)
-        print(f"train_group_dpo: {name} round {round_}: {int(stats['samples'])} samples, "
-              f"{stats['unusable_share']:.1%} unusable, {int(stats['pairs'])} pairs")  # fmt: skip
+        print(
+            f"train_group_dpo: {name} round {round_}: {int(stats['samples'])} samples, "
+            f"{stats['unusable_share']:.1%} unusable, {int(stats['pairs'])} pairs"
+        )
         if len(fresh):
             train_dpo(policy, reference, fresh, profiles, products, cfg, weight)
     merge_lora(model)
@@ -408,15 +426,26 @@ def train_group_dpo(ctx: JobContext) -> None:
     # On-policy practice on training products only: the validation products decide promotion and
     # the test products are the evaluation's, so neither is optimised against the GRM here.
     targets = target_products(data, cfg, splits=("train",))
-    mlflow.log_params({"gmllm_base_version": base_version, "grm_version": grm_version, "targets": len(targets),
-                       "logged_pairs": len(logged)})  # fmt: skip
+    mlflow.log_params(
+        {
+            "gmllm_base_version": base_version,
+            "grm_version": grm_version,
+            "targets": len(targets),
+            "logged_pairs": len(logged),
+        }
+    )
     models = {name: train_variant(name, base, grm, logged, targets, data, cfg) for name in VARIANTS}
     example = targets.head(3)
     uris = {name: log_gmllm(models[name], ARTIFACTS[name], ds, example) for name in VARIANTS}
     validation = data["groups"][data["groups"]["split"] == "validation"][["product_id", "group_id"]]
-    rewards = {} if grm is None else {
-        name: grm_reward(model, grm, validation, data["profiles"], data["products"]) for name, model in models.items()
-    }  # fmt: skip
+    rewards = (
+        {}
+        if grm is None
+        else {
+            name: grm_reward(model, grm, validation, data["profiles"], data["products"])
+            for name, model in models.items()
+        }
+    )
     served = served_variant(rewards)
     version = tracking.register(uris[served], MODEL_NAME)
     client = mlflow.MlflowClient()
@@ -426,10 +455,13 @@ def train_group_dpo(ctx: JobContext) -> None:
         print(f"train_group_dpo: {MODEL_NAME} v{version} ({served}) kept as challenger: no GRM to score it with")
         return
     tables.write_metrics(
-        spark, cfg, ds, DPO_STAGE,
+        spark,
+        cfg,
+        ds,
+        DPO_STAGE,
         [tables.Metric(METRIC, name, value) for name, value in rewards.items() if not np.isnan(value)],
         mlflow.active_run().info.run_id,
-    )  # fmt: skip
+    )
     print("train_group_dpo: validation GRM reward " + ", ".join(f"{n} {v:.4f}" for n, v in rewards.items()))
     print(f"train_group_dpo: {MODEL_NAME} v{version} is {served}, the group-aware variant the validation prefers")
 

@@ -1,4 +1,4 @@
-"""Pre-training the G-MLLM on the four tasks of DESIGN §6.6, built from the night's tables:
+"""Pre-training the G-MLLM on the four tasks of docs/design.md#g-mllm, built from the night's tables:
 
 - group analysis: "Describe the audience." + the product -> group_profiles.description, per
   (product, group);

@@ -4,17 +4,20 @@ backgrounds, so only a generator that reads its group prefix can write each its 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from trl import DPOConfig
 
 from osmf_lib.config import Config, load_config
 from osmf_lib.gmllm import features as text
 from osmf_lib.gmllm.base import build_tiny, new_gmllm
 from osmf_lib.gmllm.dpo import (
     NO_CONTRAST,
+    GroupDPOConfig,
     GroupDPOTrainer,
     GroupPreferenceCollator,
     balanced_weights,
@@ -181,12 +184,14 @@ def test_bad_input_is_named(pretrained, world):
 # What the demo night of e61d138 served (issue 31), with the product each was written for.
 GARBLED = {
     "a cozy living room scene, vivid\ufffdWeather Running Shoes (electronics, bright daylight": (
-        "Stride All-Weather Running Shoes", "broken bytes"),
+        "Stride All-Weather Running Shoes",
+        "broken bytes",
+    ),
     "a clean white studio tier-3/tier-4 cities, low purchase power, into3 cities": ("", "a phrase no logged"),
     "a rustic kitchen scene, bright daylight, minimalist style, muted earthy tones, with into yes": ("", "a phrase no"),
     "a busy city street scene, Velvet Dinosaur city street scene": ("Tumble Velvet Dinosaur", "the title"),
     "a sunlit beach scene, dramatic spotlight, dramatic spotlight": ("", "a repeated phrase"),
-}  # fmt: skip
+}
 LOGGED = (
     "a cozy living room scene, vivid saturated colours, bright daylight",
     "a clean white studio scene, minimalist style, with potted plants",
@@ -220,8 +225,9 @@ def test_free_text_drops_the_phrase_list_and_keeps_the_rest():
 def test_with_a_phrase_list_a_description_is_written_only_with_the_logged_phrases_tokens(pretrained):
     gmllm, _ = pretrained
     logged = {word for prompt in (*WANTS.values(), OTHER) for word in text.phrases_of(prompt)}
-    free = Gmllm(gmllm.model, gmllm.tokenizer, gmllm.conditioning, gmllm.profiles, gmllm.products, 16, 64,
-                 text.BackgroundRule())  # fmt: skip
+    free = Gmllm(
+        gmllm.model, gmllm.tokenizer, gmllm.conditioning, gmllm.profiles, gmllm.products, 16, 64, text.BackgroundRule()
+    )
     # Far from the mode, where the other tasks' words (titles, "women", " yes") come up.
     hot = {"samples": 8, "seed": 3, "temperature": 4.0}
 
@@ -342,10 +348,9 @@ def test_the_contrast_term_moves_the_answer_under_its_own_group_only(pretrained,
     trainer = GroupDPOTrainer(
         model=policy,
         ref_model=frozen_copy(base.model),
-        args=dpo_args(str(tmp_path), gmllm, cfg),
+        args=dpo_args(str(tmp_path), gmllm, cfg, contrast_weight=1.0),
         train_dataset=preference_data(gmllm, _pairs(-1, PRODUCTS[:2]), world["profiles"], world["products"])[0],
         processing_class=base.tokenizer,
-        contrast_weight=1.0,
     )
     batch = _batch(gmllm, _pairs(-1, PRODUCTS[:2]), world)
     own, other = batch["group_features"].requires_grad_(), batch["contrast_features"].requires_grad_()
@@ -353,6 +358,31 @@ def test_the_contrast_term_moves_the_answer_under_its_own_group_only(pretrained,
     assert trainer._metrics["train"]["loss/contrast"]
     assert own.grad is not None and own.grad.abs().sum() > 0
     assert other.grad is None
+
+
+@pytest.mark.parametrize(
+    "option",
+    [{"loss_type": ["ipo"]}, {"label_smoothing": 0.1}, {"f_divergence_type": "js_divergence"}, {"use_weighting": True}],
+    ids=lambda option: next(iter(option)),
+)
+def test_group_dpo_refuses_the_dpo_options_its_loss_would_ignore(pretrained, tmp_path, option):
+    base, cfg = pretrained
+    args = replace(dpo_args(str(tmp_path), base, cfg), **option)
+    with pytest.raises(ValueError, match=f"would ignore {next(iter(option))}="):
+        GroupDPOTrainer(model=base.model, ref_model=frozen_copy(base.model), args=args)
+
+
+def test_group_dpo_reads_its_weights_from_its_config(pretrained, tmp_path):
+    base, cfg = pretrained
+    args = dpo_args(str(tmp_path), base, cfg, contrast_weight=0.25)
+    assert isinstance(args, GroupDPOConfig) and args.contrast_weight == 0.25
+    assert args.sft_weight == cfg.group_dpo.sft_weight
+    assert all(GroupDPOConfig.__dataclass_fields__[f].metadata["help"] for f in ("contrast_weight", "sft_weight"))
+    plain = DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
+    with pytest.raises(TypeError, match="GroupDPOConfig"):
+        GroupDPOTrainer(model=base.model, ref_model=frozen_copy(base.model), args=plain)
+    with pytest.raises(ValueError, match="contrast_weight must be >= 0"):
+        replace(args, contrast_weight=-1.0)
 
 
 def test_a_model_saved_with_tied_embeddings_loads_tied(pretrained, tmp_path):
