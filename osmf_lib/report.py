@@ -1,12 +1,14 @@
 """The night's report: one self-contained HTML page a person opens to see what OSMF did.
 
-The headline numbers, the models, the click-through rate by day (overall and, after nights that
-served generated creatives, of the served and the control arm), the night's metrics from
-eval_metrics (every stage, the one-size-fits-all comparison and, on a simulated world, the
-oracle's grades), then per product (the first `publish.report_products`, those with generated
-creatives first) its groups with their descriptions and sizes, the creative served to each, the
-candidates' GRM scores (the selected one marked) and the contact sheet. Images are embedded as
-thumbnails, so the page reads the same from the artifacts root, MLflow or a mail attachment.
+What a person wants first comes first: the headline numbers, then a picture grid (product x
+group: the creative each group is served, with its group's description), then the click-through
+rate by day (overall and, after nights that served generated creatives, of the served and the
+control arm) and who is served. Then a compact summary of the night's metrics, one small table
+per stage, and the detail per product (the first `publish.report_products`, those with generated
+creatives first): its groups with their sizes, the prompt served, the candidates' GRM scores (the
+selected one marked) and the contact sheet. The full metric table closes the page, folded.
+Images are embedded as thumbnails, so the page reads the same from the artifacts root, MLflow or
+a mail attachment.
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .muted { color: #777; }
 section.product { border-top: 2px solid #eee; padding-top: 0.5rem; }
 td img { min-width: 96px; image-rendering: pixelated; }
+.headline { display: flex; flex-wrap: wrap; gap: 0.75rem; padding: 0; list-style: none; }
+.headline li { border: 1px solid #ddd; border-radius: 6px; padding: 0.5rem 0.75rem; width: 13rem; }
+.headline b { display: block; font-size: 1.6rem; }
+table.grid td { width: 9rem; text-align: center; }
+table.grid th { width: 12rem; }
+table.grid .caption { font-size: 0.8rem; color: #444; }
 """
 
 
@@ -124,7 +132,8 @@ def line_chart(series: dict[str, pd.Series], width: int = 640, height: int = 220
         points = " ".join(f"{x[d]:.1f},{y(v):.1f}" for d, v in s.items())
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>')
         parts += [f'<circle cx="{x[d]:.1f}" cy="{y(v):.1f}" r="3" fill="{colour}"/>' for d, v in s.items()]
-        parts.append(f'<text x="{width - pad + 4}" y="{pad + 14 * i}" font-size="11" fill="{colour}">{_e(name)}</text>')
+        # In the top margin: right of the plot a long name would run off the picture.
+        parts.append(f'<text x="{pad + 8}" y="{12 + 13 * i}" font-size="11" fill="{colour}">{_e(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -196,22 +205,74 @@ def _metrics_table(metrics: pd.DataFrame) -> str:
     return f"<table><tr><th>stage</th><th>metric</th><th>slice</th><th>value</th></tr>{rows}</table>"
 
 
+def _stage_summaries(metrics: pd.DataFrame) -> str:
+    """Per stage, its metrics as rows and its slices as columns; slices per category (named
+    `<slice>/<category>`) only in the full table."""
+    parts = []
+    overall = metrics[~metrics["slice"].fillna("").str.contains("/")].fillna({"slice": ""})
+    for stage, rows in overall.groupby("stage", sort=True):
+        grid = rows.pivot_table(index="metric", columns="slice", values="value", aggfunc="first")
+        header = "".join(f"<th>{_e(column)}</th>" for column in grid.columns)
+        body = "".join(
+            f"<tr><td>{_e(metric)}</td>"
+            + "".join(f'<td class="num">{"" if pd.isna(v) else f"{v:.4g}"}</td>' for v in values)
+            + "</tr>"
+            for metric, values in grid.iterrows()
+        )
+        parts.append(f"<h3>{_e(stage)}</h3><table><tr><th>metric</th>{header}</tr>{body}</table>")
+    return "".join(parts) or '<p class="muted">no metrics for this night</p>'
+
+
 def _headline(metrics: pd.DataFrame) -> str:
     values = metrics.set_index(["stage", "metric", "slice"])["value"]
     items = [
-        f"<li>{text}: <b>{values[key]:{'+.1%' if key[1].startswith('lift') else '.0%'}}</b></li>"
+        f"<li><b>{values[key]:{'+.1%' if key[1].startswith('lift') else '.0%'}}</b>{text}</li>"
         for key, text in HEADLINE.items()
         if key in values.index
     ]
-    return f"<ul>{''.join(items)}</ul>" if items else ""
+    return f'<ul class="headline">{"".join(items)}</ul>' if items else ""
 
 
-def _product_section(product: pd.Series, groups: pd.DataFrame, served: pd.DataFrame, candidates: pd.DataFrame,
-                     sheet_uri: str | None, side: int, limits: ImageLimits) -> str:  # fmt: skip
+def _served_image(served: pd.DataFrame, group_id: int) -> str | None:
+    mine = served[served["group_id"] == group_id]
+    return mine["image_uri"].iat[0] if len(mine) else None
+
+
+def _grid(
+    chosen: list[str],
+    products: pd.DataFrame,
+    groups: pd.DataFrame,
+    served: pd.DataFrame,
+    side: int,
+    limits: ImageLimits,
+) -> str:
+    """Product x group: the creative each group is served, its group's description under it."""
+    rows = []
+    for p in chosen:
+        mine = served[served["product_id"] == p]
+        cells = "".join(
+            f"<td>{_img(_served_image(mine, g.group_id), side, f'{p} group {g.group_id}', limits)}"
+            f'<div class="caption">{_e(g.description)}</div></td>'
+            for g in groups[groups["product_id"] == p].sort_values("group_id").itertuples()
+        )
+        title = products.loc[p]
+        rows.append(f'<tr><th>{_e(title["title"])}<div class="muted">{_e(title["category"])}</div></th>{cells}</tr>')
+    return f'<table class="grid">{"".join(rows)}</table>'
+
+
+def _product_section(
+    product: pd.Series,
+    groups: pd.DataFrame,
+    served: pd.DataFrame,
+    candidates: pd.DataFrame,
+    sheet_uri: str | None,
+    side: int,
+    limits: ImageLimits,
+) -> str:
     rows = []
     for group in groups.itertuples():
         mine = served[served["group_id"] == group.group_id]
-        creative = mine.iloc[0] if len(mine) else pd.Series({"image_uri": None, "origin": None, "prompt": None})
+        creative = mine.iloc[0] if len(mine) else pd.Series({"origin": None, "prompt": None})
         scores = candidates[candidates["group_id"] == group.group_id].sort_values("candidate")
         listed = ", ".join(
             f'<span class="selected">{c.grm_score:.2f}</span>' if c.selected else f"{c.grm_score:.2f}"
@@ -220,9 +281,7 @@ def _product_section(product: pd.Series, groups: pd.DataFrame, served: pd.DataFr
         )
         rows.append(
             f'<tr><td class="num">{group.group_id}</td><td class="num">{group.size}</td>'
-            f"<td>{_e(group.description)}</td>"
-            f"<td>{_img(creative['image_uri'], side, f'group {group.group_id}', limits)}</td>"
-            f"<td>{_e(creative['origin'])}</td>"
+            f"<td>{_e(group.description)}</td><td>{_e(creative['origin'])}</td>"
             f"<td>{_e(creative['prompt'])}</td><td>{listed}</td></tr>"
         )
     sheet = (
@@ -234,8 +293,8 @@ def _product_section(product: pd.Series, groups: pd.DataFrame, served: pd.DataFr
     return (
         f'<section class="product"><h3>{_e(product["title"])} <span class="muted">{_e(product.name)} · '
         f"{_e(product['category'])}</span></h3>"
-        "<table><tr><th>group</th><th>users</th><th>description</th><th>served creative</th><th>origin</th>"
-        f"<th>prompt</th><th>candidates' GRM logits</th></tr>{''.join(rows)}</table>{sheet}</section>"
+        "<table><tr><th>group</th><th>users</th><th>description</th><th>origin</th>"
+        f"<th>prompt served</th><th>candidates' GRM logits</th></tr>{''.join(rows)}</table>{sheet}</section>"
     )
 
 
@@ -261,6 +320,8 @@ def build(ctx: JobContext, served: pd.DataFrame) -> str:
         f"<li>written by {_e(r.gmllm_version)}, selected by {_e(r.grm_version)}</li>" for r in lineage.itertuples()
     )
     products = products.set_index("product_id")
+    chosen = [p for p in chosen if p in products.index]
+    limits = ImageLimits.of(cfg)
     rendered = set(candidates.loc[candidates["image_uri"].notna(), "product_id"])
     sections = "".join(
         _product_section(
@@ -270,11 +331,11 @@ def build(ctx: JobContext, served: pd.DataFrame) -> str:
             candidates[candidates["product_id"] == p],
             artifacts.join(product_folder(cfg, ds, p), CONTACT_SHEET) if p in rendered else None,
             side,
-            ImageLimits.of(cfg),
+            limits,
         )
         for p in chosen
-        if p in products.index
     )
+    shown = f"{len(chosen)} of {served['product_id'].nunique()} products, those with generated creatives first"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>OSMF night {ds}</title><style>{STYLE}</style></head>
 <body>
@@ -282,16 +343,21 @@ def build(ctx: JobContext, served: pd.DataFrame) -> str:
 <p>{len(served)} (product, group) targets served, {int(generated["_generated"].sum())} with a generated
 creative; the other groups get their best logged creative.</p>
 {_headline(metrics)}
-<h2>Models</h2><ul>{used}{champions}</ul>
-<h2>Who is served</h2>
-{serving_section(ctx)}
+<h2>Creatives</h2>
+<p class="muted">What each group is shown, with its group's description: {shown}.</p>
+{_grid(chosen, products, groups, served, side, limits)}
 <h2>Click-through rate by day</h2>
 {line_chart(ctr_by_day(ctx))}
-<h2>Metrics of the night</h2>
-{_metrics_table(metrics)}
+<h2>Who is served</h2>
+{serving_section(ctx)}
+<h2>Models</h2><ul>{used}{champions}</ul>
+<h2>Metrics by stage</h2>
+{_stage_summaries(metrics)}
 <h2>Products</h2>
-<p class="muted">{len(chosen)} of {served["product_id"].nunique()} products, those with generated creatives first.</p>
 {sections}
+<details><summary><h2 style="display: inline">All metrics</h2></summary>
+{_metrics_table(metrics)}
+</details>
 </body></html>
 """
 

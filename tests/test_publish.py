@@ -51,10 +51,20 @@ def _generated(cfg) -> pd.DataFrame:
             uri = None if score is None else artifacts.join(folder, str(group_id), f"{candidate}.png")
             if uri:
                 artifacts.write_atomically(uri, _png((40 * candidate, 90, 160)))
-            rows.append({"product_id": product_id, "group_id": group_id, "candidate": candidate,
-                         "prompt": f"background {candidate} for {product_id}/{group_id}", "seed": candidate,
-                         "image_uri": uri, "grm_score": score, "gmllm_version": "osmf-gmllm/3",
-                         "grm_version": "osmf-grm/2", "ds": DS})  # fmt: skip
+            rows.append(
+                {
+                    "product_id": product_id,
+                    "group_id": group_id,
+                    "candidate": candidate,
+                    "prompt": f"background {candidate} for {product_id}/{group_id}",
+                    "seed": candidate,
+                    "image_uri": uri,
+                    "grm_score": score,
+                    "gmllm_version": "osmf-gmllm/3",
+                    "grm_version": "osmf-grm/2",
+                    "ds": DS,
+                }
+            )
     for product_id in ("p00", "p01"):
         artifacts.write_atomically(artifacts.join(product_folder(cfg, DS, product_id), CONTACT_SHEET), _png((9, 9, 9)))
     frame = pd.DataFrame(rows)
@@ -192,6 +202,9 @@ def test_the_report_shows_every_group_with_its_served_image(spark, night):
         with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
             assert max(image.size) <= 4 * cfg.publish.thumbnail
     assert "publish" in text and "generated_share" in text
+    # What a person wants first comes first; the full metric table last.
+    sections = ["Creatives", "Click-through rate by day", "Metrics by stage", "Products", "All metrics"]
+    assert [text.index(name) for name in sections] == sorted(text.index(name) for name in sections)
     assert "Members placed again by their attributes alone get their own group" in text
     assert "2026-11-04 has not been served and ingested yet" in text
 
@@ -239,8 +252,11 @@ def test_osmf_report_rebuild_reads_the_configured_registry(night, tmp_path, monk
     # A fresh process starts pointed at MLflow's default store, not the configured one.
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/elsewhere.db")
-    settings = [f"lakehouse.root={cfg.lakehouse.root}", f"render.artifacts={cfg.render.artifacts}",
-                f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}"]  # fmt: skip
+    settings = [
+        f"lakehouse.root={cfg.lakehouse.root}",
+        f"render.artifacts={cfg.render.artifacts}",
+        f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}",
+    ]
     args = [arg for setting in settings for arg in ("--set", setting)]
     rebuilt = CliRunner().invoke(app, [*args, "report", "--ds", "2026-11-03", "--rebuild"])
     assert (rebuilt.exit_code, rebuilt.output.strip()) == (0, str(_report(printed))), rebuilt.output
@@ -281,33 +297,48 @@ def test_the_closed_loop_view_splits_the_next_days_traffic_into_served_and_contr
     user, other = members.loc[members["group_id"] == 0, "user_id"].iat[0], "u100"
     attributes = tables.read(spark, USERS, cfg).where(f"user_id = '{user}'").drop("updated_ds").toPandas()
     requests = pd.concat(
-        [attributes.assign(product_id="p00"), attributes.assign(product_id="p00", user_id=other),
-         attributes.assign(product_id="p00", user_id="newcomer"), attributes.assign(product_id="p02")]
-    )  # fmt: skip
+        [
+            attributes.assign(product_id="p00"),
+            attributes.assign(product_id="p00", user_id=other),
+            attributes.assign(product_id="p00", user_id="newcomer"),
+            attributes.assign(product_id="p02"),
+        ]
+    )
     version = assign_day(spark, cfg, DS, day, spark.createDataFrame(requests))
     answered = tables.read(spark, SERVING_ASSIGNMENTS, cfg, version=version, ds=day).toPandas()
     answer = answered.set_index(["user_id", "product_id"])
     assert answer.loc[(user, "p00"), "reason"] == "member" and answer.loc[("newcomer", "p00"), "reason"] == "assigned"
     assert (answered["groups_ds"] == DS).all() and answer.loc[(user, "p02"), "origin"] == "logged"
     mine, theirs, new = (answer.loc[(u, "p00"), "creative_id"] for u in (user, other, "newcomer"))
-    rows = [(user, "p00", mine, True), (user, "p00", mine, False), (user, "p00", mine, False),
-            (user, "p00", "p00-c1", False), (other, "p00", "p00-c2", True), (other, "p00", theirs, True),
-            ("newcomer", "p00", new, False), ("newcomer", "p00", "p00-c3", True),
-            (user, "p02", "p02-c0", True)]  # p02 was served a logged creative: not in the test  # fmt: skip
+    rows = [
+        (user, "p00", mine, True),
+        (user, "p00", mine, False),
+        (user, "p00", mine, False),
+        (user, "p00", "p00-c1", False),
+        (other, "p00", "p00-c2", True),
+        (other, "p00", theirs, True),
+        ("newcomer", "p00", new, False),
+        ("newcomer", "p00", "p00-c3", True),
+        (user, "p02", "p02-c0", True),
+    ]  # p02 was served a logged creative: not in the test
     frame = pd.DataFrame(rows, columns=["user_id", "product_id", "creative_id", "clicked"]).assign(
         event_id=[f"next{i}" for i in range(len(rows))], ts=pd.Timestamp(day), position=1, source_file="t", ds=day
     )
-    tables.overwrite_partition(spark, spark.createDataFrame(frame[IMPRESSIONS.column_names], IMPRESSIONS.schema()),
-                               IMPRESSIONS, cfg, day)  # fmt: skip
+    tables.overwrite_partition(
+        spark, spark.createDataFrame(frame[IMPRESSIONS.column_names], IMPRESSIONS.schema()), IMPRESSIONS, cfg, day
+    )
     tables.register_views(spark, cfg)
     arms = spark.table("closed_loop_ab").toPandas().set_index(["audience", "arm"])
     assert (arms["ds"] == day).all()
     counts = arms[["impressions", "clicks"]].astype(int).apply(list, axis=1).to_dict()
     assert counts == {
-        ("all", "control"): [3, 2], ("all", "served"): [5, 2],
-        ("members", "control"): [2, 1], ("members", "served"): [4, 2],
-        ("newcomers", "control"): [1, 1], ("newcomers", "served"): [1, 0],
-    }  # fmt: skip
+        ("all", "control"): [3, 2],
+        ("all", "served"): [5, 2],
+        ("members", "control"): [2, 1],
+        ("members", "served"): [4, 2],
+        ("newcomers", "control"): [1, 1],
+        ("newcomers", "served"): [1, 0],
+    }
 
     # What ingestion records for the day, and the night's report written again to show it.
     covered = {(m.metric, m.slice): m.value for m in coverage.coverage(spark, cfg, day)}
