@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,12 +39,10 @@ import pandas as pd
 
 from osmf_lib import ingest, tables, tracking
 from osmf_lib.config import load_config
-from osmf_lib.serving.registry import MODEL_NAME, REQUEST_COLUMNS, load_serving
+from osmf_lib.serving.registry import CHAMPION_URI, REQUEST_COLUMNS, load_serving, start_scoring_server
 from osmf_lib.spark import get_spark
 from osmf_lib.synth import build_world, day_requests
 from osmf_lib.tables import GROUP_PROFILES, MEMBER
-
-MODEL_URI = f"models:/{MODEL_NAME}@champion"
 
 
 def requests_of(spark, cfg, night: date, rows: int) -> pd.DataFrame:
@@ -102,16 +99,8 @@ def _post(url: str, frame: pd.DataFrame) -> dict:
 def over_http(cfg, rows: pd.DataFrame, single: int, batch: int) -> dict[str, float]:
     """p50/p99 of one-row requests and rows/s of `batch`-row requests against the scoring server."""
     port = _free_port()
-    bin_dir = Path(sys.executable).parent
-    # One torch thread, as the compose service runs it: with two, torch's pool and the server's
-    # threads fight over this machine's two cores and the one-row p99 doubles.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.mlflow.tracking_uri, "PATH": f"{bin_dir}:{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
     log = Path(tempfile.mkdtemp(prefix="osmf-bench-serve-")) / "serve.log"
-    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    with log.open("w") as out:
-        server = subprocess.Popen(command, env=env, stdout=out, stderr=out, start_new_session=True)
+    server = start_scoring_server(cfg.mlflow.tracking_uri, port, log, CHAMPION_URI)
     url = f"http://127.0.0.1:{port}"
     try:
         started = time.perf_counter()
@@ -162,33 +151,47 @@ def main() -> None:
     spark.stop()
 
     loaded = time.perf_counter()
-    pyfunc = mlflow.pyfunc.load_model(MODEL_URI)
+    pyfunc = mlflow.pyfunc.load_model(CHAMPION_URI)
     load_seconds = time.perf_counter() - loaded
-    model = load_serving(MODEL_URI)
+    model = load_serving(CHAMPION_URI)
     pyfunc_rate, answered = best_rate(pyfunc.predict, rows, args.repeat)
     assign_rate, _ = best_rate(model.assign, rows, args.repeat)
     members = float((answered["reason"] == MEMBER).mean())
     http = over_http(cfg, rows, args.single, args.batch)
 
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
-    print(f"\nosmf-serving of night {night}: {len(rows):,} requests of {night + timedelta(days=1)} "
-          f"({members:.1%} members of the night's groups); OMP_NUM_THREADS={threads}\n")  # fmt: skip
+    print(
+        f"\nosmf-serving of night {night}: {len(rows):,} requests of {night + timedelta(days=1)} "
+        f"({members:.1%} members of the night's groups); OMP_NUM_THREADS={threads}\n"
+    )
     table = [
         ("baseline: pandas lookup in serving_lookup", f"{base_rate:,.0f}", "1.00", f"{base_share:.1%}"),
-        ("osmf-serving pyfunc.predict, in process", f"{pyfunc_rate:,.0f}", f"{pyfunc_rate / base_rate:.2f}",
-         f"{answered['creative_id'].notna().mean():.1%}"),
+        (
+            "osmf-serving pyfunc.predict, in process",
+            f"{pyfunc_rate:,.0f}",
+            f"{pyfunc_rate / base_rate:.2f}",
+            f"{answered['creative_id'].notna().mean():.1%}",
+        ),
         ("ServingNight.assign, in process", f"{assign_rate:,.0f}", f"{assign_rate / base_rate:.2f}", ""),
-        (f"HTTP, {args.batch:,}-row batches", f"{http['batch_rows_per_s']:,.0f}",
-         f"{http['batch_rows_per_s'] / base_rate:.2f}", ""),
-    ]  # fmt: skip
+        (
+            f"HTTP, {args.batch:,}-row batches",
+            f"{http['batch_rows_per_s']:,.0f}",
+            f"{http['batch_rows_per_s'] / base_rate:.2f}",
+            "",
+        ),
+    ]
     print(f"| {'path':<44} | {'rows/s':>10} | {'x baseline':>10} | {'answered':>8} |")
     print(f"|{'-' * 46}|{'-' * 12}:|{'-' * 12}:|{'-' * 10}:|")
     for path, rate, ratio, share in table:
         print(f"| {path:<44} | {rate:>10} | {ratio:>10} | {share:>8} |")
-    print(f"\nHTTP one-row requests ({args.single}, one at a time): p50 {http['p50_ms']:.1f} ms, "
-          f"p99 {http['p99_ms']:.1f} ms (target p99 <= 25 ms)")  # fmt: skip
-    print(f"set-up: serving_lookup materialised in {materialised:.1f} s; pyfunc loaded in {load_seconds:.1f} s; "
-          f"scoring server answered /ping after {http['ready_s']:.1f} s")  # fmt: skip
+    print(
+        f"\nHTTP one-row requests ({args.single}, one at a time): p50 {http['p50_ms']:.1f} ms, "
+        f"p99 {http['p99_ms']:.1f} ms (target p99 <= 25 ms)"
+    )
+    print(
+        f"set-up: serving_lookup materialised in {materialised:.1f} s; pyfunc loaded in {load_seconds:.1f} s; "
+        f"scoring server answered /ping after {http['ready_s']:.1f} s"
+    )
 
 
 if __name__ == "__main__":

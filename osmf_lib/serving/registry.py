@@ -3,6 +3,9 @@ server) and for consumers, and a loader for the pipeline's own Spark workers."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -15,6 +18,7 @@ from osmf_lib.paag.model import INTERESTS, SINGLE_VALUED_ATTRIBUTES, USER_ATTRIB
 from osmf_lib.serving.model import ServingError, ServingNight
 
 MODEL_NAME = "osmf-serving"
+CHAMPION_URI = f"models:/{MODEL_NAME}@champion"
 ARTIFACT = "serving"
 REQUEST_COLUMNS = ("product_id", "user_id", *USER_ATTRIBUTES)
 # Only the product is required: a request without a user id is placed by its attributes, and a
@@ -60,3 +64,26 @@ def load_serving(model_uri: str) -> ServingNight:
     """The ServingNight behind a logged osmf-serving (any MLflow model URI, e.g.
     models:/osmf-serving@champion); a missing or unreadable one fails naming the URI."""
     return tracking.load_logged(model_uri, lambda folder: ServingNight.load(folder / ARTIFACT), ServingError)
+
+
+def start_scoring_server(tracking_uri: str, port: int, log: Path, model_uri: str = CHAMPION_URI) -> subprocess.Popen:
+    """MLflow's scoring server for `model_uri` on 127.0.0.1:`port`, as the compose service runs
+    it, writing to `log`. One torch thread: with more, torch's pool and the server's threads fight
+    over a small machine's cores. The server execs uvicorn from PATH, so this environment's
+    comes first."""
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )

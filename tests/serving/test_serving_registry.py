@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +19,7 @@ from osmf_lib import tracking
 from osmf_lib.config import Config
 from osmf_lib.paag.model import USER_ATTRIBUTES
 from osmf_lib.serving.model import ServingNight
-from osmf_lib.serving.registry import MODEL_NAME, log_serving
+from osmf_lib.serving.registry import MODEL_NAME, log_serving, start_scoring_server
 from osmf_lib.tables import ASSIGNED, MEMBER, UNKNOWN_PRODUCT
 
 SERVER_START_SECONDS = 180
@@ -69,15 +67,7 @@ def scoring_server(registered: Config, free_port, tmp_path_factory) -> Iterator[
     """`mlflow models serve -m models:/osmf-serving@champion --env-manager local` on a free port."""
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
-    bin_dir = Path(sys.executable).parent
-    # The server execs `uvicorn` from PATH: this environment's, as `make test` has it.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registered.mlflow.tracking_uri,
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
-    mlflow_cli = bin_dir / "mlflow"
-    command = [str(mlflow_cli), "models", "serve", "-m", f"models:/{MODEL_NAME}@champion", "--env-manager", "local",
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    with log.open("w") as out:
-        server = subprocess.Popen(command, env=env, stdout=out, stderr=out, start_new_session=True)
+    server = start_scoring_server(registered.mlflow.tracking_uri, port, log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_SECONDS
