@@ -255,8 +255,16 @@ def recorded_loops():
 def group_dpo(base: Gmllm, pairs: pd.DataFrame, cfg: Config, contrast_weight: float) -> tuple[float, float]:
     """(call s, loop s) of train_dpo from a copy of the base, against a frozen copy of it."""
     model = copy.deepcopy(base.model)
-    policy = Gmllm(model, base.tokenizer, base.conditioning, base.profiles, base.products, base.max_new_tokens,
-                   base.batch_size, base.rule)  # fmt: skip
+    policy = Gmllm(
+        model,
+        base.tokenizer,
+        base.conditioning,
+        base.profiles,
+        base.products,
+        base.max_new_tokens,
+        base.batch_size,
+        base.rule,
+    )
     reference = frozen_copy(model)
     with recorded_loops() as loops:
         start = time.perf_counter()
@@ -317,9 +325,12 @@ def plain_generate(gmllm: Gmllm, rows: pd.DataFrame, samples: int) -> tuple[floa
         torch.manual_seed(1)
         for first in range(0, len(texts), gmllm.batch_size):
             batch = tokenizer(
-                texts[first : first + gmllm.batch_size], return_tensors="pt", padding=True, truncation=True,
+                texts[first : first + gmllm.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
                 max_length=room,
-            ).to(device)  # fmt: skip
+            ).to(device)
             out = lm.generate(
                 **batch,
                 max_new_tokens=gmllm.max_new_tokens,
@@ -464,8 +475,16 @@ def main() -> None:
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), device {name}; "
         f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}"
     )
-    header = ("profile", "trainer", "pairs x epochs", "setup s", "train s", "train samples/s", "call samples/s",
-              "plain / this")  # fmt: skip
+    header = (
+        "profile",
+        "trainer",
+        "pairs x epochs",
+        "setup s",
+        "train s",
+        "train samples/s",
+        "call samples/s",
+        "plain / this",
+    )
     print("\n| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     plain = {p: n / loop for p, name_, n, _, loop in train if name_.startswith("plain")}
@@ -474,8 +493,17 @@ def main() -> None:
             f"| {profile} | {name_} | {n:,} | {setup:.1f} | {loop:.1f} | {rate(n / loop)} | {rate(n / (setup + loop))} "
             f"| {plain[profile] / (n / loop):.2f}x |"
         )
-    header = ("profile", "generator", "sequences", "new tokens", "finished", "s", "new tokens/s", "sequences/s",
-              "plain / this")  # fmt: skip
+    header = (
+        "profile",
+        "generator",
+        "sequences",
+        "new tokens",
+        "finished",
+        "s",
+        "new tokens/s",
+        "sequences/s",
+        "plain / this",
+    )
     print("\n| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for i, (profile, name_, seconds, sequences, tokens, finished) in enumerate(generation):

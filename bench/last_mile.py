@@ -109,9 +109,11 @@ def main() -> None:
     _, audiences, weights = held_out_audiences(ctx.spark, cfg, ds)
     oracle = Oracle.of_world(*world) if world else None
     best_logged = (
-        data["cells"].sort_values(["ctr_smoothed", "creative_id"], ascending=[False, True])
-        .drop_duplicates(KEY).set_index(KEY)["prompt"]
-    )  # fmt: skip
+        data["cells"]
+        .sort_values(["ctr_smoothed", "creative_id"], ascending=[False, True])
+        .drop_duplicates(KEY)
+        .set_index(KEY)["prompt"]
+    )
     served = tables.read(ctx.spark, SERVING_CREATIVES, cfg, ds=ds).toPandas().set_index(KEY)
 
     def probability(model, frame):
@@ -126,17 +128,21 @@ def main() -> None:
         frame["both"] = (frame["grm"] + frame["agnostic"]) / 2
         validation = frame[frame["split"] == "validation"]
         distinct = validation[validation["usable"]].groupby(KEY)["prompt"].nunique().mean()
-        print(f"T = {temperature}: validation {validation[KEY].drop_duplicates().shape[0]} groups, "
-              f"{distinct:.2f} distinct usable candidates a group (of {samples + 1}), "
-              f"usable samples {frame.loc[frame['sample'] >= 0, 'usable'].mean():.1%}")  # fmt: skip
+        print(
+            f"T = {temperature}: validation {validation[KEY].drop_duplicates().shape[0]} groups, "
+            f"{distinct:.2f} distinct usable candidates a group (of {samples + 1}), "
+            f"usable samples {frame.loc[frame['sample'] >= 0, 'usable'].mean():.1%}"
+        )
         test = frame[frame["split"] == "test"]
         grade = Grade(oracle, audiences, weights, test) if oracle else None
         if grade is not None and not grade.keep:
             grade = None
         if grade is not None:
             floor, greedy = grade.ctr(best_logged), grade.ctr(picks(test)["greedy"]["prompt"])
-            print(f"  test {len(grade.keep)} groups: best logged {floor:.4f}, greedy {greedy:.4f} "
-                  f"({greedy / floor - 1:+.1%}); what the night served {grade.ctr(served['prompt']):.4f}")  # fmt: skip
+            print(
+                f"  test {len(grade.keep)} groups: best logged {floor:.4f}, greedy {greedy:.4f} "
+                f"({greedy / floor - 1:+.1%}); what the night served {grade.ctr(served['prompt']):.4f}"
+            )
         print("  | rule | val P(click) GRM | val P(click) agnostic | test oracle CTR | lift kept |")
         print("  |---|---:|---:|---:|---:|")
         test_picks = picks(test)
@@ -145,8 +151,10 @@ def main() -> None:
             if grade is not None:
                 value = grade.ctr(test_picks[rule]["prompt"].reindex(grade.keep).fillna(best_logged))
                 oracle_ctr, kept = f"{value:.4f}", f"{(value - floor) / (greedy - floor):.0%}"
-            print(f"  | {rule} | {probability(grm, picked).mean():.4f} | {probability(agnostic, picked).mean():.4f} "
-                  f"| {oracle_ctr} | {kept} |")  # fmt: skip
+            print(
+                f"  | {rule} | {probability(grm, picked).mean():.4f} | {probability(agnostic, picked).mean():.4f} "
+                f"| {oracle_ctr} | {kept} |"
+            )
         print()
 
 

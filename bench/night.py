@@ -124,10 +124,14 @@ def measure(work: Path, repeats: int, demo_days: int) -> None:
     print("|---|---|---|---|---|---|---|")
     for name, part, count in parts:
         now, before = seconds(compiled, part), seconds(bare, part)
-        print(f"| {name} | {now:.2f} | {now / compiled['python']:,.0f}x | {before:.2f} | {1 - now / before:.0%} "
-              f"| {count} | {now * count:.0f} |")  # fmt: skip
-    print(f"| **floor of a demo's tasks** | | | {bare_floor:.0f} | {1 - floor / bare_floor:.0%} "
-          f"| | **{floor:.0f} ({floor / 60:.1f} min)** |")  # fmt: skip
+        print(
+            f"| {name} | {now:.2f} | {now / compiled['python']:,.0f}x | {before:.2f} | {1 - now / before:.0%} "
+            f"| {count} | {now * count:.0f} |"
+        )
+    print(
+        f"| **floor of a demo's tasks** | | | {bare_floor:.0f} | {1 - floor / bare_floor:.0%} "
+        f"| | **{floor:.0f} ({floor / 60:.1f} min)** |"
+    )
     print(f"\nThe night: {spark_tasks} Spark tasks, {torch_tasks} torch tasks; make demo adds {ingests} ingests.")
     for target, minutes in TARGETS_MIN.items():
         print(f"{target}: target {minutes} min; this floor alone is {floor / 60 / minutes:.2f}x it")

@@ -65,27 +65,46 @@ def full_components() -> dict:
     """SD1.5's architecture (inpainting UNet input) with random weights."""
     tok = tokenizer(77)
     unet = UNet2DConditionModel(
-        sample_size=64, in_channels=9, out_channels=4, layers_per_block=2,
+        sample_size=64,
+        in_channels=9,
+        out_channels=4,
+        layers_per_block=2,
         block_out_channels=(320, 640, 1280, 1280),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768, attention_head_dim=8,
-    )  # fmt: skip
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    )
     vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
-    )  # fmt: skip
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
     # The canny ControlNet of SD1.5 reads the 4 latent channels, not the inpainting UNet's 9.
     controlnet = ControlNetModel(
-        in_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), cross_attention_dim=768,
+        in_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        cross_attention_dim=768,
         attention_head_dim=8,
-    )  # fmt: skip
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tok), hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    ))  # fmt: skip
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    )
     return {"unet": unet, "controlnet": controlnet, "vae": vae, "text_encoder": text, "tokenizer": tok}
 
 
@@ -99,8 +118,10 @@ def pipeline_of(parts: dict, device: torch.device, dtype: torch.dtype) -> Stable
     pipe = StableDiffusionControlNetInpaintPipeline(
         **parts,
         scheduler=DDIMScheduler(num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device, dtype)
 
@@ -130,8 +151,9 @@ def flop_per_image(pipe: StableDiffusionControlNetInpaintPipeline, size: int, st
     dev, dt = pipe.device, pipe.unet.dtype
     guided = 2 if cfg_scale > 1 else 1
     x = torch.randn(guided, pipe.unet.config.in_channels, latent, latent, device=dev, dtype=dt)
-    text = torch.randn(guided, pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim, device=dev,
-                       dtype=dt)  # fmt: skip
+    text = torch.randn(
+        guided, pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim, device=dev, dtype=dt
+    )
     control = torch.randn(guided, 3, size, size, device=dev, dtype=dt)
     t = torch.tensor([500] * guided, device=dev)
     with torch.no_grad(), FlopCounterMode(display=False) as step:
@@ -191,9 +213,11 @@ def main() -> None:
     peak = matmul_rate(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     floor_pipe = pipeline_of(parts, device, torch.float32)
     flop = flop_per_image(floor_pipe, size, steps, scale)
-    print(f"device {device}, {'SD1.5 architecture' if args.full_arch else 'tiny'} at {size} px, {steps} steps, "
-          f"CFG {scale}; {flop / 1e12:.3f} TFLOP per image; measured matmul rate {peak / 1e12:.2f} TFLOP/s; "
-          f"floor {peak / flop:.2f} images/s")  # fmt: skip
+    print(
+        f"device {device}, {'SD1.5 architecture' if args.full_arch else 'tiny'} at {size} px, {steps} steps, "
+        f"CFG {scale}; {flop / 1e12:.3f} TFLOP per image; measured matmul rate {peak / 1e12:.2f} TFLOP/s; "
+        f"floor {peak / flop:.2f} images/s"
+    )
     print(f"| {'variant':<28} | batch | images/s | vs base | share of floor |")
     print(f"|{'-' * 30}|-------|----------|---------|---------------|")
     base = None

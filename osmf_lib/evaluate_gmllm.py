@@ -55,8 +55,9 @@ def night_generators(cfg: Config, ds: date) -> tuple[dict[str, Gmllm], Grm | Non
         return None
     unreadable = cfg.models.unreadable_image
     served = newest.tags.get(TAG_VARIANT, "group_dpo")
-    mlflow.log_params({"gmllm_version": newest.version, "gmllm_base_version": newest.tags[TAG_BASE],
-                       "gmllm_variant": served})  # fmt: skip
+    mlflow.log_params(
+        {"gmllm_version": newest.version, "gmllm_base_version": newest.tags[TAG_BASE], "gmllm_variant": served}
+    )
     print(f"evaluate_gmllm: {MODEL_NAME} v{newest.version} serves {served}")
     generators = {"pretrained": load_gmllm(f"models:/{BASE_NAME}/{newest.tags[TAG_BASE]}", unreadable_image=unreadable)}
     for name, artifact in ARTIFACTS.items():

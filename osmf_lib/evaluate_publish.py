@@ -114,5 +114,10 @@ def run(ctx: JobContext, served: pd.DataFrame, logged: pd.DataFrame, night: Serv
     """served: the night's serving_creatives rows; logged: the best logged creative per group;
     night: the night's osmf-serving model."""
     missing = f"ds={ctx.ds} served nothing"
-    grade_night(ctx, STAGE, night if len(served) else None, missing,
-                lambda model, oracle: grade_served(ctx, model, logged, oracle))  # fmt: skip
+    grade_night(
+        ctx,
+        STAGE,
+        night if len(served) else None,
+        missing,
+        lambda model, oracle: grade_served(ctx, model, logged, oracle),
+    )

@@ -1,4 +1,4 @@
-"""Adaptive product-aware grouping (DESIGN §6.3).
+"""Adaptive product-aware grouping (docs/design.md#grouping).
 
 Per product, the audience's PAAG embeddings are clustered with K-Means, K chosen by mean
 silhouette; small groups are merged away; each group gets its distances, anchor points, an
@@ -522,10 +522,19 @@ def quality_checks(spark: SparkSession, cfg: Config, ds: date) -> list[Check]:
     split = F.when(F.col("k") > 1, F.col("size"))
     tonight = profiles.where(F.col(DS) == F.lit(ds)).agg(F.min(split), F.sum("size")).first()
     embedded = tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=ds).count()
-    smallest = [] if tonight[0] is None else [
-        Check("smallest_group", tonight[0], low=cfg.grouping.min_group_size, setting="grouping.min_group_size",
-              measured="of the products split into several groups")
-    ]  # fmt: skip
+    smallest = (
+        []
+        if tonight[0] is None
+        else [
+            Check(
+                "smallest_group",
+                tonight[0],
+                low=cfg.grouping.min_group_size,
+                setting="grouping.min_group_size",
+                measured="of the products split into several groups",
+            )
+        ]
+    )
     return [
         *quality.versus_previous(cfg, "groups", profiles, ds, "groups"),
         *smallest,

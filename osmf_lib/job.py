@@ -96,8 +96,13 @@ def _parse(stage: str, argv: Sequence[str] | None, sharded: bool) -> argparse.Na
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--dag-run-id", help="Airflow run id; defaults to manual__<ds>")
     if sharded:
-        parser.add_argument("--shard", type=Shard.parse, default=Shard(0, 1), metavar="I/N",
-                            help="do part I of N of the work, for N parallel workers (default 0/1: all)")  # fmt: skip
+        parser.add_argument(
+            "--shard",
+            type=Shard.parse,
+            default=Shard(0, 1),
+            metavar="I/N",
+            help="do part I of N of the work, for N parallel workers (default 0/1: all)",
+        )
     return parser.parse_args(argv)
 
 

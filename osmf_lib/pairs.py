@@ -1,4 +1,4 @@
-"""Group-wise CTR and preference pairs (DESIGN §6.4): what each of tonight's groups clicks on.
+"""Group-wise CTR and preference pairs (docs/design.md#pairs): what each of tonight's groups clicks on.
 
     group_creative_ctr      per (product, group, creative): impressions and clicks of the group's
                             current members over the look-back window, the raw CTR, and its Beta

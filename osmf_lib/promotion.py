@@ -1,4 +1,4 @@
-"""The one promotion rule of every registered model, and which version a night uses (DESIGN §8).
+"""The one promotion rule of every registered model, and which version a night uses (docs/design.md#promotion).
 
 - **Like for like.** The training stage scores its challenger and the champion *for its ds* on the
   same held-out data in the same run, with the same function; only those two numbers are compared.

@@ -1,4 +1,4 @@
-"""evaluate_and_publish (DESIGN 6.9): what the night hands to the ad server, and how good it is.
+"""evaluate_and_publish (docs/design.md#publish): what the night hands to the ad server, and how good it is.
 
 - **serving_creatives**: one creative per (product, group) of the night's groups: the rendered
   best-of-N when generate_creatives made one, otherwise the group's best logged creative by
@@ -139,16 +139,20 @@ def evaluate_and_publish(ctx: JobContext) -> None:
     mlflow.log_metrics({f"{m.metric}.{m.slice}": m.value for m in metrics})
     views = tables.register_views(spark, cfg)
     counted = {(m.metric, m.slice): int(m.value) for m in metrics}
-    print(f"{ctx.stage}: serving_creatives v{version}: {counted['targets', 'all']} targets, "
-          f"{counted['served', GENERATED]} generated, {counted['served', LOGGED]} logged (the group's best), "
-          f"{counted['unserved', 'all']} without a creative; {len(views)} tables and views registered")  # fmt: skip
+    print(
+        f"{ctx.stage}: serving_creatives v{version}: {counted['targets', 'all']} targets, "
+        f"{counted['served', GENERATED]} generated, {counted['served', LOGGED]} logged (the group's best), "
+        f"{counted['unserved', 'all']} without a creative; {len(views)} tables and views registered"
+    )
     model_version, night = serving.register_night(ctx, stored)
     agreement = serving.member_agreement(spark, cfg, ds, night, cfg.publish.agreement_rows)
     tables.write_metrics(spark, cfg, ds, SERVING_STAGE, agreement, run_id)
     mlflow.log_metrics({f"{m.metric}.{m.slice}": m.value for m in agreement})
     placed = f"; members placed by attributes alone get their own group: {agreement[0].value:.2%}" if agreement else ""
-    print(f"{ctx.stage}: {serving.MODEL_NAME} v{model_version} serves ds={ds}: {len(night.members)} members, "
-          f"{len(night.groups)} groups, {len(night.fallback)} products with a fallback{placed}")  # fmt: skip
+    print(
+        f"{ctx.stage}: {serving.MODEL_NAME} v{model_version} serves ds={ds}: {len(night.members)} members, "
+        f"{len(night.groups)} groups, {len(night.fallback)} products with a fallback{placed}"
+    )
     evaluate_publish.run(ctx, served_pd, logged_pd, night)
     path = report.write(ctx, served_pd)
     print(f"{ctx.stage}: report {path}")

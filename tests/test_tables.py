@@ -303,8 +303,10 @@ def test_a_writer_killed_mid_write_leaves_the_partition_as_it_was_and_a_rerun_co
     # Its own process group: the writer's JVM dies with it, as when a worker node is lost.
     writer = subprocess.Popen(
         [sys.executable, "-c", SLOW_WRITER, D1.isoformat(), *overrides],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 180
     while not set(folder.glob("*.parquet")) - earlier:
         assert writer.poll() is None, writer.stderr.read().decode()[-3000:]

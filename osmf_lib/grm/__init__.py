@@ -1,4 +1,4 @@
-"""GRM: the group-aware reward model (DESIGN 6.5).
+"""GRM: the group-aware reward model (docs/design.md#grm).
 
     fit_grm(cells, pairs, profiles, products, cfg, group_aware=True) -> TrainedGrm
     evaluate(grm, cells, pairs, profiles, products=None)              -> held-out metrics

@@ -3,7 +3,7 @@ text and image features, and the prompt's phrase features.
 
 **Group.** A group is described by its *attribute profile*: the share of its members holding each
 attribute value ("gender=female" 0.93, "interests=sports" 0.41, ...), over the values seen in
-training. DESIGN §6.5 names the group's anchor points as input; we do not use them, because they
+training. docs/design.md#grm's founding form names the group's anchor points as input; we do not use them, because they
 are points in the embedding space of one osmf-paag version: a GRM fed them could not score the
 groups of a night whose groups came from another PAAG version, so the like-for-like promotion rule
 could not score the champion on tonight's data after any PAAG change, and a GRM pinned for an old

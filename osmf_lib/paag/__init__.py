@@ -1,4 +1,4 @@
-"""PAAG: product-aware user embeddings (DESIGN 6.2).
+"""PAAG: product-aware user embeddings (docs/design.md#paag).
 
     fit_paag(examples, products, creatives, cfg, product_aware=True) -> TrainedPaag
     embed(model, pairs, products=None)                                  -> np.ndarray (n, embedding_dim)

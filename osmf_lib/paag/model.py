@@ -8,7 +8,7 @@ click rates of the creative, the product and the whole log. K-Means then groups 
 where the product makes their taste differ. A product without a picture is modulated by its text
 alone: the image half of its context is zero (see features.py for when a picture counts as missing).
 
-This departs from DESIGN §6.2 (an MLP query with cross-attention over the product's tokens),
+This departs from docs/design.md#paag's founding form (an MLP query with cross-attention over the product's tokens),
 measured on the demo world (500k training rows, 3 epochs, 50 products, adjusted Rand index of the
 groups with the hidden segments): the MLP + cross-attention net reached ARI 0.02-0.16 whatever we
 tried (attribute gating, FiLM, no residual, a dot-product head), no better than the

@@ -1,4 +1,4 @@
-"""Where the product goes and what the renderer may touch (DESIGN 6.8).
+"""Where the product goes and what the renderer may touch (docs/design.md#rendering).
 
     placed = place(cut_out, size, scale)     the RGBA cut-out scaled and centred on a transparent canvas
     control_image(placed)                    canny edges of the product only: what ControlNet follows

@@ -1,4 +1,4 @@
-"""generate_creatives (DESIGN 6.8): finished images for every target (product, group) of the night.
+"""generate_creatives (docs/design.md#rendering): finished images for every target (product, group) of the night.
 
 For every group of every product with a picture: up to `render.candidates` background
 descriptions from osmf-gmllm (the version pinned for the ds), its greedy one first and samples
@@ -71,7 +71,7 @@ def candidates_for(
     descriptions written, none of them rendered). Per group, up to `render.candidates`: the
     generator's greedy description first, then samples at `render.temperature` (seeded by the
     product, so a resumed run writes the same), an unusable or repeated one skipped for the next.
-    Why (bench/last_mile.py, docs/last_mile.md): the GRM's best of samples at temperature 1 kept
+    Why (bench/last_mile.py, docs/stages/last_mile.md): the GRM's best of samples at temperature 1 kept
     30% of the greedy description's lift on the demo night; its best of greedy plus samples at 0.5
     kept all of it."""
     spare = SPARE_SAMPLES * (cfg.render.candidates - 1)
@@ -111,8 +111,11 @@ def contact_sheet(rows: pd.DataFrame, images: dict[tuple[int, int], Image.Image 
         else:
             sheet.paste(image.resize((size, size)), (x, y))
         if row["selected"]:
-            draw.rectangle([x - pad // 2, y - pad // 2, x + size + pad // 2 - 1, y + size + pad // 2 - 1],
-                           outline=(220, 30, 30), width=max(1, pad // 2))  # fmt: skip
+            draw.rectangle(
+                [x - pad // 2, y - pad // 2, x + size + pad // 2 - 1, y + size + pad // 2 - 1],
+                outline=(220, 30, 30),
+                width=max(1, pad // 2),
+            )
     return sheet
 
 
@@ -162,8 +165,10 @@ def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> None:
     no_image = [p for p in products if pictures.get(p) is None]
     done = set(rendered_products(ctx))
     todo = [p for p in products if p not in done and pictures.get(p) is not None]
-    print(f"{STAGE}: shard {shard}: {len(products)} products, {len(done & set(products))} already rendered for "
-          f"ds={ds}, {len(no_image)} without an image left out")  # fmt: skip
+    print(
+        f"{STAGE}: shard {shard}: {len(products)} products, {len(done & set(products))} already rendered for "
+        f"ds={ds}, {len(no_image)} without an image left out"
+    )
     mlflow.log_params({"products": len(products), "shard": str(shard), "already_rendered": len(done & set(products))})
     mlflow.log_metric("products_without_image", len(no_image))
     if not todo:
@@ -174,8 +179,10 @@ def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> None:
     device = resolve_device(cfg.gpu.device)
     writer = load_gmllm(f"models:/{gmllm_stages.MODEL_NAME}/{gmllm_version}", str(device), cfg.models.unreadable_image)
     renderer = Renderer.from_config(load_pipeline(*renderer_folders(cfg, library_of(cfg)), device), cfg)
-    versions = {"gmllm_version": f"{gmllm_stages.MODEL_NAME}/{gmllm_version}",
-                "grm_version": f"{grm_stages.MODEL_NAME}/{judged[0]}" if judged else None}  # fmt: skip
+    versions = {
+        "gmllm_version": f"{gmllm_stages.MODEL_NAME}/{gmllm_version}",
+        "grm_version": f"{grm_stages.MODEL_NAME}/{judged[0]}" if judged else None,
+    }
     unusable = rendered = 0
     groups = targets[targets["product_id"].isin(todo)]
     progress = tqdm(total=len(groups) * cfg.render.candidates, unit="img", desc=STAGE, mininterval=10)
@@ -183,8 +190,9 @@ def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> None:
     for first in range(0, len(todo), CHUNK_PRODUCTS):
         written = []
         for product_id in todo[first : first + CHUNK_PRODUCTS]:
-            rows, skipped = candidates_for(writer, groups[groups["product_id"] == product_id], data, cfg,
-                                           seed_of(ds, product_id))  # fmt: skip
+            rows, skipped = candidates_for(
+                writer, groups[groups["product_id"] == product_id], data, cfg, seed_of(ds, product_id)
+            )
             unusable += skipped
             progress.update(len(groups[groups["product_id"] == product_id]) * cfg.render.candidates - len(rows))
             if len(rows):
@@ -193,12 +201,17 @@ def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> None:
         rendered += sum(len(rows) for rows, _ in written)
         if chunk:
             frame = pd.concat(chunk, ignore_index=True).assign(ds=ds)[GENERATED_CREATIVES.column_names]
-            tables.merge(spark, spark.createDataFrame(frame, GENERATED_CREATIVES.schema()), GENERATED_CREATIVES, cfg,
-                         ds=ds)  # fmt: skip
+            tables.merge(
+                spark, spark.createDataFrame(frame, GENERATED_CREATIVES.schema()), GENERATED_CREATIVES, cfg, ds=ds
+            )
     progress.close()
     elapsed = time.monotonic() - started
-    metrics = {"images": rendered, "images_per_s": rendered / elapsed if elapsed else 0.0,
-               "unusable_prompts": unusable, "rejected_blank": renderer.rejected}  # fmt: skip
+    metrics = {
+        "images": rendered,
+        "images_per_s": rendered / elapsed if elapsed else 0.0,
+        "unusable_prompts": unusable,
+        "rejected_blank": renderer.rejected,
+    }
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     print(
         f"{STAGE}: {rendered} images for {len(groups)} targets of {len(todo)} products in {elapsed:.0f} s "
@@ -225,8 +238,11 @@ def _render_chunk(
     progress.update(len(images))
     out, at = [], 0
     for (rows, _), product_seeds in zip(written, seeds, strict=True):
-        out.append(_store_product(ctx, judged, rows, product_seeds, images[at : at + len(rows)], versions, profiles,
-                                  renderer.size))  # fmt: skip
+        out.append(
+            _store_product(
+                ctx, judged, rows, product_seeds, images[at : at + len(rows)], versions, profiles, renderer.size
+            )
+        )
         at += len(rows)
     return out
 

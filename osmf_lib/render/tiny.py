@@ -149,8 +149,12 @@ def train_vae(vae: AutoencoderKL, data: Captioned, settings: TinyRendererConfig,
     optimiser = torch.optim.AdamW(vae.parameters(), lr=settings.learning_rate)
     vae.train()
     loss = torch.tensor(float("nan"))
-    for rows in tqdm(_batches(len(data.captions), settings.batch_size, settings.vae_steps, generator),
-                     total=settings.vae_steps, desc="tiny VAE", mininterval=5):  # fmt: skip
+    for rows in tqdm(
+        _batches(len(data.captions), settings.batch_size, settings.vae_steps, generator),
+        total=settings.vae_steps,
+        desc="tiny VAE",
+        mininterval=5,
+    ):
         x = data.pixels[rows]
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.mode()).sample
@@ -188,8 +192,12 @@ def train_denoiser(
     unet.train()
     text_encoder.train()
     loss = torch.tensor(float("nan"))
-    for rows in tqdm(_batches(len(data.captions), settings.batch_size, settings.unet_steps, generator),
-                     total=settings.unet_steps, desc="tiny UNet", mininterval=5):  # fmt: skip
+    for rows in tqdm(
+        _batches(len(data.captions), settings.batch_size, settings.unet_steps, generator),
+        total=settings.unet_steps,
+        desc="tiny UNet",
+        mininterval=5,
+    ):
         x0 = latents[rows]
         ids = tokens[rows].clone()
         drop = torch.rand(len(rows), generator=generator) < 0.1
@@ -234,6 +242,8 @@ def build_tiny_renderer(library: str, cfg: Config) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    print(f"build-tiny: renderer trained on {len(data.captions)} backgrounds, "
-          f"VAE loss {vae_loss:.4f}, UNet loss {unet_loss:.4f}")  # fmt: skip
+    print(
+        f"build-tiny: renderer trained on {len(data.captions)} backgrounds, "
+        f"VAE loss {vae_loss:.4f}, UNet loss {unet_loss:.4f}"
+    )
     return publish(folder, pipeline.save_pretrained)

@@ -1,4 +1,4 @@
-"""The simulated world (DESIGN 7): users, products, creatives, a hidden click model, and the
+"""The simulated world (docs/design.md#simulated-world): users, products, creatives, a hidden click model, and the
 landing files a real ad server's logs would leave.
 
     write_landing(cfg)             -> LandingSummary   landing files for cfg.synth's days

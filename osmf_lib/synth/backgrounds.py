@@ -1,4 +1,4 @@
-"""Procedural ad backgrounds for any prompt: the pictures the tiny renderer learns to draw (DESIGN 6.8).
+"""Procedural ad backgrounds for any prompt: the pictures the tiny renderer learns to draw (docs/design.md#rendering).
 
 Every style attribute a prompt names changes one visible property, so a renderer trained on these
 pictures can be checked for following its prompt:

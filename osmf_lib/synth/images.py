@@ -1,6 +1,6 @@
 """Procedural product cut-outs: an RGBA PNG per product, its shape telling the category apart.
 
-Rendering (DESIGN 6.8) pastes these onto generated backgrounds, so what matters is a clean
+Rendering (docs/design.md#rendering) pastes these onto generated backgrounds, so what matters is a clean
 alpha channel (transparent background, soft edges) and a recognisable silhouette; the
 image encoder of PAAG and the GRM gets a visual signal that agrees with the category.
 """
@@ -87,8 +87,34 @@ def _jar(pen: Pen, main: RGB, accent: RGB) -> None:
 
 
 def _shirt(pen: Pen, main: RGB, accent: RGB) -> None:
-    outline = (0.38, 0.14, 0.44, 0.14, 0.5, 0.2, 0.56, 0.14, 0.62, 0.14, 0.84, 0.3, 0.75, 0.43, 0.67, 0.37,
-               0.67, 0.87, 0.33, 0.87, 0.33, 0.37, 0.25, 0.43, 0.16, 0.3)  # fmt: skip
+    outline = (
+        0.38,
+        0.14,
+        0.44,
+        0.14,
+        0.5,
+        0.2,
+        0.56,
+        0.14,
+        0.62,
+        0.14,
+        0.84,
+        0.3,
+        0.75,
+        0.43,
+        0.67,
+        0.37,
+        0.67,
+        0.87,
+        0.33,
+        0.87,
+        0.33,
+        0.37,
+        0.25,
+        0.43,
+        0.16,
+        0.3,
+    )
     pen.polygon(outline, main)
     pen.rect((0.33, 0.62, 0.67, 0.67), accent)
 

@@ -9,7 +9,7 @@
                                                   a stock library of painted backgrounds and their prompts
                                                   ({"file_name", "text"} per line), written with day 1
 
-Ingestion (DESIGN 6.1) depends on this layout exactly. `{landing}` is a local folder or an object
+Ingestion (docs/design.md#ingest) depends on this layout exactly. `{landing}` is a local folder or an object
 store URI (s3a://...), written through `osmf_lib.artifacts`: a local file is written under a hidden
 temporary name and renamed into place, an object in one PUT, so a reader never sees half a file,
 and a rerun with the same arguments rewrites the same bytes. Events are generated and written one
@@ -227,8 +227,10 @@ class ServedIndex:
         prompts = lookup.drop_duplicates("creative_id").set_index("creative_id")
         model = world.click_model
         category = dict(zip(world.products["product_id"], model.product_category, strict=True))
-        styles = [model.prompt_shift(category[prompts.at[i, "product_id"]], parse_prompt(prompts.at[i, "prompt"]))
-                  for i in ids]  # fmt: skip
+        styles = [
+            model.prompt_shift(category[prompts.at[i, "product_id"]], parse_prompt(prompts.at[i, "prompt"]))
+            for i in ids
+        ]
         styles = np.stack(styles) if styles else np.zeros((0, 1))
         return cls(keys[order], creative, ids, styles, serving.share)
 

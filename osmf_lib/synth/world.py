@@ -104,9 +104,15 @@ PC_SHARE = 0.10
 
 INTEREST_COUNT_SHARES = (0.30, 0.45, 0.25)  # 1, 2 or 3 interests
 CATEGORY_APPEAL = {
-    "cosmetics": 0.6, "electronics": 0.9, "sports": 0.7, "home": 0.9,
-    "food": 1.0, "fashion": 0.9, "toys": 0.5, "books": 0.6,
-}  # fmt: skip
+    "cosmetics": 0.6,
+    "electronics": 0.9,
+    "sports": 0.7,
+    "home": 0.9,
+    "food": 1.0,
+    "fashion": 0.9,
+    "toys": 0.5,
+    "books": 0.6,
+}
 # (category, attribute, values, factor): who is more likely to be interested in what.
 INTEREST_TILTS = (
     ("cosmetics", "gender", ("female",), 4.0),

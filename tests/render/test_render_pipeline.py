@@ -38,10 +38,17 @@ def _library(folder: Path, n: int = 16) -> Path:
 
 def _cfg(tmp: Path, *more: str) -> Config:
     return load_config(
-        overrides=[f"models.dir={tmp / 'models'}", "render.tiny.vae_steps=2", "render.tiny.unet_steps=2",
-                   "render.tiny.batch_size=4", "render.steps=3", "render.batch_size=4", *more],
+        overrides=[
+            f"models.dir={tmp / 'models'}",
+            "render.tiny.vae_steps=2",
+            "render.tiny.unet_steps=2",
+            "render.tiny.batch_size=4",
+            "render.steps=3",
+            "render.batch_size=4",
+            *more,
+        ],
         base_file=None,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +143,15 @@ def test_the_full_profile_loads_an_inpainting_checkpoint_and_a_controlnet_by_fol
     base, controlnet = renderer_folders(cfg, tmp_path / "unused-library")
     # The layout of an SD1.5 inpainting checkpoint and a canny ControlNet, each as published.
     StableDiffusionInpaintPipeline(
-        vae=source.vae, text_encoder=source.text_encoder, tokenizer=source.tokenizer, unet=source.unet,
-        scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    ).save_pretrained(base)  # fmt: skip
+        vae=source.vae,
+        text_encoder=source.text_encoder,
+        tokenizer=source.tokenizer,
+        unet=source.unet,
+        scheduler=DDIMScheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(base)
     ControlNetModel.from_unet(source.unet).save_pretrained(controlnet)
     renderer = Renderer.from_config(load_pipeline(base, controlnet, torch.device("cpu")), cfg)
     assert renderer.size == 64  # the checkpoint's own size, as render.size is unset

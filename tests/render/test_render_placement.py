@@ -1,4 +1,4 @@
-"""Placement: the product untouched, the mask and the control image as DESIGN 6.8 specifies."""
+"""Placement: the product untouched, the mask and the control image as docs/design.md#rendering specifies."""
 
 import numpy as np
 import pytest

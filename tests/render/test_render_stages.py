@@ -165,10 +165,15 @@ def test_candidates_are_the_greedy_description_then_distinct_usable_samples():
 
 
 def test_best_of_n_takes_the_top_score_and_skips_failed_images():
-    rows = pd.DataFrame({
-        "product_id": ["a"] * 3 + ["b"] * 2, "group_id": [0] * 5, "candidate": [0, 1, 2, 0, 1],
-        "grm_score": [0.1, 0.9, 0.5, np.nan, np.nan], "image_uri": ["x", None, "y", "z", "w"],
-    })  # fmt: skip
+    rows = pd.DataFrame(
+        {
+            "product_id": ["a"] * 3 + ["b"] * 2,
+            "group_id": [0] * 5,
+            "candidate": [0, 1, 2, 0, 1],
+            "grm_score": [0.1, 0.9, 0.5, np.nan, np.nan],
+            "image_uri": ["x", None, "y", "z", "w"],
+        }
+    )
     assert stages.select_best(rows).tolist() == [False, False, True, True, False]
 
 
@@ -216,8 +221,9 @@ def test_osmf_models_build_tiny_builds_the_folders_the_stages_load(lakehouse, tm
     assert bad.exit_code == 1 and "--ds must be an ISO date" in bad.output
 
 
-def test_a_night_whose_every_description_is_unusable_leaves_an_empty_partition(spark, lakehouse, run_stage,
-                                                                                 monkeypatch, tmp_path):  # fmt: skip
+def test_a_night_whose_every_description_is_unusable_leaves_an_empty_partition(
+    spark, lakehouse, run_stage, monkeypatch, tmp_path
+):
     garbled = collections.defaultdict(lambda: "!garbled"), collections.defaultdict(lambda: ["!garbled"])
     monkeypatch.setattr(stages, "load_gmllm", lambda *_: _Writer(*garbled))
     stored = Path(GENERATED_CREATIVES.location(lakehouse))

@@ -76,9 +76,13 @@ def night(make_cfg: Callable[..., Config]) -> ServingNight:
     groups = groups.assign(origin="generated", prompt="a generated scene", image_uri="mem://x.png")
     fallback = creatives.assign(origin="logged", image_uri=None).drop_duplicates("product_id")
     return ServingNight(
-        paag, groups, fallback[["product_id", "creative_id", "origin", "prompt", "image_uri"]],
-        pd.concat(members, ignore_index=True), paag_version="osmf-paag/1", groups_ds=DS,
-    )  # fmt: skip
+        paag,
+        groups,
+        fallback[["product_id", "creative_id", "origin", "prompt", "image_uri"]],
+        pd.concat(members, ignore_index=True),
+        paag_version="osmf-paag/1",
+        groups_ds=DS,
+    )
 
 
 @pytest.fixture

@@ -76,8 +76,11 @@ def test_products_without_two_groups_fall_back_or_say_they_are_unknown(night: Se
     assert answered.loc["p-one", ["group_id", "creative_id", "reason"]].tolist() == [0, "gen-p-one-0", ASSIGNED]
     quiet = answered.loc["p-quiet"]
     assert (quiet["group_id"], quiet["creative_id"], quiet["origin"], quiet["reason"]) == (
-        None, "c-quiet", "logged", FALLBACK,
-    )  # fmt: skip
+        None,
+        "c-quiet",
+        "logged",
+        FALLBACK,
+    )
     for missing in ("p-gone", "null"):
         row = answered.loc[missing]
         assert row["reason"] == UNKNOWN_PRODUCT

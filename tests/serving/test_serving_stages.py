@@ -106,9 +106,19 @@ def served_day(night):
     cfg, _, stage = night
     shown = CliRunner().invoke(
         app,
-        ["--set", f"lakehouse.root={cfg.lakehouse.root}", "--set", f"lakehouse.landing={cfg.lakehouse.landing}",
-         "--set", f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}", "synth", "serve", "--ds", D2.isoformat()],
-    )  # fmt: skip
+        [
+            "--set",
+            f"lakehouse.root={cfg.lakehouse.root}",
+            "--set",
+            f"lakehouse.landing={cfg.lakehouse.landing}",
+            "--set",
+            f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}",
+            "synth",
+            "serve",
+            "--ds",
+            D2.isoformat(),
+        ],
+    )
     assert shown.exit_code == 0, shown.output
     stage("ingest_events", ingest.run, ds=D3)
     return shown.output

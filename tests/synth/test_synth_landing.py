@@ -289,8 +289,9 @@ def _lookup(world, prompt_for) -> pd.DataFrame:
     for product_id in world.products["product_id"].head(16):
         for gender, members in users.groupby("gender"):
             creative_id, prompt = f"gen-{product_id}-{gender}", prompt_for(product_id, gender)
-            rows += [(u, product_id, creative_id, "generated", prompt, f"/img/{creative_id}.png")
-                     for u in members["user_id"]]  # fmt: skip
+            rows += [
+                (u, product_id, creative_id, "generated", prompt, f"/img/{creative_id}.png") for u in members["user_id"]
+            ]
     logged = world.creatives.drop_duplicates("product_id").set_index("product_id")
     for product_id in world.products["product_id"].iloc[16:20]:
         creative = logged.loc[product_id]
@@ -342,8 +343,11 @@ def test_the_click_model_decides_a_served_creatives_clicks(tmp_path: Path) -> No
     for name, pick in (("best", max), ("worst", min)):
 
         def prompt_for(product_id, gender, pick=pick):
-            candidates = [oracle.best_prompt(product_id), "a misty forest scene, cool blue tones, neon glow",
-                          "a sunlit beach scene, warm golden tones, soft morning light"]  # fmt: skip
+            candidates = [
+                oracle.best_prompt(product_id),
+                "a misty forest scene, cool blue tones, neon glow",
+                "a sunlit beach scene, warm golden tones, soft morning light",
+            ]
             return pick(candidates, key=lambda prompt: oracle.expected_ctr(product_id, prompt))
 
         events = [
