@@ -5,6 +5,7 @@ osmf config get spark.master
 osmf sql "SELECT ..."       Spark SQL over the lakehouse tables and views
 osmf check                  Spark + Delta, MLflow and the lakehouse root work here
 osmf where                  where outputs land and how to look at them
+osmf night                  the night's tasks: engine, order, what each does and writes
 osmf tables ddl             regenerate sql/tables/*.sql from the table contracts
 osmf export-pairs --ds D --split train --out FILE.jsonl   preference pairs for DPO elsewhere
 osmf spark resolve-jars     fetch Delta's jars from Maven Central once
@@ -145,6 +146,14 @@ def where(ctx: typer.Context) -> None:
     typer.echo(f"creatives   {cfg.render.artifacts}  (a night's report: osmf report --ds D)")
     typer.echo("airflow     var/airflow  (UI: make airflow-ui -> http://localhost:8080)")
     typer.echo('query       osmf sql "show tables"')
+
+
+@app.command("night")
+def night_tasks() -> None:
+    """The night's tasks as a markdown table: where each runs, what it follows, does and writes."""
+    from osmf_lib.night import markdown_table
+
+    typer.echo(markdown_table(), nl=False)
 
 
 @tables_app.command("ddl")
@@ -354,6 +363,8 @@ def synth_serve(
     written = write_served_day(cfg, world, first, day, Serving(lookup, share))
     _echo_day(written)
     reasons = lookup["reason"].value_counts().to_dict()
-    typer.echo(f"{lookup['creative_id'].nunique()} creatives of ds={night} answer {len(lookup)} (product, user) "
-               f"requests of {day} ({', '.join(f'{n} {r}' for r, n in sorted(reasons.items()))}; serving_assignments "
-               f"v{version}), shown at share {share:.0%} in {cfg.lakehouse.landing}/{day}")  # fmt: skip
+    typer.echo(
+        f"{lookup['creative_id'].nunique()} creatives of ds={night} answer {len(lookup)} (product, user) "
+        f"requests of {day} ({', '.join(f'{n} {r}' for r, n in sorted(reasons.items()))}; serving_assignments "
+        f"v{version}), shown at share {share:.0%} in {cfg.lakehouse.landing}/{day}"
+    )

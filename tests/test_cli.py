@@ -120,9 +120,18 @@ def test_export_pairs_writes_dpo_lines_for_one_split(spark, cfg, tmp_path):
     table = TABLES["group_preference_pairs"]
     tables.overwrite_partition(spark, spark.createDataFrame(rows).select(*table.column_names), table, cfg, night)
     profile = Row(
-        product_id="p1", group_id=0, k=1, size=10, silhouette=None, centroid=[0.0], anchors=None,
-        attribute_summary=None, description="women 25-34", paag_version="osmf-paag/1", ds=night,
-    )  # fmt: skip
+        product_id="p1",
+        group_id=0,
+        k=1,
+        size=10,
+        silhouette=None,
+        centroid=[0.0],
+        anchors=None,
+        attribute_summary=None,
+        description="women 25-34",
+        paag_version="osmf-paag/1",
+        ds=night,
+    )
     profiles = TABLES["group_profiles"]
     tables.overwrite_partition(spark, spark.createDataFrame([profile], profiles.schema()), profiles, cfg, night)
     product = Row(
