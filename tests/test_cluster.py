@@ -40,11 +40,30 @@ def standalone(work: Path, daemons, free_port) -> Iterator[str]:
     url = f"spark://127.0.0.1:{port}"
     spark_class = str(home / "bin" / "spark-class")
     commands = {
-        "master": [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                   "--port", str(port), "--webui-port", str(ui)],
-        "worker": [spark_class, "org.apache.spark.deploy.worker.Worker", url, "--cores", "2", "--memory", "3g",
-                   "--work-dir", str(work / "worker"), "--webui-port", str(free_port())],
-    }  # fmt: skip
+        "master": [
+            spark_class,
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--webui-port",
+            str(ui),
+        ],
+        "worker": [
+            spark_class,
+            "org.apache.spark.deploy.worker.Worker",
+            url,
+            "--cores",
+            "2",
+            "--memory",
+            "3g",
+            "--work-dir",
+            str(work / "worker"),
+            "--webui-port",
+            str(free_port()),
+        ],
+    }
     with daemons(commands, env, work):
         deadline = time.monotonic() + 120
         while _alive_workers(ui) < 1:
@@ -57,7 +76,8 @@ def _alive_workers(ui: int) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=5) as answer:
             return json.load(answer).get("aliveworkers", 0)
-    except OSError:
+    # ValueError: just after it binds, the UI answers every path with its HTML page, /json/ too.
+    except (OSError, ValueError):
         return 0
 
 
@@ -68,20 +88,38 @@ def _ship(landing: Path) -> None:
     (day / "dims").mkdir()
     rng = np.random.default_rng(5)
     users = [
-        {"user_id": f"u{i:03d}", "age_band": "25-34", "gender": "female" if i % 2 else "male", "city_tier": "tier-1",
-         "purchase_power": "medium", "occupation": "engineer", "device": "ios", "interests": ["home"]}
+        {
+            "user_id": f"u{i:03d}",
+            "age_band": "25-34",
+            "gender": "female" if i % 2 else "male",
+            "city_tier": "tier-1",
+            "purchase_power": "medium",
+            "occupation": "engineer",
+            "device": "ios",
+            "interests": ["home"],
+        }
         for i in range(USERS_N)
-    ]  # fmt: skip
+    ]
     events = [
-        {"event_id": f"e{n}", "ts": f"{DS}T{n % 24:02d}:00:00Z", "user_id": user["user_id"], "product_id": product,
-         "creative_id": f"{product}-c1", "position": 1,
-         "clicked": bool(rng.random() < (0.3 if (product == "p1") == (user["gender"] == "female") else 0.05))}
+        {
+            "event_id": f"e{n}",
+            "ts": f"{DS}T{n % 24:02d}:00:00Z",
+            "user_id": user["user_id"],
+            "product_id": product,
+            "creative_id": f"{product}-c1",
+            "position": 1,
+            "clicked": bool(rng.random() < (0.3 if (product == "p1") == (user["gender"] == "female") else 0.05)),
+        }
         for n, (user, product) in enumerate((u, p) for u in users for p in PRODUCTS for _ in range(3))
-    ]  # fmt: skip
+    ]
     products = [{"product_id": p, "title": f"Lamp {p}", "category": "home"} for p in PRODUCTS]
     creatives = [{"creative_id": f"{p}-c1", "product_id": p, "prompt": "on an oak desk"} for p in PRODUCTS]
-    files = {"events/part-00000.jsonl": events, "dims/users.jsonl": users, "dims/products.jsonl": products,
-             "dims/creatives.jsonl": creatives}  # fmt: skip
+    files = {
+        "events/part-00000.jsonl": events,
+        "dims/users.jsonl": users,
+        "dims/products.jsonl": products,
+        "dims/creatives.jsonl": creatives,
+    }
     for name, lines in files.items():
         (day / name).write_text("".join(json.dumps(line) + "\n" for line in lines))
 

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
-from itertools import pairwise
 from pathlib import Path
 
 import mlflow
@@ -20,26 +19,15 @@ import pytest
 from mlflow import MlflowClient
 
 from osmf_lib.config import PROJECT_ROOT, Config
+from osmf_lib.night import NIGHT as NIGHT_TASKS
+from osmf_lib.night import markdown_table, upstream
 from osmf_lib.synth import write_landing
+from osmf_lib.tables import Table
 
 DAG_FILE = PROJECT_ROOT / "dags" / "osmf_nightly.py"
-EXPECTED_TASKS = {
-    "preflight",
-    "ingest_events",
-    "train_paag",
-    "build_paag_embeddings",
-    "group_users",
-    "evaluate_grouping",
-    "build_preference_pairs",
-    "train_grm",
-    "evaluate_grm",
-    "pretrain_gmllm",
-    "train_group_dpo",
-    "evaluate_gmllm",
-    "generate_creatives",
-    "evaluate_and_publish",
-}
-GPU_TASKS = {"train_paag", "train_grm", "pretrain_gmllm", "train_group_dpo", "generate_creatives"}
+# The night's tasks are declared in osmf_lib/night.py (tests/test_night.py checks the registry).
+EXPECTED_TASKS = {task.name for task in NIGHT_TASKS}
+GPU_TASKS = {task.name for task in NIGHT_TASKS if task.engine == "gpu"}
 SPARK_TASKS = EXPECTED_TASKS - GPU_TASKS
 
 
@@ -103,7 +91,7 @@ def test_dag_level_settings(dag):
     assert dag.max_active_runs == 1
     assert dag.catchup is False
     assert dag.start_date.isoformat() == "2026-11-01T00:00:00+00:00"
-    assert dag.doc_md and "preflight" in dag.doc_md
+    assert markdown_table() in dag.doc_md
 
 
 def test_every_task_retries_and_times_out(dag):
@@ -129,31 +117,13 @@ def test_spark_tasks_get_ds_and_run_id_and_delta(dag):
         assert task.conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
 
 
-def test_stages_run_in_order_and_declare_the_tables_they_write(dag):
-    order = ["preflight", "ingest_events", "train_paag", "build_paag_embeddings", "group_users"]
-    for before, after in pairwise(order):
-        assert dag.get_task(after).upstream_task_ids == {before}
-    for after_groups in ("evaluate_grouping", "build_preference_pairs"):
-        assert dag.get_task(after_groups).upstream_task_ids == {"group_users"}
-    for before, after in pairwise(["build_preference_pairs", "train_grm", "evaluate_grm"]):
-        assert dag.get_task(after).upstream_task_ids == {before}
-    assert dag.get_task("pretrain_gmllm").upstream_task_ids == {"build_preference_pairs"}
-    assert dag.get_task("train_group_dpo").upstream_task_ids == {"train_grm", "pretrain_gmllm"}
-    assert dag.get_task("evaluate_gmllm").upstream_task_ids == {"train_group_dpo"}
-    assert dag.get_task("generate_creatives").upstream_task_ids == {"train_group_dpo"}
-    last = {"evaluate_grouping", "evaluate_grm", "evaluate_gmllm", "generate_creatives"}
-    assert dag.get_task("evaluate_and_publish").upstream_task_ids == last
-    assert {a.name for a in dag.get_task("evaluate_and_publish").outlets} == {
-        "osmf.serving_creatives",
-        "osmf.eval_metrics",
-    }
-    outlets = {a.name for a in dag.get_task("ingest_events").outlets}
-    assert outlets == {f"osmf.{t}" for t in ("impressions", "rejected_events", "users", "products", "creatives")}
-    assert {a.name for a in dag.get_task("group_users").outlets} == {"osmf.user_groups", "osmf.group_profiles"}
-    assert {a.name for a in dag.get_task("build_preference_pairs").outlets} == {
-        "osmf.group_creative_ctr",
-        "osmf.group_preference_pairs",
-    }
+def test_tasks_follow_the_registry_and_declare_the_tables_they_write(dag):
+    for task in NIGHT_TASKS:
+        operator = dag.get_task(task.name)
+        assert operator.upstream_task_ids == upstream(task), task.name
+        assert operator.execution_timeout == task.timeout, task.name
+        written = {f"osmf.{t.name}" for t in task.writes if isinstance(t, Table)}
+        assert {a.name for a in operator.outlets} == written, task.name
 
 
 def test_gpu_stages_queue_in_the_gpu_pool_and_run_their_job(dag):
@@ -174,10 +144,19 @@ def test_a_run_id_reaches_a_subprocess_job_as_data_never_as_shell_syntax(dag, tm
     assert command.startswith(job)
     hostile = f"manual__$(touch {tmp_path}/a)'; touch {tmp_path}/b; echo '"
     env = {"PATH": os.environ["PATH"], "OSMF_JOB_DS": "2026-11-03", "OSMF_JOB_RUN_ID": hostile}
-    printed = subprocess.run(["bash", "-c", command.replace(job, "printf '%s\\n'")], env=env, capture_output=True,
-                             text=True, check=True).stdout  # fmt: skip
+    printed = subprocess.run(
+        ["bash", "-c", command.replace(job, "printf '%s\\n'")], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert printed.splitlines() == ["--ds", "2026-11-03", "--dag-run-id", hostile]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_spark_task_on_a_local_master_keeps_its_ui_on_this_machine(monkeypatch):
+    monkeypatch.delenv("SPARK_LOCAL_IP", raising=False)
+    local = _parse(monkeypatch)
+    assert all(_env(local.get_task(t))["SPARK_LOCAL_IP"] == "127.0.0.1" for t in SPARK_TASKS)
+    on_a_cluster = _parse(monkeypatch, OSMF_CONFIG="conf/profiles/cluster.yaml")
+    assert all("SPARK_LOCAL_IP" not in _env(on_a_cluster.get_task(t)) for t in SPARK_TASKS)
 
 
 def test_rendering_fans_out_over_one_mapped_instance_per_shard(monkeypatch):
@@ -224,6 +203,25 @@ NIGHT = date(2026, 11, 1)
 # it more CPU than the faster code earns back (a tiny group_users: 106 -> 70 CPU-seconds with C1
 # only; at demo scale it is even, and the long-lived JVM of the other tests is slower with it).
 SHORT_LIVED_JVM = {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1"}
+# The tiny night's settings, for the night here and the one tests/stack runs on the services.
+TINY_NIGHT = {
+    "OSMF_SPARK__CONF": json.dumps(SHORT_LIVED_JVM),
+    "OSMF_PAAG__MAX_TRAIN_ROWS": "20000",
+    "OSMF_PAAG__EPOCHS": "1",
+    "OSMF_EVALUATE__MAX_PRODUCTS": "5",
+    "OSMF_GROUPING__SILHOUETTE_SAMPLE": "500",
+    # The night's chain, not its quality: every training as short as it gets (the stage tests
+    # cover on-policy rounds and what training achieves).
+    "OSMF_GRM__EPOCHS": "2",
+    "OSMF_GMLLM__EPOCHS": "1",
+    "OSMF_GROUP_DPO__EPOCHS": "1",
+    "OSMF_GROUP_DPO__ROUNDS": "0",
+    "OSMF_GROUP_DPO__MAX_LOGGED_PAIRS": "200",
+    "OSMF_RENDER__TINY__VAE_STEPS": "2",
+    "OSMF_RENDER__TINY__UNET_STEPS": "2",
+    "OSMF_RENDER__STEPS": "2",
+    "OSMF_SPARK__SHOW_PROGRESS": "false",
+}
 
 
 @contextmanager
@@ -304,26 +302,11 @@ def night(tmp_path_factory, make_cfg, daemons, free_port) -> Night:
         "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
         "OSMF_LAKEHOUSE__ROOT": cfg.lakehouse.root,
         "OSMF_LAKEHOUSE__LANDING": cfg.lakehouse.landing,
-        "OSMF_SPARK__CONF": json.dumps(SHORT_LIVED_JVM),
-        "OSMF_PAAG__MAX_TRAIN_ROWS": "20000",
-        "OSMF_PAAG__EPOCHS": "1",
-        "OSMF_EVALUATE__MAX_PRODUCTS": "5",
-        "OSMF_GROUPING__SILHOUETTE_SAMPLE": "500",
+        **TINY_NIGHT,
         "OSMF_MODELS__DIR": str(tmp_path / "models"),
-        # The night's chain, not its quality: every training as short as it gets (the stage tests
-        # cover on-policy rounds and what training achieves).
-        "OSMF_GRM__EPOCHS": "2",
-        "OSMF_GMLLM__EPOCHS": "1",
-        "OSMF_GROUP_DPO__EPOCHS": "1",
-        "OSMF_GROUP_DPO__ROUNDS": "0",
-        "OSMF_GROUP_DPO__MAX_LOGGED_PAIRS": "200",
-        "OSMF_RENDER__TINY__VAE_STEPS": "2",
-        "OSMF_RENDER__TINY__UNET_STEPS": "2",
-        "OSMF_RENDER__STEPS": "2",
         "OSMF_RENDER__ARTIFACTS": str(tmp_path / "creatives"),
         "OSMF_MLFLOW__TRACKING_URI": cfg.mlflow.tracking_uri,
         "OSMF_MLFLOW__ARTIFACT_ROOT": cfg.mlflow.artifact_root,
-        "OSMF_SPARK__SHOW_PROGRESS": "false",
         "PATH": f"{PROJECT_ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
     }
     night = Night(cfg, env, airflow)
@@ -397,7 +380,7 @@ def test_a_backfill_plans_one_run_per_day_and_reruns_a_finished_night_only_when_
 def _the_night_is_whole(spark, cfg, night: date) -> None:
     """Every table the night writes holds its rows, they agree with each other, and the models it
     trained are registered as champions."""
-    from osmf_lib import tables
+    from osmf_lib import artifacts, tables
     from osmf_lib.tables import (
         EVAL_METRICS,
         GENERATED_CREATIVES,
@@ -420,7 +403,7 @@ def _the_night_is_whole(spark, cfg, night: date) -> None:
     served = tables.read(spark, SERVING_CREATIVES, cfg, ds=night)
     assert served.count() == served.select(*group).distinct().count()
     images = tables.read(spark, GENERATED_CREATIVES, cfg, ds=night).select("image_uri").collect()
-    assert all(Path(row["image_uri"]).exists() for row in images)
+    assert all(artifacts.exists(row["image_uri"]) for row in images)
     stages = {row["stage"] for row in tables.read(spark, EVAL_METRICS, cfg, ds=night).select("stage").collect()}
     assert {"quality", "publish", "grouping"} <= stages, stages
     client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri, registry_uri=cfg.mlflow.tracking_uri)
