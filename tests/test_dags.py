@@ -260,12 +260,12 @@ def _runs(night: Night) -> dict[str, dict]:
     return {run["logical_date"][:10]: run for run in listed}
 
 
-def _succeeded(night: Night, day: date, logs: Path) -> dict:
-    """Waits (45 minutes at most) for the scheduler to finish the run of `day`; returns the run,
+def _succeeded(night: Night, day: date, logs: Path, minutes: int = 45) -> dict:
+    """Waits (`minutes` at most) for the scheduler to finish the run of `day`; returns the run,
     which must have succeeded."""
-    deadline = time.monotonic() + 45 * 60
+    deadline = time.monotonic() + minutes * 60
     while (run := _runs(night)[day.isoformat()])["state"] not in ("success", "failed"):
-        assert time.monotonic() < deadline, f"the run of {day} is still {run['state']} after 45 minutes"
+        assert time.monotonic() < deadline, f"the run of {day} is still {run['state']} after {minutes} minutes"
         time.sleep(20)
     assert run["state"] == "success", (
         f"{run}\n{night.airflow_cli('tasks', 'states-for-dag-run', 'osmf_nightly', run['run_id'])}\n"
