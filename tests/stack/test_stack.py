@@ -228,11 +228,10 @@ def test_the_night_left_its_tables_creatives_and_models_in_the_buckets(night: Ni
     assert experiment.artifact_location == f"mlflow-artifacts:/{experiment.experiment_id}"
     stored = _keys(stack, f"s3://mlflow/{experiment.experiment_id}/")
     assert any(key.endswith("/MLmodel") for key in stored), stored[:20]
+    # Configured as compose's serving service is: the registry's `models:/` lookup reads only these.
     with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", stack.mlflow.url)
         env.setenv("MLFLOW_TRACKING_USERNAME", "osmf-serving")
         env.setenv("MLFLOW_TRACKING_PASSWORD", stack.mlflow.passwords["osmf-serving"])
-        champion, server = "models:/osmf-serving@champion", stack.mlflow.url
-        model = mlflow.artifacts.download_artifacts(
-            champion, dst_path=str(tmp_path), tracking_uri=server, registry_uri=server
-        )
+        model = mlflow.artifacts.download_artifacts("models:/osmf-serving@champion", dst_path=str(tmp_path))
     assert (Path(model) / "MLmodel").exists()
