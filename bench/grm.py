@@ -31,7 +31,7 @@ from osmf_lib.config import load_config
 from osmf_lib.grm import evaluate, fit_grm
 from osmf_lib.grm.features import PromptEncoder
 from osmf_lib.paag.features import Encoders, EncoderSpec
-from osmf_lib.pairs import product_pairs, smooth_product
+from osmf_lib.pairs.preference import product_pairs, smooth_product
 from osmf_lib.synth.vocab import STYLE, STYLE_ATTRIBUTES, compose_prompt
 
 PROFILE_FEATURES = 40

@@ -1,5 +1,5 @@
-"""Benchmark: `group_users` (one applyInPandas pass) against MLlib KMeans per product and a plain
-scikit-learn loop, on synthetic PAAG embeddings with planted clusters.
+"""Benchmark: `group_audiences` (group_users's one applyInPandas pass) against MLlib KMeans per
+product and a plain scikit-learn loop, on synthetic PAAG embeddings with planted clusters.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/grouping.py --scales demo
     OMP_NUM_THREADS=1 .venv/bin/python bench/grouping.py --scales demo bench --products 100
@@ -7,8 +7,8 @@ scikit-learn loop, on synthetic PAAG embeddings with planted clusters.
 All three search K = k_min..k_max by mean silhouette on the same rows, in one process after a
 small warm-up. MLlib starts several Spark jobs per K and product, so it runs on a few products
 only and its time is extrapolated per product (the table says so). The scikit-learn loop is
-single-process and does only the K search; group_users also merges, draws anchors and writes
-summaries. Targets: group_users >= 10x faster than MLlib, <= 3x slower than the sklearn loop.
+single-process and does only the K search; group_audiences also merges, draws anchors and writes
+summaries. Targets: group_audiences >= 10x faster than MLlib, <= 3x slower than the sklearn loop.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
 from osmf_lib.config import Config, load_config
-from osmf_lib.grouping import group_users
+from osmf_lib.grouping.groups import group_audiences
 from osmf_lib.spark import get_spark
 from osmf_lib.synth.vocab import ATTRIBUTE_VALUES, CATEGORIES
 
@@ -92,11 +92,11 @@ def write_inputs(scale: Scale, products: int, folder: Path, seed: int = 0) -> in
     return rows
 
 
-def time_group_users(spark, cfg: Config, folder: Path) -> float:
+def time_group_audiences(spark, cfg: Config, folder: Path) -> float:
     began = time.perf_counter()
     embeddings = spark.read.parquet(str(folder / "embeddings.parquet"))
     users = spark.read.parquet(str(folder / "users.parquet"))
-    user_groups, profiles = group_users(embeddings, users, cfg, DS)
+    user_groups, profiles = group_audiences(embeddings, users, cfg, DS)
     user_groups.write.format("noop").mode("overwrite").save()
     profiles.write.format("noop").mode("overwrite").save()
     elapsed = time.perf_counter() - began
@@ -153,14 +153,14 @@ def bench_scale(name: str, spark, cfg: Config, workdir: Path, products: int | No
     folder = workdir / name
     print(f"[{name}] writing {products} products of ~{scale.audience:,} users ...", flush=True)
     rows = write_inputs(scale, products, folder)
-    applied = time_group_users(spark, cfg, folder)
-    print(f"[{name}] group_users {applied:.1f}s", flush=True)
+    applied = time_group_audiences(spark, cfg, folder)
+    print(f"[{name}] group_audiences {applied:.1f}s", flush=True)
     looped = time_sklearn(cfg, folder)
     print(f"[{name}] sklearn loop {looped:.1f}s", flush=True)
     mllib = time_mllib(spark, cfg, folder, mllib_products) / mllib_products * products
     print(f"[{name}] MLlib {mllib:.1f}s (extrapolated from {mllib_products} products)", flush=True)
     return [
-        (name, rows, "applyInPandas (group_users)", applied),
+        (name, rows, "applyInPandas (group_audiences)", applied),
         (name, rows, f"MLlib KMeans per product (x{products / mllib_products:g} of {mllib_products})", mllib),
         (name, rows, "scikit-learn loop, 1 process", looped),
     ]

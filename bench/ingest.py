@@ -42,8 +42,12 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from osmf_lib import ingest, tables
+from osmf_lib import tables
 from osmf_lib.config import Config, load_config
+from osmf_lib.ingest.dimensions import DIMENSIONS, Dimension
+from osmf_lib.ingest.read import FILE, source_location
+from osmf_lib.ingest.stages import ingest_day
+from osmf_lib.ingest.validate import EVENT_FIELDS
 from osmf_lib.spark import get_spark
 from osmf_lib.synth import write_landing
 
@@ -84,13 +88,13 @@ def bench_scale(scale: str, days: int, workdir: Path, gc: GcLog) -> list[tuple]:
     rows = []
     for offset in range(days):
         ds = START + timedelta(days=offset)
-        events = ingest.source_location(cfg, ds, cfg.ingest.events)
+        events = source_location(cfg, ds, cfg.ingest.events)
         plain = _copy(spark, events, f"{root}/plain/{ds}", "parquet")
         delta = _copy(spark, events, f"{root}/delta/{ds}", "delta")
         floor = _floor(spark, floor_cfg, ds)
         gc.mark()
         began = time.perf_counter()
-        counts = ingest.ingest_day(spark, cfg, ds)
+        counts = ingest_day(spark, cfg, ds)
         ingested = time.perf_counter() - began
         heap = gc.peak_after_gc_mb()
         rows.append((scale, ds.isoformat(), counts.read, plain, delta, floor, ingested, heap))
@@ -129,7 +133,7 @@ def stored_users_run(users: int, workdir: Path) -> dict:
     stored.write.format("delta").mode("append").save(tables.USERS.location(cfg))
     gc.mark()
     began = time.perf_counter()
-    counts = ingest.ingest_day(spark, cfg, START)
+    counts = ingest_day(spark, cfg, START)
     return {"events": counts.read, "seconds": time.perf_counter() - began, "heap": gc.peak_after_gc_mb()}
 
 
@@ -161,18 +165,18 @@ def _floor(spark: SparkSession, cfg: Config, ds: date) -> float:
     """Seconds for the commits any conforming ingest makes, with no checks (see the docstring)."""
     began = time.perf_counter()
 
-    def upsert(dim: ingest.Dimension) -> None:
+    def upsert(dim: Dimension) -> None:
         fields = [f for f in dim.table.schema().fields if f.name != "updated_ds"]
         rows = spark.read.schema(StructType(fields)).json(
-            ingest.source_location(cfg, ds, getattr(cfg.ingest, dim.source_attr))
+            source_location(cfg, ds, getattr(cfg.ingest, dim.source_attr))
         )
         tables.merge(spark, rows.withColumn("updated_ds", F.lit(ds)), dim.table, cfg, unless_newer="updated_ds")
 
-    with ThreadPoolExecutor(len(ingest.DIMENSIONS)) as pool:
-        list(pool.map(upsert, ingest.DIMENSIONS))
-    fields = [f for f in tables.IMPRESSIONS.schema().fields if f.name in ingest.EVENT_FIELDS]
-    events = spark.read.schema(StructType(fields)).json(ingest.source_location(cfg, ds, cfg.ingest.events))
-    day_rows = events.select("*", F.col("_metadata.file_path").alias(ingest.FILE), F.lit(ds).alias(tables.DS))
+    with ThreadPoolExecutor(len(DIMENSIONS)) as pool:
+        list(pool.map(upsert, DIMENSIONS))
+    fields = [f for f in tables.IMPRESSIONS.schema().fields if f.name in EVENT_FIELDS]
+    events = spark.read.schema(StructType(fields)).json(source_location(cfg, ds, cfg.ingest.events))
+    day_rows = events.select("*", F.col("_metadata.file_path").alias(FILE), F.lit(ds).alias(tables.DS))
     tables.overwrite_partition(spark, day_rows, tables.IMPRESSIONS, cfg, ds)
     return time.perf_counter() - began
 

@@ -27,15 +27,16 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from osmf_lib import ingest, promotion, tables, tracking
+from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import load_config
-from osmf_lib.evaluate_oracle import held_out_audiences
-from osmf_lib.gmllm import stages as gmllm_stages
+from osmf_lib.evaluation.oracle import held_out_audiences
 from osmf_lib.gmllm.registry import load_gmllm
+from osmf_lib.gmllm.stages import target_products
 from osmf_lib.grm import load_grm
-from osmf_lib.grm.stages import BASELINE_ARTIFACT
-from osmf_lib.grm.stages import MODEL_NAME as GRM_NAME
+from osmf_lib.grm.registry import BASELINE_ARTIFACT
+from osmf_lib.inputs import dimension_versions, night_grm, world_of, writer_data
 from osmf_lib.job import JobContext
+from osmf_lib.night import GMLLM, GRM
 from osmf_lib.render.stages import seed_of
 from osmf_lib.spark import get_spark
 from osmf_lib.synth.oracle import Oracle
@@ -95,17 +96,17 @@ def main() -> None:
     ds = args.ds or tables.read(get_spark(cfg), GROUP_PROFILES, cfg).agg({"ds": "max"}).first()[0]
     ctx = JobContext("last_mile", cfg, ds, "bench")
     samples = args.samples or cfg.render.candidates
-    data = gmllm_stages.load_inputs(ctx, gmllm_stages.dimension_versions(ctx))
-    version = promotion.version_for_ds(gmllm_stages.MODEL_NAME, ds)
-    writer = load_gmllm(f"models:/{gmllm_stages.MODEL_NAME}/{version}")
-    grm_version, grm = gmllm_stages.night_grm(cfg, ds)
-    run_id = MlflowClient().get_model_version(GRM_NAME, grm_version).run_id
+    data = writer_data(ctx, dimension_versions(ctx))
+    version = promotion.version_for_ds(GMLLM.name, ds)
+    writer = load_gmllm(f"models:/{GMLLM.name}/{version}")
+    grm_version, grm = night_grm(cfg, ds)
+    run_id = MlflowClient().get_model_version(GRM.name, grm_version).run_id
     agnostic = load_grm(f"runs:/{run_id}/{BASELINE_ARTIFACT}")
     profiles, products = data["profiles"], data["products"]
-    targets = gmllm_stages.target_products(data, cfg, splits=("validation", "test"))
+    targets = target_products(data, cfg, splits=("validation", "test"))
     targets = targets.merge(data["groups"][[*KEY, "split"]], on=KEY)
 
-    world = ingest.world_of(ctx.spark, cfg, ds)
+    world = world_of(ctx.spark, cfg, ds)
     _, audiences, weights = held_out_audiences(ctx.spark, cfg, ds)
     oracle = Oracle.of_world(*world) if world else None
     best_logged = (
@@ -119,7 +120,7 @@ def main() -> None:
     def probability(model, frame):
         return 1 / (1 + np.exp(-model.score(frame.reset_index()[[*KEY, "prompt"]], profiles)))
 
-    print(f"\nnight {ds}: {gmllm_stages.MODEL_NAME} v{version}, osmf-grm v{grm_version}; {samples} samples a group\n")
+    print(f"\nnight {ds}: {GMLLM.name} v{version}, osmf-grm v{grm_version}; {samples} samples a group\n")
     for temperature in args.temperatures:
         frame = candidates(writer, targets[KEY], profiles, products, ds, samples, temperature)
         frame = frame.merge(targets, on=KEY)

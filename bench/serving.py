@@ -37,8 +37,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from osmf_lib import ingest, tables, tracking
+from osmf_lib import tables, tracking
 from osmf_lib.config import load_config
+from osmf_lib.inputs import first_day_of, world_of
 from osmf_lib.serving.registry import CHAMPION_URI, REQUEST_COLUMNS, load_serving, start_scoring_server
 from osmf_lib.spark import get_spark
 from osmf_lib.synth import build_world, day_requests
@@ -47,10 +48,10 @@ from osmf_lib.tables import GROUP_PROFILES, MEMBER
 
 def requests_of(spark, cfg, night: date, rows: int) -> pd.DataFrame:
     """A stable sample of the next day's requests of the night's simulated world, as JSON has them."""
-    world = ingest.world_of(spark, cfg, night)
+    world = world_of(spark, cfg, night)
     if world is None:
         sys.exit(f"ds={night} was not simulated: the benchmark replays the next day of a simulated world")
-    asked = day_requests(build_world(*world), ingest.first_day_of(spark, cfg, world), night + timedelta(days=1))
+    asked = day_requests(build_world(*world), first_day_of(spark, cfg, world), night + timedelta(days=1))
     sample = asked.sample(n=min(rows, len(asked)), random_state=0).reset_index(drop=True)
     sample = sample.reindex(columns=list(REQUEST_COLUMNS)).astype(object)
     return sample.where(sample.notna(), None)

@@ -1,7 +1,7 @@
 """Grade the night's generators against the simulated world's oracle (a logged skip on real logs)."""
 
-from osmf_lib import evaluate_gmllm
+from osmf_lib.evaluation import stages
 from osmf_lib.job import main
 
 if __name__ == "__main__":
-    main("evaluate_gmllm", evaluate_gmllm.run)
+    main("evaluate_gmllm", stages.evaluate_gmllm)

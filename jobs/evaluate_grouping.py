@@ -1,7 +1,7 @@
 """Grade the night's groups against the simulated world's hidden segments and the oracle."""
 
-from osmf_lib import evaluate_grouping
+from osmf_lib.evaluation import stages
 from osmf_lib.job import main
 
 if __name__ == "__main__":
-    main("evaluate_grouping", evaluate_grouping.run)
+    main("evaluate_grouping", stages.evaluate_grouping)

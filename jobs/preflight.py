@@ -4,4 +4,4 @@ from osmf_lib import preflight
 from osmf_lib.job import main
 
 if __name__ == "__main__":
-    main("preflight", preflight.run)
+    main("preflight", preflight.preflight)

@@ -194,7 +194,8 @@ def models_build_tiny(
     descriptions) and the renderer (trained for a few CPU minutes on the landing's painted
     backgrounds). pretrain_gmllm and generate_creatives build the same folders when missing."""
     from osmf_lib.gmllm.base import build_tiny
-    from osmf_lib.gmllm.stages import corpus, dimension_versions, load_inputs
+    from osmf_lib.gmllm.stages import corpus
+    from osmf_lib.inputs import dimension_versions, writer_data
     from osmf_lib.job import JobContext, StageError
     from osmf_lib.render.tiny import RenderError, build_tiny_renderer, library_of
     from osmf_lib.tables import TableError
@@ -202,7 +203,7 @@ def models_build_tiny(
     night = _night(ds)
     try:
         job = JobContext("build-tiny", ctx.obj, night, "cli")
-        folder = build_tiny(corpus(load_inputs(job, dimension_versions(job))), ctx.obj)
+        folder = build_tiny(corpus(writer_data(job, dimension_versions(job))), ctx.obj)
         typer.echo(f"tiny language model for ds={night} -> {folder}")
         typer.echo(f"tiny renderer -> {build_tiny_renderer(library_of(ctx.obj), ctx.obj)}")
     except (StageError, TableError, RenderError) as err:
@@ -240,15 +241,15 @@ def report(
     """Print where the night's HTML report is (evaluate_and_publish writes it; --rebuild writes it
     again, e.g. once the next day was served and ingested, to show what the night's serving reached)."""
     from osmf_lib import artifacts
-    from osmf_lib.report import report_uri
+    from osmf_lib.publish.report import report_uri
 
     night = _night(ds)
     uri = report_uri(ctx.obj, night)
     if not artifacts.exists(uri):
         _fail(f"no report for ds={night} at {uri}: the night's evaluate_and_publish task writes it")
     if rebuild:
-        from osmf_lib import report as night_report
         from osmf_lib.job import JobContext
+        from osmf_lib.publish import report as night_report
 
         night_report.rebuild(JobContext("report", ctx.obj, night, f"manual__{night.isoformat()}"))
     typer.echo(uri)
@@ -269,7 +270,7 @@ def export_pairs(
     from pyspark.sql import functions as F
 
     from osmf_lib import tables
-    from osmf_lib.pairs import SPLITS, dpo_examples
+    from osmf_lib.pairs.stages import SPLITS, dpo_examples
     from osmf_lib.spark import SparkSetupError, get_spark
     from osmf_lib.tables import GROUP_PREFERENCE_PAIRS, GROUP_PROFILES, PRODUCTS, TableError
 
@@ -337,7 +338,8 @@ def synth_serve(
     simulated world's click model decides the clicks)."""
     from pyspark.sql import functions as F
 
-    from osmf_lib import ingest, tables
+    from osmf_lib import tables
+    from osmf_lib.inputs import first_day_of, world_of
     from osmf_lib.job import StageError
     from osmf_lib.serving.bulk import assign_day
     from osmf_lib.spark import SparkSetupError, get_spark
@@ -350,10 +352,10 @@ def synth_serve(
     share = cfg.synth.serve_share if share is None else share
     try:
         spark = get_spark(cfg, app_name="osmf-synth-serve")
-        world = ingest.world_of(spark, cfg, night)
+        world = world_of(spark, cfg, night)
         if world is None:
             _fail(f"ds={night} was not ingested from a simulated world (no landing manifest): nothing to serve into")
-        first = ingest.first_day_of(spark, cfg, world)
+        first = first_day_of(spark, cfg, world)
         requests = day_requests(build_world(*world), first, day)
         version = assign_day(spark, cfg, night, day, spark.createDataFrame(requests))
         answered = tables.read(spark, SERVING_ASSIGNMENTS, cfg, version=version, ds=day)

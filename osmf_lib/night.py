@@ -71,10 +71,10 @@ class Task:
 
 HOUR = timedelta(hours=1)
 DIMENSIONS = (USERS, PRODUCTS, CREATIVES)
-# The night's groups as a pair: every stage after grouping checks they agree (grouping.check_groups).
+# The night's groups as a pair: every stage after grouping checks they agree (inputs.check_groups).
 GROUPS = (USER_GROUPS, GROUP_PROFILES)
-# What the GRM trains on (grm.stages.load_inputs); the G-MLLM and rendering load the same plus
-# each product's impressions of the window (gmllm.stages.load_inputs).
+# What the GRM trains on (inputs.group_data); the G-MLLM and rendering load the same plus each
+# product's impressions of the window (inputs.writer_data).
 GRM_INPUTS = (*GROUPS, GROUP_CREATIVE_CTR, GROUP_PREFERENCE_PAIRS, *DIMENSIONS)
 GMLLM_INPUTS = (*GRM_INPUTS, IMPRESSIONS)
 

@@ -79,7 +79,7 @@ def run_checks(spark: SparkSession, cfg: Config) -> list[Check]:
     return [check_lakehouse_root(cfg), check_jars(cfg), check_delta(spark, cfg), check_mlflow(cfg)]
 
 
-def run(ctx: JobContext) -> None:
+def preflight(ctx: JobContext) -> None:
     import mlflow
 
     checks = run_checks(ctx.spark, ctx.cfg)

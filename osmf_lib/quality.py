@@ -4,7 +4,7 @@ table as it was); the later stages check what they just wrote.
 
 A gate is a list of `Check`s, numbers measured on the night's tables with the bounds they must
 keep. Each stage that feeds others states its own, next to the data it knows
-(`ingest.quality_checks`, `grouping.quality_checks`, `pairs.quality_checks`). `gate` records every
+(the `quality_checks` of `ingest.stages`, `grouping.stages` and `pairs.stages`). `gate` records every
 number in eval_metrics (stage 'quality', slice = the gated stage: passing nights are the baseline
 a failing one is read against) and in the stage's MLflow run, then fails the stage naming each
 check out of bounds, its number, its bounds and the setting that holds them. The task fails, so

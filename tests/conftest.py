@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from osmf_lib.config import PROJECT_ROOT, Config, load_config
+from osmf_lib.pairs.stages import build_preference_pairs
 
 # Tiny models and Spark share two cores in CI; oversubscribed BLAS threads slow both down.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -336,7 +337,7 @@ def make_group_lakehouse(spark, make_cfg, tmp_path_factory) -> Callable[..., Con
 def _group_lakehouse(spark, make_cfg, store: Path, settings: tuple[str, ...]) -> Config:
     # Imported here, not at the top: they import torch, which must first see OMP_NUM_THREADS
     # (set above), or its thread pool makes same-seed trainings differ in the last bits.
-    from osmf_lib import pairs, tables, tracking
+    from osmf_lib import tables, tracking
     from osmf_lib.tables import CREATIVES, GROUP_PROFILES, IMPRESSIONS, PRODUCTS, USER_GROUPS, USERS
 
     cfg = make_cfg(
@@ -351,7 +352,7 @@ def _group_lakehouse(spark, make_cfg, store: Path, settings: tuple[str, ...]) ->
             spark, spark.createDataFrame(world[table.name][table.column_names], table.schema()), table, cfg, ds=DS
         )
     tracking.configure(cfg)
-    _run_stage(pairs.run, cfg)
+    _run_stage(build_preference_pairs, cfg)
     return cfg
 
 

@@ -8,10 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from osmf_lib import evaluate_grouping, grouping, ingest, pairs, publish, tables
+from osmf_lib import tables
 from osmf_lib.config import PROJECT_ROOT, load_config
+from osmf_lib.evaluation.stages import evaluate_grouping
+from osmf_lib.grouping.stages import group_users
+from osmf_lib.ingest.stages import ingest_events
 from osmf_lib.job import main
 from osmf_lib.paag import stages
+from osmf_lib.pairs.stages import build_preference_pairs
+from osmf_lib.publish.stages import evaluate_and_publish
 from osmf_lib.serving.registry import load_serving
 from osmf_lib.tables import (
     ASSIGNED,
@@ -86,7 +91,7 @@ def night(tmp_path_factory):
 
 def test_a_ratings_log_runs_through_grouping_and_evaluation_says_why_it_skips(spark, night, capsys):
     cfg, stage, ratings = night
-    stage("ingest_events", ingest.run)
+    stage("ingest_events", ingest_events)
     assert f"read {ratings} = accepted {ratings}" in capsys.readouterr().out
     assert tables.read(spark, IMPRESSIONS, cfg, ds=DS).count() == ratings
     assert tables.read(spark, PRODUCTS, cfg).where("image_uri IS NOT NULL").count() == 0
@@ -94,8 +99,8 @@ def test_a_ratings_log_runs_through_grouping_and_evaluation_says_why_it_skips(sp
 
     stage("train_paag", stages.train_paag)
     stage("build_paag_embeddings", stages.build_paag_embeddings)
-    stage("group_users", grouping.run)
-    stage("evaluate_grouping", evaluate_grouping.run)
+    stage("group_users", group_users)
+    stage("evaluate_grouping", evaluate_grouping)
     out = capsys.readouterr().out
     assert "evaluate_grouping: skipped: ds=2026-11-01 was not simulated (no landing manifest)" in out
 
@@ -111,8 +116,8 @@ def test_a_ratings_log_runs_through_grouping_and_evaluation_says_why_it_skips(sp
 
 def test_someone_who_rates_a_film_after_the_night_gets_a_group_and_its_creative(spark, night):
     cfg, stage, _ = night
-    stage("build_preference_pairs", pairs.run)
-    stage("evaluate_and_publish", publish.evaluate_and_publish)
+    stage("build_preference_pairs", build_preference_pairs)
+    stage("evaluate_and_publish", evaluate_and_publish)
     import mlflow
 
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)

@@ -18,8 +18,10 @@ import numpy as np
 import pyspark
 import pytest
 
-from osmf_lib import grouping, ingest, tables, tracking
+from osmf_lib import tables, tracking
 from osmf_lib.config import PROJECT_ROOT, Config
+from osmf_lib.grouping.stages import group_users
+from osmf_lib.ingest.stages import ingest_events
 from osmf_lib.tables import GROUP_PROFILES, IMPRESSIONS, PAAG_EMBEDDINGS, USER_GROUPS, USERS
 
 pytestmark = pytest.mark.slow
@@ -147,10 +149,10 @@ def test_a_standalone_cluster_runs_the_dags_spark_tasks_with_local_modes_rows(
     _ship(landing)
     local, cluster = (make_cfg(f"lakehouse.landing={landing}", root=tmp_path / name) for name in ("local", "cluster"))
     tracking.configure(local)
-    run_stage(ingest.run, local, DS)
+    run_stage(ingest_events, local, DS)
     for cfg in (local, cluster):
         _embeddings(spark, cfg)
-    run_stage(grouping.run, local, DS)
+    run_stage(group_users, local, DS)
 
     env = {
         **os.environ,

@@ -3,6 +3,7 @@ a writer earlier in the night, every task has its job, the GPU tasks are the tor
 README shows the registry's table."""
 
 import ast
+import re
 from functools import cache
 from pathlib import Path
 
@@ -58,14 +59,23 @@ def test_tables_are_the_contracts_and_each_model_is_registered_by_one_task_under
             assert table.producer in {writer.name for writer in writers(table)}, table.name
     models = {r for r in written if isinstance(r, Model)}
     assert all(len(writers(model)) == 1 for model in models)
-    registered = set()
+    # The code names a registered model only through the registry (night.PAAG.name, ...), so a
+    # rename cannot leave a stage registering under the old name.
+    literal, names = [], {model.name for model in models}
     for path in (PROJECT_ROOT / "osmf_lib").rglob("*.py"):
-        for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
-                names = [t.id for t in node.targets if isinstance(t, ast.Name) and t.id.endswith("NAME")]
-                if names and str(node.value.value).startswith("osmf-"):
-                    registered.add(node.value.value)
-    assert {model.name for model in models} == registered
+        if path.name == "night.py":
+            continue
+        tree = ast.parse(path.read_text())
+        # A transformers config's model_type names a class of checkpoint, not a registered model.
+        model_types = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign) and _names(n) == ["model_type"]}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in names and id(node) not in model_types:
+                literal.append(f"{path.relative_to(PROJECT_ROOT)}:{node.lineno} {node.value}")
+    assert not literal
+
+
+def _names(assign: ast.Assign) -> list[str]:
+    return [target.id for target in assign.targets if isinstance(target, ast.Name)]
 
 
 def _entry(job: Path) -> tuple[ast.Call, str, str]:
@@ -126,6 +136,9 @@ def test_every_task_is_its_job_and_the_gpu_tasks_are_the_ones_that_run_torch_on_
     for task in NIGHT:
         call, module, function = _entry(JOBS / f"{task.name}.py")
         assert call.args[0].value == task.name
+        # Task to code is mechanical: the function named after the task, in its package's stages.py.
+        assert function == task.name
+        assert module == "osmf_lib.preflight" if task is PREFLIGHT else re.fullmatch(r"osmf_lib\.\w+\.stages", module)
         sharded = any(k.arg == "sharded" and k.value.value for k in call.keywords)
         assert sharded == (task.shards is not None), task.name
         # A torch stage places its work on `gpu.device`; a Spark task's work is Spark's (a model it
@@ -142,3 +155,36 @@ def test_the_readme_and_osmf_night_show_the_registry_table():
     assert markdown_table() in (PROJECT_ROOT / "README.md").read_text()
     printed = CliRunner().invoke(app, ["night"])
     assert (printed.exit_code, printed.output) == (0, markdown_table())
+
+
+def _imports(path: Path) -> set[str]:
+    """Every osmf_lib module `path` imports, `from osmf_lib.x import y` counting as osmf_lib.x.y."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("osmf_lib"):
+            found |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    return found
+
+
+def test_no_package_imports_another_packages_stages():
+    """A stage's helpers that another package needs live in a module of its own (osmf_lib.inputs
+    for the night's shared inputs), so the packages depend on the platform, not on each other."""
+    root = PROJECT_ROOT / "osmf_lib"
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.name == "cli.py":  # the command line runs stages by hand
+            continue
+        package = path.relative_to(root).parts[0]
+        for module in _imports(path):
+            parts = module.split(".")
+            if len(parts) > 2 and parts[2] == "stages" and parts[1] != package:
+                offenders.append(f"{path.relative_to(PROJECT_ROOT)} imports {module}")
+    assert not offenders
+
+
+def test_the_layout_check_sees_a_stage_reaching_into_another(tmp_path):
+    source = tmp_path / "x.py"
+    source.write_text("from osmf_lib.grm.stages import MODEL_NAME\nfrom osmf_lib.gmllm import stages\n")
+    assert {"osmf_lib.grm.stages", "osmf_lib.gmllm.stages"} <= _imports(source)

@@ -39,9 +39,9 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from osmf_lib.config import Config
+from osmf_lib.device import resolve_device
 from osmf_lib.gmllm.generator import Gmllm
 from osmf_lib.gmllm.model import GmllmModel
-from osmf_lib.paag.model import resolve_device
 
 NO_CONTRAST = -1
 PAIR_COLUMNS = ("product_id", "group_id", "chosen_prompt", "rejected_prompt", "contrast_group")

@@ -11,10 +11,10 @@ import pandas as pd
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from osmf_lib.device import resolve_device
 from osmf_lib.gmllm.features import PHRASE_SEPARATOR, BackgroundRule, Conditioning, GmllmError, answer, write_background
 from osmf_lib.gmllm.model import GmllmModel
 from osmf_lib.grm.features import PROFILE_COLUMNS, load_context, require_columns, save_context
-from osmf_lib.paag.model import resolve_device
 
 FORMAT = 1
 PRODUCT_COLUMNS = ("product_id", "title", "category", "image_uri")

@@ -15,6 +15,12 @@ from osmf_lib.gmllm.features import GmllmError
 from osmf_lib.gmllm.generator import Gmllm
 
 ARTIFACT = "gmllm"
+# Every Group-DPO variant is logged in the night's run under its artifact; osmf-gmllm registers one.
+ARTIFACTS = {"group_dpo": "osmf-gmllm-group", "prefix_dpo": "osmf-gmllm-prefix", "onesize_dpo": "osmf-gmllm-onesize"}
+# Tags on an osmf-gmllm version: the base it was aligned from, the GRM that judged it, its variant.
+TAG_BASE = "osmf.gmllm_base_version"
+TAG_GRM = "osmf.grm_version"
+TAG_VARIANT = "osmf.gmllm_variant"
 SIGNATURE = ModelSignature(
     Schema([ColSpec(DataType.string, "product_id"), ColSpec(DataType.long, "group_id")]),
     Schema([ColSpec(DataType.string, "prompt"), ColSpec(DataType.boolean, "usable")]),

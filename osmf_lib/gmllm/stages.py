@@ -17,52 +17,46 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import date, timedelta
+from datetime import date
 
 import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from pyspark.sql import functions as F
 
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
+from osmf_lib.device import resolve_device
 from osmf_lib.gmllm.base import base_checkpoint, new_gmllm
 from osmf_lib.gmllm.dpo import NO_CONTRAST, PAIR_COLUMNS, frozen_copy, train_dpo
 from osmf_lib.gmllm.features import BackgroundRule, Conditioning, GmllmError
 from osmf_lib.gmllm.generator import Gmllm
 from osmf_lib.gmllm.lora import merge_lora, with_lora
-from osmf_lib.gmllm.registry import load_gmllm, log_gmllm
+from osmf_lib.gmllm.registry import ARTIFACTS, TAG_BASE, TAG_GRM, TAG_VARIANT, load_gmllm, log_gmllm
 from osmf_lib.gmllm.train import EVERYONE, encode, fit, pretraining_examples, stable_sample
-from osmf_lib.grm import Grm, load_grm
-from osmf_lib.grm import stages as grm_stages
+from osmf_lib.grm import Grm
 from osmf_lib.grm.features import ProfileVocab
-from osmf_lib.grouping import check_groups
+from osmf_lib.inputs import (
+    check_groups,
+    dimension_versions,
+    group_data_prints,
+    night_grm,
+    writer_data,
+)
 from osmf_lib.job import JobContext
+from osmf_lib.night import GMLLM, GMLLM_BASE, GRM
 from osmf_lib.paag.features import Encoders, EncoderSpec, ProductStore
-from osmf_lib.paag.model import resolve_device
-from osmf_lib.paag.stages import PRODUCT_FEATURES
-from osmf_lib.pairs import split_of
-from osmf_lib.tables import GROUP_CREATIVE_CTR, GROUP_PREFERENCE_PAIRS, GROUP_PROFILES, IMPRESSIONS, PRODUCTS
+from osmf_lib.tables import GROUP_PREFERENCE_PAIRS
 
-MODEL_NAME = "osmf-gmllm"
-BASE_NAME = "osmf-gmllm-base"
+MODEL_NAME = GMLLM.name
+BASE_NAME = GMLLM_BASE.name
 PRETRAIN_STAGE = "gmllm_pretrain"
 DPO_STAGE = "group_dpo"
 METRIC = "val_grm_reward"
-TAG_BASE = "osmf.gmllm_base_version"
-TAG_GRM = "osmf.grm_version"
 # On a base version: the base_settings it was made with, as JSON.
 TAG_BASE_SETTINGS = "osmf.base_settings"
 # name -> (reads the group prefix, contrast weight taken from the config)
 VARIANTS = {"group_dpo": (True, True), "prefix_dpo": (True, False), "onesize_dpo": (False, False)}
-# Every variant is logged in the night's run under its artifact; osmf-gmllm registers one of them.
-ARTIFACTS = {"group_dpo": "osmf-gmllm-group", "prefix_dpo": "osmf-gmllm-prefix", "onesize_dpo": "osmf-gmllm-onesize"}
-TAG_VARIANT = "osmf.gmllm_variant"
-
-
-def dimension_versions(ctx: JobContext) -> dict[str, int]:
-    return {t.name: tables.version_as_of(ctx.spark, t, ctx.cfg, ctx.ds) for t in grm_stages.DIMENSIONS}
 
 
 def _reused(ctx: JobContext, name: str, tags: dict[str, str]) -> bool:
@@ -73,30 +67,6 @@ def _reused(ctx: JobContext, name: str, tags: dict[str, str]) -> bool:
     print(f"{ctx.stage}: {name} version {reused.version} was trained for ds={ctx.ds} on the same data and settings")
     mlflow.set_tag("osmf.reused_version", reused.version)
     return True
-
-
-def load_inputs(ctx: JobContext, dimensions: dict[str, int]) -> dict[str, pd.DataFrame]:
-    """Tonight's CTR cells, groups, attribute profiles, pairs and products (as of ds), in pandas."""
-    spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
-    data = grm_stages.load_inputs(ctx, dimensions)
-    smoothed = tables.read(spark, GROUP_CREATIVE_CTR, cfg, ds=ds).select(
-        "product_id", "group_id", "creative_id", "ctr_smoothed"
-    )
-    data["cells"] = data["cells"].merge(smoothed.toPandas(), on=["product_id", "group_id", "creative_id"])
-    data["groups"] = (
-        tables.read(spark, GROUP_PROFILES, cfg, ds=ds)
-        .select("product_id", "group_id", "size", "description", split_of(F.col("product_id"), cfg).alias("split"))
-        .toPandas()
-    )
-    data["products"] = (
-        tables.read(spark, PRODUCTS, cfg, version=dimensions[PRODUCTS.name])
-        .select(*PRODUCT_FEATURES, "price_band")
-        .toPandas()
-    )
-    window = F.col("ds").between(F.lit(ds - timedelta(days=cfg.paag.lookback_days - 1)), F.lit(ds))
-    shown = tables.read(spark, IMPRESSIONS, cfg).where(window).groupBy("product_id").agg(F.count("*").alias("shown"))
-    data["shown"] = shown.toPandas()
-    return data
 
 
 def corpus(data: dict[str, pd.DataFrame]) -> list[str]:
@@ -167,10 +137,10 @@ def pretrain_gmllm(ctx: JobContext) -> None:
         _skip("pretrain_gmllm", f"{BASE_NAME} v{fresh} is younger than gmllm.fresh_days={cfg.gmllm.fresh_days}")
         return
     dimensions = dimension_versions(ctx)
-    tags = promotion.training_tags(ds, grm_stages.night_data(ctx, dimensions), _settings(cfg))
+    tags = promotion.training_tags(ds, group_data_prints(ctx, dimensions), _settings(cfg))
     if _reused(ctx, BASE_NAME, tags):
         return
-    data = load_inputs(ctx, dimensions)
+    data = writer_data(ctx, dimensions)
     examples = pretraining_examples(data["cells"], data["groups"], data["products"], cfg)
     if not (examples["task"] == "write_background").any():
         _skip("pretrain_gmllm", f"no group of a training product has a logged creative for ds={ds}")
@@ -329,13 +299,6 @@ def target_products(data: dict[str, pd.DataFrame], cfg: Config, splits: tuple[st
     return groups.loc[chosen, ["product_id", "group_id"]].reset_index(drop=True)
 
 
-def night_grm(cfg: Config, ds: date) -> tuple[str, Grm] | None:
-    version = promotion.version_for_ds(grm_stages.MODEL_NAME, ds)
-    if version is None:
-        return None
-    return version, load_grm(f"models:/{grm_stages.MODEL_NAME}/{version}", unreadable_image=cfg.models.unreadable_image)
-
-
 def night_base(cfg: Config, ds: date) -> tuple[str, Gmllm]:
     """The pre-trained G-MLLM for ds (the reference of every DPO variant); fails naming what is missing."""
     version = promotion.version_for_ds(BASE_NAME, ds)
@@ -403,7 +366,7 @@ def train_group_dpo(ctx: JobContext) -> None:
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     check_groups(spark, cfg, ds)
     dimensions = dimension_versions(ctx)
-    data = load_inputs(ctx, dimensions)
+    data = writer_data(ctx, dimensions)
     logged = logged_pairs(data["pairs"], cfg)
     if logged.empty:
         # Metrics an earlier run of this night stored no longer describe it.
@@ -412,7 +375,7 @@ def train_group_dpo(ctx: JobContext) -> None:
         return
     base_version, base = night_base(cfg, ds)
     judged = night_grm(cfg, ds)
-    inputs = {"base": base_version, "grm": judged[0] if judged else None, **grm_stages.night_data(ctx, dimensions)}
+    inputs = {"base": base_version, "grm": judged[0] if judged else None, **group_data_prints(ctx, dimensions)}
     settings = {**_settings(cfg), "group_dpo": cfg.group_dpo.model_dump(mode="json")}
     tags = promotion.training_tags(ds, inputs, settings)
     reused = promotion.reusable_version(MODEL_NAME, tags)
@@ -421,7 +384,7 @@ def train_group_dpo(ctx: JobContext) -> None:
         print(f"train_group_dpo: {reused.tags[promotion.TAG_DECISION]}")
         return
     if judged is None:
-        print(f"train_group_dpo: no {grm_stages.MODEL_NAME} for ds={ds}: logged pairs only, no on-policy rounds")
+        print(f"train_group_dpo: no {GRM.name} for ds={ds}: logged pairs only, no on-policy rounds")
     grm_version, grm = judged if judged is not None else (None, None)
     # On-policy practice on training products only: the validation products decide promotion and
     # the test products are the evaluation's, so neither is optimised against the GRM here.

@@ -7,7 +7,7 @@
 
 `Grm.score(rows, profiles=None, products=None)` gives a click logit per (product_id, group_id,
 prompt) row: higher means the group is likelier to click an ad with that background. Groups are
-the night's attribute profiles (osmf_lib.grm.stages.attribute_profiles); without `profiles`, the
+the night's attribute profiles (osmf_lib.inputs.attribute_profiles); without `profiles`, the
 ones of the night the model was trained for, which it carries.
 
 Consumers without this package load the pyfunc instead:

@@ -25,6 +25,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from osmf_lib.device import resolve_device
 from osmf_lib.grm.features import (
     PROFILE_COLUMNS,
     GrmError,
@@ -37,7 +38,6 @@ from osmf_lib.grm.features import (
     save_context,
 )
 from osmf_lib.paag.features import Encoders, ProductStore
-from osmf_lib.paag.model import resolve_device
 
 FORMAT = 1
 SCORE_COLUMNS = ("product_id", "group_id", "prompt")

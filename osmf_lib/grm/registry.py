@@ -19,6 +19,8 @@ from osmf_lib.grm.train import TrainedGrm
 from osmf_lib.tracking import TrackingError
 
 ARTIFACT = "grm"
+# Where train_grm logs the group-agnostic baseline, in the run of the model it is compared with.
+BASELINE_ARTIFACT = "osmf-grm-baseline"
 SIGNATURE = ModelSignature(
     Schema(
         [ColSpec(DataType.string, "product_id"), ColSpec(DataType.long, "group_id"), ColSpec(DataType.string, "prompt")]

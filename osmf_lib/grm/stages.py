@@ -15,75 +15,27 @@ from datetime import date
 from typing import TYPE_CHECKING
 
 import pandas as pd
-from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
-from osmf_lib.grouping import check_groups
+from osmf_lib.inputs import check_groups, group_data, group_data_prints
 from osmf_lib.job import JobContext
-from osmf_lib.paag.stages import PRODUCT_FEATURES
-from osmf_lib.pairs import split_of
-from osmf_lib.spark import named_in
+from osmf_lib.night import DIMENSIONS, GRM
 from osmf_lib.tables import (
-    CREATIVES,
     GROUP_CREATIVE_CTR,
     GROUP_PREFERENCE_PAIRS,
-    MULTI_VALUED_ATTRIBUTES,
-    PRODUCTS,
-    SINGLE_VALUED_ATTRIBUTES,
     USER_GROUPS,
-    USERS,
 )
 
 if TYPE_CHECKING:
     from osmf_lib.grm.train import TrainedGrm
 
-MODEL_NAME = "osmf-grm"
-BASELINE_ARTIFACT = "osmf-grm-baseline"
+MODEL_NAME = GRM.name
 STAGE = "grm"
 # Promotion compares pair accuracy on the validation products: the GRM's job is to order prompts
 # within a group, and AUROC or log-loss over impressions mostly measure base click rates.
 METRIC = "val_pair_accuracy"
-DIMENSIONS = (USERS, PRODUCTS, CREATIVES)
-
-
-def _prefixed(attribute: str) -> Column:
-    """A multi-valued attribute's distinct values as "attribute=value" strings (none when null)."""
-    values = F.coalesce(F.array_distinct(F.col(attribute)), F.array().cast("array<string>"))
-    return F.transform(values, lambda value: F.concat(F.lit(f"{attribute}="), value))
-
-
-def attribute_profiles(members: DataFrame, users: DataFrame) -> DataFrame:
-    """Per (product, group): the share of members holding each attribute value ("gender=female"),
-    as long rows (product_id, group_id, feature, share); osmf_lib.grm.features has why."""
-    joined = members.select("product_id", "group_id", "user_id").join(users, "user_id")
-    single = [F.concat(F.lit(f"{attribute}="), F.col(attribute)) for attribute in SINGLE_VALUED_ATTRIBUTES]
-    multi = [_prefixed(attribute) for attribute in MULTI_VALUED_ATTRIBUTES]
-    features = F.flatten(F.array(F.filter(F.array(*single), lambda v: v.isNotNull()), *multi))
-    sizes = joined.groupBy("product_id", "group_id").agg(F.count("*").alias("size"))
-    held = (
-        joined.select("product_id", "group_id", F.explode(features).alias("feature"))
-        .groupBy("product_id", "group_id", "feature")
-        .agg(F.count("*").alias("holders"))
-    )
-    return held.join(sizes, ["product_id", "group_id"]).select(
-        "product_id", "group_id", "feature", (F.col("holders") / F.col("size")).alias("share")
-    )
-
-
-def training_cells(ctr: DataFrame, creatives: DataFrame, cfg: Config) -> DataFrame:
-    """group_creative_ctr rows with their creative's prompt and their product's split."""
-    prompts = creatives.select("product_id", "creative_id", "prompt")
-    return ctr.join(prompts, ["product_id", "creative_id"]).select(
-        "product_id",
-        "group_id",
-        "creative_id",
-        "prompt",
-        "impressions",
-        "clicks",
-        split_of(F.col("product_id"), cfg).alias("split"),
-    )
 
 
 def _skip(ctx: JobContext, reason: str) -> None:
@@ -137,42 +89,11 @@ def _report(ctx: JobContext, trained: TrainedGrm, baseline: TrainedGrm) -> None:
         )
 
 
-def night_data(ctx: JobContext, dimensions: dict[str, int]) -> dict:
-    """What a model trained on the night's pairs and CTRs saw: fingerprints of those and of the
-    dimensions' rows as of ds (the data half of promotion.training_tags)."""
-    spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
-    return {
-        "pairs": promotion.fingerprint(
-            tables.read(spark, GROUP_PREFERENCE_PAIRS, cfg, ds=ds), GROUP_PREFERENCE_PAIRS.column_names
-        ),
-        "cells": promotion.fingerprint(
-            tables.read(spark, GROUP_CREATIVE_CTR, cfg, ds=ds), GROUP_CREATIVE_CTR.column_names
-        ),
-        **promotion.dimension_prints(spark, cfg, dimensions),
-    }
-
-
-def load_inputs(ctx: JobContext, dimensions: dict[str, int]) -> dict[str, pd.DataFrame]:
-    """Tonight's cells, pairs, group profiles and products, in pandas."""
-    spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
-    users, products, creatives = (tables.read(spark, t, cfg, version=dimensions[t.name]) for t in DIMENSIONS)
-    ctr = tables.read(spark, GROUP_CREATIVE_CTR, cfg, ds=ds)
-    pairs = tables.read(spark, GROUP_PREFERENCE_PAIRS, cfg, ds=ds).select(
-        "product_id", "group_id", "chosen_prompt", "rejected_prompt", "conflict", "split"
-    )
-    members = tables.read(spark, USER_GROUPS, cfg, ds=ds)
-    return {
-        "cells": training_cells(ctr, creatives, cfg).toPandas(),
-        "pairs": pairs.toPandas(),
-        "profiles": attribute_profiles(members, users).toPandas(),
-        "products": named_in(products, ctr, "product_id").select(*PRODUCT_FEATURES).toPandas(),
-    }
-
-
 def train_grm(ctx: JobContext) -> None:
     import mlflow
 
     from osmf_lib.grm import fit_grm, log_grm
+    from osmf_lib.grm.registry import BASELINE_ARTIFACT
 
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     check_groups(spark, cfg, ds)
@@ -184,7 +105,7 @@ def train_grm(ctx: JobContext) -> None:
 
     dimensions = {t.name: tables.version_as_of(spark, t, cfg, ds) for t in DIMENSIONS}
     settings = {"grm": cfg.grm.model_dump(mode="json"), "models": cfg.models.model_dump(mode="json")}
-    tags = promotion.training_tags(ds, night_data(ctx, dimensions), settings)
+    tags = promotion.training_tags(ds, group_data_prints(ctx, dimensions), settings)
     reused = promotion.reusable_version(MODEL_NAME, tags)
     if reused is not None and promotion.TAG_DECISION in reused.tags:
         print(f"train_grm: {MODEL_NAME} version {reused.version} was trained for ds={ds} on the same data and settings")
@@ -192,7 +113,7 @@ def train_grm(ctx: JobContext) -> None:
         mlflow.set_tag("osmf.reused_version", reused.version)
         return
 
-    data = load_inputs(ctx, dimensions)
+    data = group_data(ctx, dimensions)
     for table in (GROUP_CREATIVE_CTR, GROUP_PREFERENCE_PAIRS, USER_GROUPS):
         tracking.log_table_input(spark, table, cfg, context="training")
     for table in DIMENSIONS:

@@ -20,10 +20,10 @@ from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from osmf_lib.config import Config
+from osmf_lib.device import resolve_device
 from osmf_lib.grm.features import GrmError, require_columns
 from osmf_lib.grm.model import Featurizer, Grm, GrmConfig, GrmModel, Inputs, build_featurizer
 from osmf_lib.paag.features import Encoders, EncoderSpec
-from osmf_lib.paag.model import resolve_device
 
 CELL_COLUMNS = ("product_id", "group_id", "prompt", "impressions", "clicks", "split")
 PAIR_COLUMNS = ("product_id", "group_id", "chosen_prompt", "rejected_prompt", "conflict", "split")

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from osmf_lib import tables
+from osmf_lib.device import resolve_device
 from osmf_lib.paag.features import (
     Encoders,
     EncoderSpec,
@@ -370,13 +371,3 @@ def _catalog_in(pairs: pd.DataFrame) -> pd.DataFrame | None:
         return None
     require_columns(pairs, list(PAIR_PRODUCT_COLUMNS), "pairs with product columns")
     return pairs[["product_id", *PAIR_PRODUCT_COLUMNS]].rename(columns=PAIR_PRODUCT_COLUMNS)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """ "auto" picks CUDA when present; asking for CUDA without it is an error, not a silent CPU run."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PaagError("gpu.device is 'cuda' but no CUDA device is available")
-    return device

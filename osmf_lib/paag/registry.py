@@ -11,12 +11,15 @@ from mlflow.types import DataType
 
 from osmf_lib import tracking
 from osmf_lib.config import Config
+from osmf_lib.night import PAAG
 from osmf_lib.paag.features import PaagError, UnreadableImage
 from osmf_lib.paag.model import USER_ATTRIBUTES, Paag
 from osmf_lib.paag.train import TrainedPaag
 from osmf_lib.tracking import TrackingError
 
 ARTIFACT = "paag"
+# Where train_paag logs the product-agnostic baseline, in the run of the model it is compared with.
+BASELINE_ARTIFACT = "osmf-paag-baseline"
 IMAGE_INPUT = "product_image_uri"
 # Missing user values mean "unknown"; a missing image means the product has no picture (and the
 # image is typed a string even where an example of products without pictures holds only nulls).
@@ -39,7 +42,7 @@ def _output(paag: Paag, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"embedding": paag.embed(frame).tolist()})
 
 
-def log_paag(trained: TrainedPaag, cfg: Config, name: str = "osmf-paag") -> str:
+def log_paag(trained: TrainedPaag, cfg: Config, name: str = PAAG.name) -> str:
     """Log the model, its parameters and validation metrics to the active run; return the model URI."""
     if mlflow.active_run() is None:
         raise TrackingError("log_paag needs an active MLflow run")

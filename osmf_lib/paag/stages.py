@@ -14,9 +14,7 @@ and out of pandas, and keeps the registry tidy.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import date, timedelta
-from pathlib import Path
+from datetime import date
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -25,27 +23,17 @@ from pyspark.sql import functions as F
 
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
+from osmf_lib.inputs import PRODUCT_FEATURES, window
 from osmf_lib.job import JobContext, StageError, worker_errors_as_stage_errors
-from osmf_lib.spark import named_in, ship_folder, to_pandas
+from osmf_lib.night import DIMENSIONS, PAAG
+from osmf_lib.paag.audience import audience, audience_pairs, champion_model_dir, embed_audience
+from osmf_lib.spark import named_in, to_pandas
 from osmf_lib.tables import CREATIVES, DS, IMPRESSIONS, PAAG_EMBEDDINGS, PRODUCTS, USER_ATTRIBUTES, USERS
 
 if TYPE_CHECKING:
     from osmf_lib.paag import TrainedPaag
 
-MODEL_NAME = "osmf-paag"
-BASELINE_ARTIFACT = "osmf-paag-baseline"
-PRODUCT_FEATURES = ("product_id", "title", "category", "image_uri")
-
-
-def window(impressions: DataFrame, ds: date, lookback_days: int) -> DataFrame:
-    """Impressions of the `lookback_days` days ending with ds."""
-    first = ds - timedelta(days=lookback_days - 1)
-    return impressions.where(F.col(DS).between(F.lit(first), F.lit(ds)))
-
-
-def audience(impressions: DataFrame) -> DataFrame:
-    """A product's audience: every user with an impression on it in the window."""
-    return impressions.select("product_id", "user_id").distinct()
+MODEL_NAME = PAAG.name
 
 
 def training_examples(impressions: DataFrame, users: DataFrame, max_rows: int) -> DataFrame:
@@ -60,22 +48,9 @@ def training_examples(impressions: DataFrame, users: DataFrame, max_rows: int) -
     )
 
 
-def audience_pairs(members: DataFrame, users: DataFrame, products: DataFrame) -> DataFrame:
-    """(product, user) pairs with what the model reads: user attributes and the product's text and image."""
-    product_columns = products.select(
-        "product_id",
-        F.col("title").alias("product_title"),
-        F.col("category").alias("product_category"),
-        F.col("image_uri").alias("product_image_uri"),
-    )
-    return members.join(users.select("user_id", *USER_ATTRIBUTES), "user_id").join(product_columns, "product_id")
-
-
 # ---------------------------------------------------------------------------------------------
 # train_paag
 
-# What a night's features are read from, each as that night left it (tables.version_as_of).
-DIMENSIONS = (USERS, PRODUCTS, CREATIVES)
 METRIC = "val_auroc"
 
 
@@ -101,6 +76,7 @@ def _register(trained: TrainedPaag, baseline: TrainedPaag, cfg: Config, tags: di
     from mlflow import MlflowClient
 
     from osmf_lib.paag import log_paag
+    from osmf_lib.paag.registry import BASELINE_ARTIFACT
 
     model_uri = log_paag(trained, cfg, name=MODEL_NAME)
     log_paag(baseline, cfg, name=BASELINE_ARTIFACT)
@@ -201,58 +177,6 @@ def train_paag(ctx: JobContext) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # build_paag_embeddings
-
-
-_LOADED: dict[str, object] = {}  # model folder name -> Paag, per Python worker process
-
-
-def _embedder(model_dir: str, model_version: str, ds: date, unreadable_image: str):
-    """A mapInPandas function that loads the model once per Python worker and embeds in batches."""
-
-    def embed_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from pyspark import SparkFiles
-
-        # Imported, not captured: the closure is pickled by value, the module's cache is not.
-        from osmf_lib.paag import Paag, embed, stages
-
-        if model_dir not in stages._LOADED:
-            stages._LOADED[model_dir] = Paag.load(Path(SparkFiles.get(model_dir)), unreadable_image=unreadable_image)
-        model = stages._LOADED[model_dir]
-        for batch in batches:
-            batch["interests"] = batch["interests"].map(lambda v: [] if v is None else list(v))
-            vectors = embed(model, batch)
-            yield pd.DataFrame(
-                {
-                    "product_id": batch["product_id"],
-                    "user_id": batch["user_id"],
-                    "embedding": list(vectors.astype("float32")),
-                    "paag_version": model_version,
-                    DS: ds,
-                }
-            )
-
-    return embed_batches
-
-
-def champion_version(cfg: Config, ds: date) -> str:
-    """The version that is champion for night `ds` (promotion.version_for_ds); fails clearly without one."""
-    return promotion.pinned_version(cfg, MODEL_NAME, ds, "train_paag")
-
-
-def champion_model_dir(cfg: Config, ds: date) -> tuple[Path, str]:
-    """Download the night's champion's torch folder; returns it with its lineage name ("osmf-paag/3")."""
-    from osmf_lib.paag.registry import ARTIFACT
-
-    folder, version = promotion.pinned_folder(cfg, MODEL_NAME, ds, ARTIFACT, "train_paag")
-    return folder, f"{MODEL_NAME}/{version}"
-
-
-def embed_audience(
-    spark: SparkSession, pairs: DataFrame, model_dir: Path, model_version: str, ds: date, unreadable_image: str
-) -> DataFrame:
-    """Embed every pair with the model shipped to the executors."""
-    embedder = _embedder(ship_folder(spark, model_dir, "paag"), model_version, ds, unreadable_image)
-    return pairs.mapInPandas(embedder, PAAG_EMBEDDINGS.schema())
 
 
 def build_paag_embeddings(ctx: JobContext) -> None:

@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from osmf_lib.config import Config
+from osmf_lib.device import resolve_device
 from osmf_lib.paag.features import Encoders, EncoderSpec, PaagError, ProductStore, image_path
 from osmf_lib.paag.model import (
     INTERESTS,
@@ -31,7 +32,6 @@ from osmf_lib.paag.model import (
     Vocab,
     interest_list,
     require_columns,
-    resolve_device,
 )
 
 EXAMPLE_COLUMNS = ("user_id", "product_id", "creative_id", "clicked", *USER_ATTRIBUTES)

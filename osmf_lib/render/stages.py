@@ -30,15 +30,14 @@ from tqdm.auto import tqdm
 
 from osmf_lib import artifacts, promotion, tables
 from osmf_lib.config import Config
-from osmf_lib.gmllm import stages as gmllm_stages
+from osmf_lib.device import resolve_device
 from osmf_lib.gmllm.generator import Gmllm
 from osmf_lib.gmllm.registry import load_gmllm
-from osmf_lib.grm import stages as grm_stages
-from osmf_lib.grouping import check_groups
 from osmf_lib.images import ImageError, ImageLimits, read_image
+from osmf_lib.inputs import check_groups, dimension_versions, night_grm, writer_data
 from osmf_lib.job import JobContext, Shard, StageError
+from osmf_lib.night import GMLLM, GRM
 from osmf_lib.paag.features import image_path
-from osmf_lib.paag.model import resolve_device
 from osmf_lib.render import CONTACT_SHEET, product_folder
 from osmf_lib.render.pipeline import Renderer, load_pipeline, renderer_folders
 from osmf_lib.render.tiny import library_of
@@ -146,12 +145,12 @@ ALL = Shard(0, 1)
 def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> None:
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     check_groups(spark, cfg, ds)
-    dimensions = gmllm_stages.dimension_versions(ctx)
-    data = gmllm_stages.load_inputs(ctx, dimensions)
-    gmllm_version = promotion.version_for_ds(gmllm_stages.MODEL_NAME, ds)
+    dimensions = dimension_versions(ctx)
+    data = writer_data(ctx, dimensions)
+    gmllm_version = promotion.version_for_ds(GMLLM.name, ds)
     if gmllm_version is None:
         # A first night whose train_group_dpo found no training pairs has nothing to write with.
-        reason = f"no {gmllm_stages.MODEL_NAME} for ds={ds} (train_group_dpo registered none yet)"
+        reason = f"no {GMLLM.name} for ds={ds} (train_group_dpo registered none yet)"
         print(f"{STAGE}: skipped: {reason}")
         mlflow.set_tag("osmf.skipped", reason)
         return
@@ -173,15 +172,15 @@ def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> None:
     mlflow.log_metric("products_without_image", len(no_image))
     if not todo:
         return
-    judged = gmllm_stages.night_grm(cfg, ds)
+    judged = night_grm(cfg, ds)
     if judged is None:
         print(f"{STAGE}: no osmf-grm for ds={ds}: candidates stay unscored, the first rendered one is selected")
     device = resolve_device(cfg.gpu.device)
-    writer = load_gmllm(f"models:/{gmllm_stages.MODEL_NAME}/{gmllm_version}", str(device), cfg.models.unreadable_image)
+    writer = load_gmllm(f"models:/{GMLLM.name}/{gmllm_version}", str(device), cfg.models.unreadable_image)
     renderer = Renderer.from_config(load_pipeline(*renderer_folders(cfg, library_of(cfg)), device), cfg)
     versions = {
-        "gmllm_version": f"{gmllm_stages.MODEL_NAME}/{gmllm_version}",
-        "grm_version": f"{grm_stages.MODEL_NAME}/{judged[0]}" if judged else None,
+        "gmllm_version": f"{GMLLM.name}/{gmllm_version}",
+        "grm_version": f"{GRM.name}/{judged[0]}" if judged else None,
     }
     unusable = rendered = 0
     groups = targets[targets["product_id"].isin(todo)]

@@ -4,7 +4,7 @@
                                     PAAG that built the groups; `assign(requests)` answers
     registry.log_serving / load_serving / ServingPyfunc
                                     osmf-serving in MLflow (the scoring server's model)
-    stages.register_night(ctx, served)
+    osmf_lib.publish.serving.register_night(ctx, served)
                                     evaluate_and_publish's part: build and register the night's model
     bulk.assign_requests / assign_day
                                     a day of requests in Spark -> serving_assignments

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from osmf_lib.grouping import nearest_centroids
+from osmf_lib.grouping.clustering import nearest_centroids
 from osmf_lib.paag.features import PaagError
 from osmf_lib.paag.model import USER_ATTRIBUTES, Paag, require_columns
 from osmf_lib.tables import ASSIGNED, FALLBACK, MEMBER, UNKNOWN_PRODUCT

@@ -14,10 +14,11 @@ from mlflow.types import DataType
 from mlflow.types.schema import AnyType
 
 from osmf_lib import tracking
+from osmf_lib.night import SERVING
 from osmf_lib.paag.model import INTERESTS, SINGLE_VALUED_ATTRIBUTES, USER_ATTRIBUTES
 from osmf_lib.serving.model import ServingError, ServingNight
 
-MODEL_NAME = "osmf-serving"
+MODEL_NAME = SERVING.name
 CHAMPION_URI = f"models:/{MODEL_NAME}@champion"
 ARTIFACT = "serving"
 REQUEST_COLUMNS = ("product_id", "user_id", *USER_ATTRIBUTES)

@@ -10,10 +10,11 @@ import pytest
 from mlflow import MlflowClient
 from pyspark.sql import functions as F
 
-from osmf_lib import pairs, promotion, tables
+from osmf_lib import promotion, tables
 from osmf_lib.config import QualityConfig
 from osmf_lib.grm import load_grm, stages
 from osmf_lib.grm.features import GrmError
+from osmf_lib.pairs.stages import build_preference_pairs
 from osmf_lib.tables import (
     EVAL_METRICS,
     GROUP_PROFILES,
@@ -80,7 +81,9 @@ def test_a_night_without_pairs_is_a_logged_skip_that_keeps_the_champion(spark, l
         moved = tables.read(spark, table, lakehouse, ds=DS).withColumn("ds", F.lit(night))
         tables.overwrite_partition(spark, moved, table, lakehouse, night)
     # A night without impressions is what the pairs' gate exists to stop; this one is on purpose.
-    run_stage(pairs.run, lakehouse.model_copy(update={"quality": QualityConfig(min_baseline=10**9)}), night)
+    run_stage(
+        build_preference_pairs, lakehouse.model_copy(update={"quality": QualityConfig(min_baseline=10**9)}), night
+    )
     stale = [tables.Metric("test_pair_accuracy", "group_aware", 0.9)]
     tables.write_metrics(spark, lakehouse, night, "grm", stale, "an earlier run of the night")
     printed = run_stage(stages.train_grm, lakehouse, night)

@@ -6,7 +6,10 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from osmf_lib import evaluate_grouping, grouping, ingest, promotion, tables
+from osmf_lib import promotion, tables
+from osmf_lib.evaluation.stages import evaluate_grouping
+from osmf_lib.grouping.stages import group_users
+from osmf_lib.ingest.stages import ingest_day
 from osmf_lib.job import main
 from osmf_lib.paag import stages
 from osmf_lib.synth import write_landing
@@ -35,7 +38,7 @@ def night(make_cfg, tmp_path_factory):
 
     spark = get_spark(cfg)
     for ds in (D1, D2):
-        ingest.ingest_day(spark, cfg, ds)
+        ingest_day(spark, cfg, ds)
 
     def stage(name, body, ds=D2):
         args = ["--ds", ds.isoformat(), "--set", f"lakehouse.root={cfg.lakehouse.root}"]
@@ -73,8 +76,8 @@ def grouped(night):
     cfg, spark, stage = night
     stage("train_paag", stages.train_paag)
     stage("build_paag_embeddings", stages.build_paag_embeddings)
-    stage("group_users", grouping.run)
-    stage("evaluate_grouping", evaluate_grouping.run)
+    stage("group_users", group_users)
+    stage("evaluate_grouping", evaluate_grouping)
     return cfg, spark, stage
 
 
@@ -135,7 +138,7 @@ def _snapshot(spark, cfg, ds):
 NIGHT = (
     ("train_paag", stages.train_paag),
     ("build_paag_embeddings", stages.build_paag_embeddings),
-    ("group_users", grouping.run),
+    ("group_users", group_users),
 )
 
 
@@ -144,7 +147,7 @@ def test_rerunning_the_night_gives_the_same_tables(grouped):
     before = _snapshot(spark, cfg, D2)
     # The whole night again, as a retry or a backfill runs it: ingestion first, which commits new
     # versions of the dimension tables holding the same rows.
-    ingest.ingest_day(spark, cfg, D2)
+    ingest_day(spark, cfg, D2)
     for name, body in NIGHT:  # train_paag reuses the version trained for this night
         stage(name, body)
     assert _snapshot(spark, cfg, D2) == before
@@ -156,7 +159,7 @@ def test_a_night_without_impressions_embeds_nothing(grouped, capsys):
     cfg, spark, stage = grouped
     quiet = D2 + dt.timedelta(days=cfg.paag.lookback_days + 1)
     stage("build_paag_embeddings", stages.build_paag_embeddings, ds=quiet)
-    stage("group_users", grouping.run, ds=quiet)
+    stage("group_users", group_users, ds=quiet)
     out = capsys.readouterr().out
     assert "no impressions in the window" in out and "nothing to group" in out
     assert tables.read(spark, USER_GROUPS, cfg, ds=quiet).count() == 0
@@ -166,7 +169,7 @@ def test_a_backfill_after_a_later_night_sees_no_later_data(grouped):
     """D3 brings new users, changed attributes and a new model; rerunning D2 afterwards changes nothing."""
     cfg, spark, stage = grouped
     before = _snapshot(spark, cfg, D2)
-    ingest.ingest_day(spark, cfg, D3)
+    ingest_day(spark, cfg, D3)
     for name, body in NIGHT:
         stage(name, body, ds=D3)
         if name == "train_paag":

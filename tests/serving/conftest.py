@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from osmf_lib import grouping
 from osmf_lib.config import Config, GroupingConfig
+from osmf_lib.grouping.groups import group_product
 from osmf_lib.paag import fit_paag
 from osmf_lib.paag.model import INTERESTS, SINGLE_VALUED_ATTRIBUTES
 from osmf_lib.serving.model import ServingNight
@@ -68,7 +68,7 @@ def night(make_cfg: Callable[..., Config]) -> ServingNight:
     for product_id, audience in audiences.items():
         pairs = audience.assign(product_id=product_id)
         embedded = pairs.assign(embedding=list(paag.embed(pairs)))
-        assigned, profiles = grouping.group_product(embedded, GROUPS)
+        assigned, profiles = group_product(embedded, GROUPS)
         members.append(assigned[["product_id", "user_id", "group_id"]])
         groups.append(profiles[["product_id", "group_id", "centroid"]])
     groups = pd.concat(groups, ignore_index=True)

@@ -31,7 +31,7 @@ from test_dags import NIGHT, TINY_NIGHT, Night, _succeeded, _task_logs, _the_nig
 
 from osmf_lib import artifacts, tables
 from osmf_lib.config import PROJECT_ROOT, Config, load_config
-from osmf_lib.report import report_uri
+from osmf_lib.publish.report import report_uri
 
 pytestmark = pytest.mark.stack
 

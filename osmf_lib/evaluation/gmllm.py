@@ -30,13 +30,12 @@ import pandas as pd
 
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
-from osmf_lib.evaluate_oracle import grade_night, held_out_audiences, writer_inputs
+from osmf_lib.evaluation.oracle import held_out_audiences, writer_inputs
 from osmf_lib.gmllm.generator import Gmllm
-from osmf_lib.gmllm.registry import load_gmllm
-from osmf_lib.gmllm.stages import ARTIFACTS, BASE_NAME, MODEL_NAME, TAG_BASE, TAG_GRM, TAG_VARIANT
+from osmf_lib.gmllm.registry import ARTIFACTS, TAG_BASE, TAG_GRM, TAG_VARIANT, load_gmllm
 from osmf_lib.grm import Grm, load_grm
-from osmf_lib.grm.stages import MODEL_NAME as GRM_NAME
 from osmf_lib.job import JobContext
+from osmf_lib.night import GMLLM, GMLLM_BASE, GRM
 from osmf_lib.synth.oracle import Oracle
 from osmf_lib.tables import CREATIVES, GROUP_CREATIVE_CTR, Metric
 
@@ -50,7 +49,7 @@ def night_generators(cfg: Config, ds: date) -> tuple[dict[str, Gmllm], Grm | Non
     import mlflow
 
     tracking.configure(cfg)
-    newest = promotion.trained_for_ds(MODEL_NAME, ds)
+    newest = promotion.trained_for_ds(GMLLM.name, ds)
     if newest is None:
         return None
     unreadable = cfg.models.unreadable_image
@@ -58,12 +57,14 @@ def night_generators(cfg: Config, ds: date) -> tuple[dict[str, Gmllm], Grm | Non
     mlflow.log_params(
         {"gmllm_version": newest.version, "gmllm_base_version": newest.tags[TAG_BASE], "gmllm_variant": served}
     )
-    print(f"evaluate_gmllm: {MODEL_NAME} v{newest.version} serves {served}")
-    generators = {"pretrained": load_gmllm(f"models:/{BASE_NAME}/{newest.tags[TAG_BASE]}", unreadable_image=unreadable)}
+    print(f"evaluate_gmllm: {GMLLM.name} v{newest.version} serves {served}")
+    generators = {
+        "pretrained": load_gmllm(f"models:/{GMLLM_BASE.name}/{newest.tags[TAG_BASE]}", unreadable_image=unreadable)
+    }
     for name, artifact in ARTIFACTS.items():
         generators[name] = load_gmllm(f"runs:/{newest.run_id}/{artifact}", unreadable_image=unreadable)
     grm_version = newest.tags.get(TAG_GRM)
-    grm = load_grm(f"models:/{GRM_NAME}/{grm_version}", unreadable_image=unreadable) if grm_version else None
+    grm = load_grm(f"models:/{GRM.name}/{grm_version}", unreadable_image=unreadable) if grm_version else None
     return generators, grm
 
 
@@ -148,10 +149,3 @@ def evaluate(ctx: JobContext, generators: dict[str, Gmllm], grm: Grm | None, ora
         written = {name: frame.loc[keep] for name, frame in written.items()}
         audiences, weights = audiences.loc[keep], weights.loc[keep]
     return grade(written, audiences, weights, oracle, grm, profiles)
-
-
-def run(ctx: JobContext) -> None:
-    missing = f"train_group_dpo trained no {MODEL_NAME} for ds={ctx.ds} (a night without pairs)"
-    grade_night(
-        ctx, STAGE, night_generators(ctx.cfg, ctx.ds), missing, lambda night, oracle: evaluate(ctx, *night, oracle)
-    )

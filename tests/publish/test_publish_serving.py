@@ -12,10 +12,14 @@ import pytest
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from osmf_lib import grouping, ingest, pairs, publish, tables
+from osmf_lib import tables
 from osmf_lib.cli import app
+from osmf_lib.grouping.stages import group_users
+from osmf_lib.ingest.stages import ingest_events
 from osmf_lib.job import main
 from osmf_lib.paag import stages
+from osmf_lib.pairs.stages import build_preference_pairs
+from osmf_lib.publish.stages import evaluate_and_publish
 from osmf_lib.serving.registry import MODEL_NAME, load_serving
 from osmf_lib.synth import build_world, day_requests, write_landing
 from osmf_lib.tables import ASSIGNED, EVAL_METRICS, IMPRESSIONS, MEMBER, SERVING_ASSIGNMENTS, USER_GROUPS
@@ -51,14 +55,14 @@ def night(make_cfg, tmp_path_factory):
             args += ["--set", override]
         main(name, body, args)
 
-    stage("ingest_events", ingest.run, ds=D1)
-    stage("ingest_events", ingest.run)
+    stage("ingest_events", ingest_events, ds=D1)
+    stage("ingest_events", ingest_events)
     for name, body in (
         ("train_paag", stages.train_paag),
         ("build_paag_embeddings", stages.build_paag_embeddings),
-        ("group_users", grouping.run),
-        ("build_preference_pairs", pairs.run),
-        ("evaluate_and_publish", publish.evaluate_and_publish),
+        ("group_users", group_users),
+        ("build_preference_pairs", build_preference_pairs),
+        ("evaluate_and_publish", evaluate_and_publish),
     ):
         stage(name, body)
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
@@ -120,7 +124,7 @@ def served_day(night):
         ],
     )
     assert shown.exit_code == 0, shown.output
-    stage("ingest_events", ingest.run, ds=D3)
+    stage("ingest_events", ingest_events, ds=D3)
     return shown.output
 
 
@@ -155,5 +159,5 @@ def test_ingesting_the_served_day_records_its_coverage(night, served_day):
 def test_a_rerun_of_publishing_serves_with_the_same_version(night):
     _, _, stage = night
     before = MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'")
-    stage("evaluate_and_publish", publish.evaluate_and_publish)
+    stage("evaluate_and_publish", evaluate_and_publish)
     assert len(MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'")) == len(before) == 1

@@ -25,10 +25,12 @@ from scipy.stats import spearmanr
 
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
-from osmf_lib.evaluate_oracle import grade_night, held_out_members
+from osmf_lib.evaluation.oracle import held_out_members
 from osmf_lib.grm import Grm, load_grm
-from osmf_lib.grm.stages import BASELINE_ARTIFACT, MODEL_NAME, attribute_profiles
+from osmf_lib.grm.registry import BASELINE_ARTIFACT
+from osmf_lib.inputs import attribute_profiles
 from osmf_lib.job import JobContext
+from osmf_lib.night import GRM
 from osmf_lib.synth.oracle import Oracle
 from osmf_lib.synth.vocab import STYLE_ATTRIBUTES, STYLE_VALUES, compose_prompt
 from osmf_lib.tables import CREATIVES, GROUP_PREFERENCE_PAIRS, USERS, Metric
@@ -116,14 +118,14 @@ def night_models(cfg: Config, ds: date) -> dict[str, Grm] | None:
     import mlflow
 
     tracking.configure(cfg)
-    newest = promotion.trained_for_ds(MODEL_NAME, ds)
+    newest = promotion.trained_for_ds(GRM.name, ds)
     if newest is None:
         return None
     unreadable = cfg.models.unreadable_image
     baseline_uri = f"runs:/{newest.run_id}/{BASELINE_ARTIFACT}"
     mlflow.log_params({"grm_version": newest.version})
     return {
-        "group_aware": load_grm(f"models:/{MODEL_NAME}/{newest.version}", unreadable_image=unreadable),
+        "group_aware": load_grm(f"models:/{GRM.name}/{newest.version}", unreadable_image=unreadable),
         "group_agnostic": load_grm(baseline_uri, unreadable_image=unreadable),
     }
 
@@ -147,11 +149,3 @@ def evaluate(ctx: JobContext, models: dict[str, Grm], oracle: Oracle) -> list[Me
         {product: set(rows["prompt"]) for product, rows in creatives.groupby("product_id")},
         oracle,
     )
-
-
-def run(ctx: JobContext) -> None:
-    missing = f"train_grm trained no {MODEL_NAME} for ds={ctx.ds} (a night without pairs)"
-    grade_night(
-        ctx, STAGE, night_models(ctx.cfg, ctx.ds), missing, lambda models, oracle: evaluate(ctx, models, oracle)
-    )
-    tracking.log_table_input(ctx.spark, GROUP_PREFERENCE_PAIRS, ctx.cfg, context="evaluation")

@@ -11,8 +11,36 @@ import pytest
 from pyspark.sql import Row
 from pyspark.sql import functions as F
 
-from osmf_lib import ingest, tables, tracking
+from osmf_lib import tables, tracking
 from osmf_lib.config import PROJECT_ROOT, QualityConfig, load_config
+from osmf_lib.ingest import stages as ingest_stages
+from osmf_lib.ingest.dedup import (
+    MAX_TIME_RANGES,
+    Reconciliation,
+    classify_events,
+    event_times,
+    first_copies,
+    merge_closest,
+    repeatable,
+    repeated_ids,
+    survey_events,
+)
+from osmf_lib.ingest.dimensions import validate_dimension
+from osmf_lib.ingest.read import (
+    ACCEPTED,
+    DUPLICATE,
+    FILE,
+    REASON,
+    REJECTED,
+    SPLIT,
+    STATUS,
+    LineNumbers,
+    read_source,
+    split_extent,
+)
+from osmf_lib.ingest.stages import ingest_day, ingest_events, quality_checks, reject_reasons, stage_day
+from osmf_lib.ingest.validate import EVENT_FIELDS, ORIGINAL_CREATIVE_PROMPT, validate_events
+from osmf_lib.inputs import world_of
 from osmf_lib.job import StageError
 from osmf_lib.synth import write_landing
 from osmf_lib.tables import (
@@ -57,12 +85,12 @@ def landed(make_cfg):
     from osmf_lib.spark import get_spark
 
     spark = get_spark(cfg)
-    counts = {ds: ingest.ingest_day(spark, cfg, ds) for ds in (D1, D2)}
+    counts = {ds: ingest_day(spark, cfg, ds) for ds in (D1, D2)}
     return cfg, summary, counts
 
 
 def _kinds(spark, cfg, ds):
-    return ingest.reject_reasons(spark, cfg, ds)
+    return reject_reasons(spark, cfg, ds)
 
 
 def test_every_line_is_accounted_for(spark, landed):
@@ -126,7 +154,7 @@ def test_rerunning_a_day_changes_nothing(spark, landed):
     assert (Path(cfg.lakehouse.landing) / D2.isoformat() / "dims" / "creatives.jsonl").read_text() == ""
     creatives_version = tables.latest_version(spark, CREATIVES, cfg)
     before = snapshot()
-    assert ingest.ingest_day(spark, cfg, D2) == counts[D2]
+    assert ingest_day(spark, cfg, D2) == counts[D2]
     assert snapshot() == before
     assert tables.latest_version(spark, CREATIVES, cfg) == creatives_version
 
@@ -134,25 +162,25 @@ def test_rerunning_a_day_changes_nothing(spark, landed):
 def test_a_missing_landing_folder_is_a_clear_failure(spark, make_cfg):
     cfg = make_cfg()
     with pytest.raises(StageError, match=r"no landing folder for ds=2026-11-05: .*2026-11-05 does not exist"):
-        ingest.ingest_day(spark, cfg, dt.date(2026, 11, 5))
+        ingest_day(spark, cfg, dt.date(2026, 11, 5))
 
 
 def test_the_simulated_world_of_each_day_is_recorded(spark, landed):
     cfg, _, _ = landed
     for ds in (D1, D2):
-        assert ingest.world_of(spark, cfg, ds) == (cfg.synth.seed, "tiny")
+        assert world_of(spark, cfg, ds) == (cfg.synth.seed, "tiny")
         (row,) = tables.read(spark, LANDING_MANIFESTS, cfg, ds=ds).collect()
         assert row["manifest_file"].endswith(f"/{ds.isoformat()}/synth-manifest.json")
-    assert ingest.world_of(spark, cfg, dt.date(2026, 11, 3)) is None
+    assert world_of(spark, cfg, dt.date(2026, 11, 3)) is None
 
 
 def test_the_quality_gate_compares_the_day_with_the_previous_one(spark, landed):
     cfg, _, counts = landed
     # The checks read the staged day: a rerun's, here, which is the stored one again.
-    first, second = ingest.stage_day(spark, cfg, D1), ingest.stage_day(spark, cfg, D2)
+    first, second = stage_day(spark, cfg, D1), stage_day(spark, cfg, D2)
     # The first day has no previous one to compare with.
-    assert {c.name for c in ingest.quality_checks(spark, cfg, first)} == {"rejected_share", "attribute_null_share"}
-    checks = {c.name: c for c in ingest.quality_checks(spark, cfg, second)}
+    assert {c.name for c in quality_checks(spark, cfg, first)} == {"rejected_share", "attribute_null_share"}
+    checks = {c.name: c for c in quality_checks(spark, cfg, second)}
     assert 0.5 < checks["impressions_per_day_vs_previous"].value < 2 and checks["attribute_null_share"].value == 0.0
     # 1% of each of seven refused fault classes is more than the default bound of 5% allows.
     refused = checks["rejected_share"]
@@ -161,7 +189,7 @@ def test_the_quality_gate_compares_the_day_with_the_previous_one(spark, landed):
     assert str(refused).startswith(f"rejected_share {refused.value:.4g} > quality.max_rejected_share 0.05 FAILED")
     # A feed known to refuse that many says so in its config.
     lenient = cfg.model_copy(update={"quality": QualityConfig(max_rejected_share=0.1)})
-    assert all(c.passed for c in ingest.quality_checks(spark, lenient, second))
+    assert all(c.passed for c in quality_checks(spark, lenient, second))
 
 
 # --- a hand-written JSON-lines day -------------------------------------------------------------
@@ -214,7 +242,7 @@ def test_ids_that_could_be_paths_and_images_from_elsewhere_are_rejected_naming_w
     ]
     events = [EVENT, {**EVENT, "event_id": "e2", "user_id": "../u1"}, {**EVENT, "event_id": "e3", "user_id": "u1\n"}]
     _land(cfg, events, products=products)
-    assert ingest.ingest_day(spark, cfg, D1) == ingest.Reconciliation(3, 1, 2, 0)
+    assert ingest_day(spark, cfg, D1) == Reconciliation(3, 1, 2, 0)
     rule = "(1 to 128 letters, digits, '.', '_' or '-', and not '.' or '..')"
     roots = f"{Path(cfg.lakehouse.landing)}/images/, {Path(cfg.render.artifacts)}/"
     stores = "abfs, abfss, file, gcs, gs, s3, s3a"
@@ -240,14 +268,14 @@ def test_ids_that_could_be_paths_and_images_from_elsewhere_are_rejected_naming_w
 def test_an_empty_rerun_that_may_shrink_leaves_no_rows_of_the_earlier_run(spark, make_cfg):
     cfg = make_cfg("ingest.allow_shrink=true")
     _land(cfg, [EVENT, "{cut off"], manifest='{"seed": 3, "scale": "tiny"}')
-    assert ingest.ingest_day(spark, cfg, D1) == ingest.Reconciliation(2, 1, 1, 0)
-    assert ingest.world_of(spark, cfg, D1) == (3, "tiny")
+    assert ingest_day(spark, cfg, D1) == Reconciliation(2, 1, 1, 0)
+    assert world_of(spark, cfg, D1) == (3, "tiny")
     # The day is shipped again with its events withdrawn, and from real logs (no manifest).
     _land(cfg, [])
-    assert ingest.ingest_day(spark, cfg, D1) == ingest.Reconciliation(0, 0, 0, 0)
+    assert ingest_day(spark, cfg, D1) == Reconciliation(0, 0, 0, 0)
     for table in (IMPRESSIONS, REJECTED_EVENTS, LANDING_MANIFESTS):
         assert tables.read(spark, table, cfg, ds=D1).count() == 0, table.name
-    assert ingest.world_of(spark, cfg, D1) is None
+    assert world_of(spark, cfg, D1) is None
 
 
 def test_a_failed_gate_or_a_rerun_that_loses_events_leaves_every_table_as_it_was(spark, make_cfg, run_stage):
@@ -256,7 +284,7 @@ def test_a_failed_gate_or_a_rerun_that_loses_events_leaves_every_table_as_it_was
     user, newcomer = ({"user_id": u, **{a: "x" for a in USER_ATTRIBUTES}} for u in ("u1", "u2"))
     _land(cfg, events, users=[user])
     tracking.configure(cfg)
-    run_stage(ingest.run, cfg, D1)
+    run_stage(ingest_events, cfg, D1)
     written = (IMPRESSIONS, REJECTED_EVENTS, LANDING_MANIFESTS, USERS, PRODUCTS, CREATIVES)
 
     def versions() -> dict[str, int]:
@@ -267,37 +295,37 @@ def test_a_failed_gate_or_a_rerun_that_loses_events_leaves_every_table_as_it_was
     _land(cfg, [*events, "{cut", "{cut", "{cut"], users=[user, newcomer])
     refused = r"quality gate failed.*rejected_share 0\.6 >.*nothing of the night was written"
     with pytest.raises(StageError, match=refused):
-        run_stage(ingest.run, cfg, D1)
+        run_stage(ingest_events, cfg, D1)
     assert versions() == before
     # Shipped again with one of its two events lost: refused, naming both counts.
     _land(cfg, events[:1], users=[user, newcomer])
     lost = r"holds 1 impressions where the stored run of the ds holds 2, and 1 of those events would be lost"
     with pytest.raises(StageError, match=rf"{lost} \(50\.0% > quality.max_shrink 0\); nothing was written.*shrink"):
-        ingest.ingest_day(spark, cfg, D1)
+        ingest_day(spark, cfg, D1)
     assert versions() == before
     meant = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"allow_shrink": True})})
-    assert ingest.ingest_day(spark, meant, D1) == ingest.Reconciliation(1, 1, 0, 0)
+    assert ingest_day(spark, meant, D1) == Reconciliation(1, 1, 0, 0)
     assert {r["user_id"] for r in tables.read(spark, USERS, cfg).collect()} == {"u1", "u2"}
 
 
 def test_users_missing_an_attribute_the_users_file_carries_fail_the_gate(spark, make_cfg):
     cfg = make_cfg()
     _land(cfg, [EVENT])  # its one user has a gender and nothing else
-    staged = ingest.stage_day(spark, cfg, D1)
-    (missing,) = [c for c in ingest.quality_checks(spark, cfg, staged) if c.name == "attribute_null_share"]
+    staged = stage_day(spark, cfg, D1)
+    (missing,) = [c for c in quality_checks(spark, cfg, staged) if c.name == "attribute_null_share"]
     assert not missing.passed and missing.measured == "age_band: 1 of the day's 1 users"
     # A source that lacks those attributes says so in its mapping; then only gender is checked.
     absent = {a: None for a in USER_ATTRIBUTES if a != "gender"}
     users = cfg.ingest.users.model_copy(update={"columns": absent})
     mapped = cfg.model_copy(update={"ingest": cfg.ingest.model_copy(update={"users": users})})
-    (carried,) = [c for c in ingest.quality_checks(spark, mapped, staged) if c.name == "attribute_null_share"]
+    (carried,) = [c for c in quality_checks(spark, mapped, staged) if c.name == "attribute_null_share"]
     assert carried.passed and carried.measured == "gender: 0 of the day's 1 users"
 
 
 def test_dimension_files_are_reconciled_naming_the_file(spark, make_cfg, capsys):
     cfg = make_cfg()
     _land(cfg, [EVENT], users=[USER, "{cut off", {**USER, "gender": "male"}])
-    ingest.ingest_day(spark, cfg, D1)
+    ingest_day(spark, cfg, D1)
     users = Path(cfg.lakehouse.landing) / D1.isoformat() / "dims" / "users.jsonl"
     assert f"ingest users 2026-11-01 from {users}: read 3 = accepted 1 + rejected 1 + duplicates 1 (ok)" in (
         capsys.readouterr().out
@@ -310,15 +338,15 @@ def test_dimension_files_are_reconciled_naming_the_file(spark, make_cfg, capsys)
 def test_a_dimension_file_that_does_not_add_up_fails_the_job_unwritten(spark, make_cfg, monkeypatch):
     cfg = make_cfg()
     _land(cfg, [EVENT])
-    validate = ingest.validate_dimension
+    validate = validate_dimension
 
     def doubled(*args):
         rows = validate(*args)
         return rows.unionByName(rows)  # as a join that multiplies rows would
 
-    monkeypatch.setattr(ingest, "validate_dimension", doubled)
+    monkeypatch.setattr(ingest_stages, "validate_dimension", doubled)
     with pytest.raises(StageError, match=r"ingest users 2026-11-01 from .*users.jsonl: read 1 = .*DOES NOT ADD UP"):
-        ingest.ingest_day(spark, cfg, D1)
+        ingest_day(spark, cfg, D1)
     assert not tables.exists(spark, USERS, cfg)
 
 
@@ -330,12 +358,12 @@ def test_a_malformed_manifest_fails_naming_the_file_before_anything_is_written(s
     cfg = make_cfg()
     _land(cfg, [EVENT], manifest=manifest)
     with pytest.raises(StageError, match=rf"2026-11-01/synth-manifest.json: malformed simulator manifest.*{problem}"):
-        ingest.ingest_day(spark, cfg, D1)
+        ingest_day(spark, cfg, D1)
     assert not tables.exists(spark, USERS, cfg)
 
 
 def test_world_of_a_lakehouse_without_manifests_is_none(spark, cfg):
-    assert ingest.world_of(spark, cfg, D1) is None
+    assert world_of(spark, cfg, D1) is None
 
 
 # --- bring your own logs --------------------------------------------------------------------
@@ -379,8 +407,8 @@ def _byo(tmp_path, *overrides):
 
 def test_an_external_log_ingests_through_a_mapping(spark, tmp_path):
     cfg = _byo(tmp_path)
-    counts = ingest.ingest_day(spark, cfg, D1)
-    assert counts == ingest.Reconciliation(read=5, accepted=3, rejected=2, duplicates=0)
+    counts = ingest_day(spark, cfg, D1)
+    assert counts == Reconciliation(read=5, accepted=3, rejected=2, duplicates=0)
     rows = {(r["user_id"], r["product_id"]): r for r in tables.read(spark, IMPRESSIONS, cfg).collect()}
     assert {k: (r["clicked"], r["creative_id"], r["position"]) for k, r in rows.items()} == {
         ("1", "m1"): (True, "m1-original", 1),
@@ -398,18 +426,18 @@ def test_an_external_log_ingests_through_a_mapping(spark, tmp_path):
     assert users["2"]["occupation"] == "engineer" and users["2"]["city_tier"] is None
     originals = tables.read(spark, CREATIVES, cfg).collect()
     assert {(r["creative_id"], r["prompt"]) for r in originals} == {
-        ("m1-original", ingest.ORIGINAL_CREATIVE_PROMPT),
-        ("m2-original", ingest.ORIGINAL_CREATIVE_PROMPT),
+        ("m1-original", ORIGINAL_CREATIVE_PROMPT),
+        ("m2-original", ORIGINAL_CREATIVE_PROMPT),
     }
 
 
 def test_a_redelivered_log_without_event_ids_deduplicates_against_what_is_stored(spark, tmp_path):
     cfg = _byo(tmp_path)
-    ingest.ingest_day(spark, cfg, D1)
+    ingest_day(spark, cfg, D1)
     first = {r["event_id"] for r in tables.read(spark, IMPRESSIONS, cfg).collect()}
     # The next day's file re-sends the whole of the first, then one new rating.
     _ship_ratings(tmp_path, D2, RATINGS + "3\tm1\t4\t1793577600\n")
-    assert ingest.ingest_day(spark, cfg, D2) == ingest.Reconciliation(read=6, accepted=1, rejected=2, duplicates=3)
+    assert ingest_day(spark, cfg, D2) == Reconciliation(read=6, accepted=1, rejected=2, duplicates=3)
     (new,) = tables.read(spark, IMPRESSIONS, cfg, ds=D2).collect()
     assert (new["user_id"], new["product_id"]) == ("3", "m1") and new["event_id"] not in first
 
@@ -423,16 +451,16 @@ def test_a_history_of_months_ingests_as_one_ds(spark, tmp_path):
     start = int(dt.datetime(2026, 7, 1, 12, tzinfo=dt.UTC).timestamp())
     history = "".join(f"{1 + day % 2}\tm{1 + day % 2}\t{day % 5 + 1}\t{start + day * 86_400}\n" for day in days)
     _ship_ratings(tmp_path, ds, history)
-    assert ingest.ingest_day(spark, cfg, ds) == ingest.Reconciliation(len(days), len(days), 0, 0)
+    assert ingest_day(spark, cfg, ds) == Reconciliation(len(days), len(days), 0, 0)
     assert tables.read(spark, IMPRESSIONS, cfg).agg(F.min("ts")).first()[0] == dt.datetime(2026, 7, 1, 12)
     _ship_ratings(tmp_path, D2, history)
-    assert ingest.ingest_day(spark, cfg, D2) == ingest.Reconciliation(len(days), 0, 0, len(days))
+    assert ingest_day(spark, cfg, D2) == Reconciliation(len(days), 0, 0, len(days))
 
 
 def test_a_wrong_mapping_fails_naming_the_column(spark, tmp_path):
     cfg = _byo(tmp_path, "ingest.events.columns.user_id=user")
     with pytest.raises(StageError, match=r"ratings.tsv: the mapping names columns \['user'\] that the file does not"):
-        ingest.ingest_day(spark, cfg, D1)
+        ingest_day(spark, cfg, D1)
 
 
 # --- the pure transforms ----------------------------------------------------------------------
@@ -452,17 +480,17 @@ def test_a_late_redelivery_is_a_duplicate_and_a_late_new_event_is_rejected(spark
         "source_file string, _split long, _row long, raw string, event_id string, reason string, _late string",
     )
     stored = spark.createDataFrame([Row(event_id="old")])
-    repeated = ingest.repeated_ids(validated, stored)
-    classified = ingest.classify_events(validated, ingest.first_copies(validated, repeated))
-    status = {r["_row"]: (r[ingest.STATUS], r["reason"]) for r in classified.collect()}
+    repeated = repeated_ids(validated, stored)
+    classified = classify_events(validated, first_copies(validated, repeated))
+    status = {r["_row"]: (r[STATUS], r["reason"]) for r in classified.collect()}
     assert status == {
-        1: (ingest.DUPLICATE, None),
-        2: (ingest.REJECTED, "late event: x"),
-        3: (ingest.REJECTED, "wrong type: x"),
-        4: (ingest.ACCEPTED, None),  # a rejected line with the same id does not make it a duplicate
-        5: (ingest.DUPLICATE, None),
-        0: (ingest.DUPLICATE, None),
-        7: (ingest.ACCEPTED, None),  # the first in file order: file e before f
+        1: (DUPLICATE, None),
+        2: (REJECTED, "late event: x"),
+        3: (REJECTED, "wrong type: x"),
+        4: (ACCEPTED, None),  # a rejected line with the same id does not make it a duplicate
+        5: (DUPLICATE, None),
+        0: (DUPLICATE, None),
+        7: (ACCEPTED, None),  # the first in file order: file e before f
     }
 
 
@@ -477,7 +505,7 @@ def test_only_stored_events_within_the_days_event_times_are_read_for_deduplicati
         ],
         "source_file string, _split long, _row long, ts string, reason string",
     ).withColumn("ts", F.to_timestamp("ts"))
-    survey = ingest.survey_events(validated).collect()
+    survey = survey_events(validated).collect()
     stored = spark.createDataFrame(
         [
             (f"e{day}{hour}", at.format(day, hour))
@@ -486,10 +514,10 @@ def test_only_stored_events_within_the_days_event_times_are_read_for_deduplicati
         ],
         "event_id string, ts string",
     ).withColumn("ts", F.to_timestamp("ts"))
-    kept = {r["event_id"] for r in ingest.repeatable(stored, ingest.event_times(survey)).collect()}
+    kept = {r["event_id"] for r in repeatable(stored, event_times(survey)).collect()}
     assert kept == {"e0123", "e0205", "e0206"}
-    assert ingest.LineNumbers.of(survey).lines == 4
-    assert ingest.repeatable(stored, []).count() == 0
+    assert LineNumbers.of(survey).lines == 4
+    assert repeatable(stored, []).count() == 0
 
 
 def test_a_history_of_months_is_deduplicated_over_a_few_event_time_ranges():
@@ -497,12 +525,12 @@ def test_a_history_of_months_is_deduplicated_over_a_few_event_time_ranges():
     # One range per date for 120 dates, with a week missing after the 50th.
     dates = [*range(50), *range(57, 127)]
     ranges = [(d * day + 8 * hour, d * day + 20 * hour) for d in dates]
-    merged = ingest.merge_closest(ranges, ingest.MAX_TIME_RANGES)
-    assert len(merged) == ingest.MAX_TIME_RANGES
+    merged = merge_closest(ranges, MAX_TIME_RANGES)
+    assert len(merged) == MAX_TIME_RANGES
     assert merged == sorted(merged) and all(first <= last for first, last in merged)
     assert all(any(a <= first and last <= b for a, b in merged) for first, last in ranges)
     assert not any(a <= ranges[49][1] and ranges[50][0] <= b for a, b in merged)  # the widest gap stays out
-    assert ingest.merge_closest(ranges[:3], ingest.MAX_TIME_RANGES) == ranges[:3]
+    assert merge_closest(ranges[:3], MAX_TIME_RANGES) == ranges[:3]
 
 
 def test_the_ingestion_view_summarises_each_day(spark, landed):
@@ -510,7 +538,7 @@ def test_the_ingestion_view_summarises_each_day(spark, landed):
     assert "ingestion_daily" in tables.register_views(spark, cfg)
     day = spark.sql("SELECT * FROM ingestion_daily WHERE ds = DATE'2026-11-01'").first()
     assert (day["impressions"], day["rejected"]) == (counts[D1].accepted, counts[D1].rejected)
-    assert day["by_reason"] == ingest.reject_reasons(spark, cfg, D1)
+    assert day["by_reason"] == reject_reasons(spark, cfg, D1)
 
 
 def test_deduplication_reads_only_the_stored_files_within_the_days_event_times(spark, landed):
@@ -519,7 +547,7 @@ def test_deduplication_reads_only_the_stored_files_within_the_days_event_times(s
     second_day = tables.read(spark, IMPRESSIONS, cfg, ds=D2).select(
         F.unix_micros(F.min("ts")).alias("first"), F.unix_micros(F.max("ts")).alias("last")
     )
-    kept = set(ingest.repeatable(stored, [tuple(second_day.first())]).inputFiles())
+    kept = set(repeatable(stored, [tuple(second_day.first())]).inputFiles())
     assert kept == set(tables.read(spark, IMPRESSIONS, cfg, ds=D2).inputFiles())  # day 1's files are skipped
 
 
@@ -531,9 +559,9 @@ def test_line_numbers_stay_exact_when_a_file_is_split(spark, tmp_path, cfg):
     previous = spark.conf.get("spark.sql.files.maxPartitionBytes")
     spark.conf.set("spark.sql.files.maxPartitionBytes", "16k")  # a.jsonl (~90 KB) spans several splits
     try:
-        landed = ingest.read_source(spark, str(events), cfg.ingest.events, ["event_id"])
-        extents = landed.rows.groupBy(ingest.FILE, ingest.SPLIT).agg(*ingest.split_extent()).collect()
-        numbers = ingest.LineNumbers.of(extents)
+        landed = read_source(spark, str(events), cfg.ingest.events, ["event_id"])
+        extents = landed.rows.groupBy(FILE, SPLIT).agg(*split_extent()).collect()
+        numbers = LineNumbers.of(extents)
         rows = numbers.apply(spark, landed.rows).collect()
     finally:
         spark.conf.set("spark.sql.files.maxPartitionBytes", previous)
@@ -586,16 +614,16 @@ def test_events_are_checked_against_a_dimension_too_big_to_broadcast_without_bro
     events = tmp_path / "events.jsonl"
     line = {"event_id": "e1", "ts": "2026-11-01T10:00:00Z", "user_id": "u1", "product_id": "p1"}
     events.write_text(json.dumps({**line, "creative_id": "c1", "position": 1, "clicked": 1}) + "\n")
-    landed = ingest.read_source(spark, str(events), cfg.ingest.events, ingest.EVENT_FIELDS)
+    landed = read_source(spark, str(events), cfg.ingest.events, EVENT_FIELDS)
     users = spark.createDataFrame([Row(user_id="u1"), Row(user_id="u2")])
     products = spark.createDataFrame([Row(product_id="p1")])
     creatives = spark.createDataFrame([Row(creative_id="c1", product_id="p1")])
     previous = spark.conf.get("spark.sql.autoBroadcastJoinThreshold")
     spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")  # every dimension counts as big
     try:
-        validated = ingest.validate_events(landed.rows, users, products, creatives, D1, cfg.ingest)
+        validated = validate_events(landed.rows, users, products, creatives, D1, cfg.ingest)
         plan = validated._jdf.queryExecution().executedPlan().toString()
-        reasons = [r[ingest.REASON] for r in validated.collect()]
+        reasons = [r[REASON] for r in validated.collect()]
     finally:
         spark.conf.set("spark.sql.autoBroadcastJoinThreshold", previous)
     assert reasons == [None]

@@ -20,11 +20,12 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-from osmf_lib import ingest, promotion
-from osmf_lib.evaluate_oracle import grade_night, held_out_members, writer_inputs
+from osmf_lib import promotion
+from osmf_lib.evaluation.oracle import grade_night, held_out_members, writer_inputs
 from osmf_lib.gmllm.registry import load_gmllm
-from osmf_lib.gmllm.stages import MODEL_NAME as GMLLM_NAME
+from osmf_lib.inputs import first_day_of
 from osmf_lib.job import JobContext
+from osmf_lib.night import GMLLM
 from osmf_lib.serving.model import ServingNight
 from osmf_lib.synth import day_requests
 from osmf_lib.synth.oracle import Oracle
@@ -39,7 +40,7 @@ def next_day_audience(ctx: JobContext, night: ServingNight, oracle: Oracle) -> p
     """The next day's impressions of the held-out sample, one row each, with what osmf-serving
     answered for them (OUTPUT_COLUMNS) and the product_id and user_id."""
     world = oracle.world
-    first = ingest.first_day_of(ctx.spark, ctx.cfg, (world.seed, world.scale_name))
+    first = first_day_of(ctx.spark, ctx.cfg, (world.seed, world.scale_name))
     products = held_out_members(ctx.spark, ctx.cfg, ctx.ds).select("product_id").distinct().toPandas()
     requests = day_requests(world, first, ctx.ds + timedelta(days=1))
     requests = requests[requests["product_id"].isin(products["product_id"])].reset_index(drop=True)
@@ -56,10 +57,10 @@ def _oracle_ctr(oracle: Oracle, shown: pd.DataFrame, column: str) -> float:
 def greedy_descriptions(ctx: JobContext, keys: pd.DataFrame) -> pd.Series | None:
     """The night's osmf-gmllm's greedy description per (product_id, group_id) of `keys`, None
     where it is unusable; None without a generator for the night."""
-    version = promotion.version_for_ds(GMLLM_NAME, ctx.ds)
+    version = promotion.version_for_ds(GMLLM.name, ctx.ds)
     if version is None:
         return None
-    writer = load_gmllm(f"models:/{GMLLM_NAME}/{version}", unreadable_image=ctx.cfg.models.unreadable_image)
+    writer = load_gmllm(f"models:/{GMLLM.name}/{version}", unreadable_image=ctx.cfg.models.unreadable_image)
     members = held_out_members(ctx.spark, ctx.cfg, ctx.ds).join(
         ctx.spark.createDataFrame(keys[["product_id"]].drop_duplicates()), "product_id"
     )
@@ -110,7 +111,7 @@ def grade_served(ctx: JobContext, night: ServingNight, logged: pd.DataFrame, ora
     return metrics
 
 
-def run(ctx: JobContext, served: pd.DataFrame, logged: pd.DataFrame, night: ServingNight) -> None:
+def grade_served_day(ctx: JobContext, served: pd.DataFrame, logged: pd.DataFrame, night: ServingNight) -> None:
     """served: the night's serving_creatives rows; logged: the best logged creative per group;
     night: the night's osmf-serving model."""
     missing = f"ds={ctx.ds} served nothing"

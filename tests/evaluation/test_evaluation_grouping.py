@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from osmf_lib.evaluate_grouping import Metric, ari_metrics, ndcg_at
+from osmf_lib.evaluation.grouping import Metric, ari_metrics, ndcg_at
 
 
 def test_ndcg_rewards_the_true_order_and_penalises_the_reverse() -> None:

@@ -20,11 +20,15 @@ import pandas as pd
 from pyspark.sql import functions as F
 from sklearn.metrics import adjusted_rand_score
 
-from osmf_lib import grouping, ingest, tables, tracking
+from osmf_lib import tables
 from osmf_lib.config import Config
-from osmf_lib.evaluate_oracle import sample_products
+from osmf_lib.evaluation.oracle import sample_products
+from osmf_lib.grouping.clustering import cluster_embeddings, embedding_matrix
+from osmf_lib.grouping.groups import group_audiences
+from osmf_lib.inputs import window
 from osmf_lib.job import JobContext, StageError
-from osmf_lib.paag import stages
+from osmf_lib.night import PAAG
+from osmf_lib.paag.audience import audience_pairs, champion_version, embed_audience
 from osmf_lib.synth.oracle import Oracle
 from osmf_lib.tables import CREATIVES, IMPRESSIONS, PAAG_EMBEDDINGS, PRODUCTS, USER_GROUPS, USERS, Metric
 
@@ -80,11 +84,11 @@ def distinctness(
     for product_id, members in embedded.groupby("product_id", sort=True):
         if product_id not in seen_by_product or product_id not in prompts_by_product:
             continue
-        matrix = grouping.embedding_matrix(members, product_id)
+        matrix = embedding_matrix(members, product_id)
         for k in KS:
             if len(members) < k:
                 continue
-            labels = grouping.cluster_embeddings(matrix, cfg.grouping, k=k).labels
+            labels = cluster_embeddings(matrix, cfg.grouping, k=k).labels
             per_k[k] += group_ndcg(
                 product_id, members, labels, seen_by_product[product_id], prompts_by_product[product_id], oracle
             )
@@ -125,16 +129,14 @@ def evaluate(ctx: JobContext, oracle: Oracle) -> list[Metric]:
     # The baseline goes through the very same pipeline: embed the same pairs, group them, score them.
     baseline_dir, baseline_version = baseline_model_dir(cfg, ds)
     pairs = night_embeddings.select("product_id", "user_id").join(chosen, "product_id")
-    pairs = stages.audience_pairs(pairs, users, products)
-    baseline_embedded = stages.embed_audience(
-        spark, pairs, baseline_dir, baseline_version, ds, cfg.models.unreadable_image
-    )
-    baseline_groups, _ = grouping.group_users(baseline_embedded, users, cfg, ds)
+    pairs = audience_pairs(pairs, users, products)
+    baseline_embedded = embed_audience(spark, pairs, baseline_dir, baseline_version, ds, cfg.models.unreadable_image)
+    baseline_groups, _ = group_audiences(baseline_embedded, users, cfg, ds)
     agnostic = ari_by_product(baseline_groups.select("product_id", "user_id", "group_id").toPandas(), oracle)
 
     embedded = night_embeddings.join(chosen, "product_id").toPandas()
     seen = (
-        stages.window(tables.read(spark, IMPRESSIONS, cfg), ds, cfg.paag.lookback_days)
+        window(tables.read(spark, IMPRESSIONS, cfg), ds, cfg.paag.lookback_days)
         .join(chosen, "product_id")
         .select("product_id", "user_id", "creative_id", F.col("clicked").cast("double").alias("clicked"))
         .toPandas()
@@ -164,30 +166,9 @@ def baseline_model_dir(cfg: Config, ds: date) -> tuple[Path, str]:
     import mlflow
     from mlflow import MlflowClient
 
-    from osmf_lib.paag.registry import ARTIFACT
+    from osmf_lib.paag.registry import ARTIFACT, BASELINE_ARTIFACT
 
-    version = stages.champion_version(cfg, ds)
-    run_id = MlflowClient().get_model_version(stages.MODEL_NAME, version).run_id
-    logged = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/{stages.BASELINE_ARTIFACT}")
-    return Path(logged) / "artifacts" / ARTIFACT, f"{stages.MODEL_NAME}/{version} baseline"
-
-
-def run(ctx: JobContext) -> None:
-    import mlflow
-
-    world = ingest.world_of(ctx.spark, ctx.cfg, ctx.ds)
-    if world is None:
-        # Real logs have no answer key: say so, and leave no metrics of an earlier run of this ds.
-        reason = f"ds={ctx.ds} was not simulated (no landing manifest): there is no answer key to grade against"
-        print(f"evaluate_grouping: skipped: {reason}")
-        mlflow.set_tag("osmf.skipped", reason)
-        metrics = []
-    else:
-        seed, scale = world
-        mlflow.log_params({"world.seed": seed, "world.scale": scale})
-        metrics = evaluate(ctx, Oracle.of_world(seed, scale))
-    tables.write_metrics(ctx.spark, ctx.cfg, ctx.ds, STAGE, metrics, mlflow.active_run().info.run_id)
-    for m in metrics:
-        print(f"evaluate_grouping: {m.metric:<9} {m.slice:<28} {m.value:.4f}")
-    mlflow.log_metrics({f"{m.metric}.{m.slice}".replace("=", "_"): m.value for m in metrics})
-    tracking.log_table_input(ctx.spark, USER_GROUPS, ctx.cfg, context="evaluation")
+    version = champion_version(cfg, ds)
+    run_id = MlflowClient().get_model_version(PAAG.name, version).run_id
+    logged = mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{run_id}/{BASELINE_ARTIFACT}")
+    return Path(logged) / "artifacts" / ARTIFACT, f"{PAAG.name}/{version} baseline"

@@ -12,10 +12,10 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from osmf_lib import ingest, tables
+from osmf_lib import tables
 from osmf_lib.config import Config
+from osmf_lib.inputs import PRODUCT_FEATURES, attribute_profiles, split_of, world_of
 from osmf_lib.job import JobContext
-from osmf_lib.pairs import split_of
 from osmf_lib.synth.oracle import Oracle
 from osmf_lib.tables import IMPRESSIONS, PRODUCTS, USER_GROUPS, USERS, Metric
 
@@ -36,9 +36,6 @@ def held_out_members(spark: SparkSession, cfg: Config, ds: date) -> DataFrame:
 def writer_inputs(spark: SparkSession, cfg: Config, ds: date, members: DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """What a generator needs to write for the groups of `members`: their attribute profiles and
     their products' text and picture, as the night knew them."""
-    from osmf_lib.grm.stages import attribute_profiles
-    from osmf_lib.paag.stages import PRODUCT_FEATURES
-
     chosen = members.select("product_id").distinct()
     profiles = attribute_profiles(members, tables.read(spark, USERS, cfg, as_of=ds)).toPandas()
     products = tables.read(spark, PRODUCTS, cfg, as_of=ds).join(chosen, "product_id").select(*PRODUCT_FEATURES)
@@ -71,7 +68,7 @@ def grade_night(
     `missing` says why there is nothing to grade when `night` is None."""
     import mlflow
 
-    world = ingest.world_of(ctx.spark, ctx.cfg, ctx.ds)
+    world = world_of(ctx.spark, ctx.cfg, ctx.ds)
     reason = None
     metrics: list[Metric] = []
     if world is None:

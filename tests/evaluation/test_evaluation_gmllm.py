@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from osmf_lib.evaluate_gmllm import grade
+from osmf_lib.evaluation.gmllm import grade
 from osmf_lib.synth.oracle import Oracle
 
 

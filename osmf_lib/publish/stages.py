@@ -5,15 +5,16 @@
   smoothed CTR (a product outside `gmllm.target_products`, or whose descriptions were all
   unusable, still gets a creative). The `serving_lookup` view joins it with user_groups, so an
   analyst reads a member's (user, product) -> group -> creative by key.
-- **osmf-serving** (osmf_lib/serving): the night's model for everyone else too. It places any user
-  with attributes in the product's groups, and is registered and pinned to the night; how often it
-  gives members their own group back by their attributes alone goes to `eval_metrics` (stage
-  "serving").
+- **osmf-serving** (serving.py here; the model is osmf_lib/serving): the night's model for
+  everyone else too. It places any user with attributes in the product's groups, and is
+  registered and pinned to the night; how often it gives members their own group back by their
+  attributes alone goes to `eval_metrics` (stage "serving").
 - **Metrics** (`eval_metrics` stage "publish"): how many targets got a generated creative, a
-  logged one or none; on a simulated world, osmf_lib/evaluate_publish.py grades what is served to
+  logged one or none; on a simulated world, osmf_lib/evaluation/publish.py grades what is served to
   the next day's audience, members and newcomers.
 - **Views** are re-registered, so a view broken by a contract change fails the night here.
-- **The report** (osmf_lib/report.py) is written under the artifacts root and logged to MLflow.
+- **The report** (report.py beside this module) is written under the artifacts root and logged
+  to MLflow.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from osmf_lib import evaluate_publish, report, tables
+from osmf_lib import tables
 from osmf_lib.config import Config
+from osmf_lib.evaluation import publish as evaluate_publish
 from osmf_lib.job import JobContext
-from osmf_lib.serving import stages as serving
+from osmf_lib.publish import report, serving
 from osmf_lib.tables import (
     CREATIVES,
     GENERATED,
@@ -153,6 +155,6 @@ def evaluate_and_publish(ctx: JobContext) -> None:
         f"{ctx.stage}: {serving.MODEL_NAME} v{model_version} serves ds={ds}: {len(night.members)} members, "
         f"{len(night.groups)} groups, {len(night.fallback)} products with a fallback{placed}"
     )
-    evaluate_publish.run(ctx, served_pd, logged_pd, night)
+    evaluate_publish.grade_served_day(ctx, served_pd, logged_pd, night)
     path = report.write(ctx, served_pd)
     print(f"{ctx.stage}: report {path}")

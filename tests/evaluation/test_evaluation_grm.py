@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from osmf_lib.evaluate_grm import UNSEEN_PROMPTS, ranking_quality, unseen_prompts
+from osmf_lib.evaluation.grm import UNSEEN_PROMPTS, ranking_quality, unseen_prompts
 
 
 def test_unseen_prompts_are_distinct_never_logged_and_the_same_every_run() -> None:

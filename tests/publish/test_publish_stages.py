@@ -16,9 +16,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from osmf_lib import artifacts, browser, publish, report, tables
+from osmf_lib import artifacts, browser, tables
 from osmf_lib.cli import app
 from osmf_lib.job import JobContext
+from osmf_lib.publish.report import rebuild
+from osmf_lib.publish.stages import KEY, evaluate_and_publish
 from osmf_lib.render import CONTACT_SHEET, product_folder
 from osmf_lib.serving import coverage
 from osmf_lib.tables import (
@@ -68,7 +70,7 @@ def _generated(cfg) -> pd.DataFrame:
     for product_id in ("p00", "p01"):
         artifacts.write_atomically(artifacts.join(product_folder(cfg, DS, product_id), CONTACT_SHEET), _png((9, 9, 9)))
     frame = pd.DataFrame(rows)
-    best = frame.dropna(subset=["grm_score"]).sort_values("grm_score").drop_duplicates(publish.KEY, keep="last").index
+    best = frame.dropna(subset=["grm_score"]).sort_values("grm_score").drop_duplicates(KEY, keep="last").index
     return frame.assign(selected=frame.index.isin(best))
 
 
@@ -91,9 +93,9 @@ def _groups_of_a_trained_paag(spark, cfg) -> None:
     promotion.crown("osmf-paag", version, DS)
     members = tables.read(spark, USER_GROUPS, cfg, ds=DS).toPandas().merge(users, on="user_id")
     members["embedding"] = list(embed(trained, members).astype("float64"))
-    centroids = members.groupby(publish.KEY)["embedding"].apply(lambda e: np.mean(np.stack(e), axis=0).tolist())
+    centroids = members.groupby(KEY)["embedding"].apply(lambda e: np.mean(np.stack(e), axis=0).tolist())
     profiles = tables.read(spark, GROUP_PROFILES, cfg, ds=DS).drop("centroid").toPandas()
-    profiles = profiles.merge(centroids.rename("centroid").reset_index(), on=publish.KEY)
+    profiles = profiles.merge(centroids.rename("centroid").reset_index(), on=KEY)
     assert (version, set(profiles["paag_version"])) == ("1", {"osmf-paag/1"})
     frame = spark.createDataFrame(profiles[GROUP_PROFILES.column_names], GROUP_PROFILES.schema())
     tables.overwrite_partition(spark, frame, GROUP_PROFILES, cfg, DS)
@@ -106,20 +108,20 @@ def night(spark, make_group_lakehouse, run_stage, tmp_path_factory):
     generated = _generated(cfg)
     frame = spark.createDataFrame(generated[GENERATED_CREATIVES.column_names], GENERATED_CREATIVES.schema())
     tables.overwrite_partition(spark, frame, GENERATED_CREATIVES, cfg, DS)
-    printed = run_stage(publish.evaluate_and_publish, cfg)
+    printed = run_stage(evaluate_and_publish, cfg)
     return cfg, generated, printed
 
 
 def _served(spark, cfg) -> pd.DataFrame:
-    return tables.read(spark, SERVING_CREATIVES, cfg, ds=DS).toPandas().set_index(publish.KEY).sort_index()
+    return tables.read(spark, SERVING_CREATIVES, cfg, ds=DS).toPandas().set_index(KEY).sort_index()
 
 
 def test_every_group_is_served_its_best_render_or_else_its_best_logged_creative(spark, night):
     cfg, generated, printed = night
     served = _served(spark, cfg)
-    targets = tables.read(spark, GROUP_PROFILES, cfg, ds=DS).toPandas().set_index(publish.KEY).sort_index()
+    targets = tables.read(spark, GROUP_PROFILES, cfg, ds=DS).toPandas().set_index(KEY).sort_index()
     assert served.index.equals(targets.index)
-    chosen = generated[generated["selected"]].set_index(publish.KEY)
+    chosen = generated[generated["selected"]].set_index(KEY)
     mine = served.loc[chosen.index]
     assert (mine["origin"] == "generated").all() and mine["creative_id"].str.match(r"^gen-[0-9a-f]{16}$").all()
     assert (
@@ -131,10 +133,10 @@ def test_every_group_is_served_its_best_render_or_else_its_best_logged_creative(
     assert served["creative_id"].nunique() == len(served)
     # The rest, p01's blank group 0 among them, get the group's top logged creative by smoothed CTR.
     ctr = tables.read(spark, GROUP_CREATIVE_CTR, cfg, ds=DS).toPandas()
-    top = ctr.sort_values(["ctr_smoothed", "creative_id"], ascending=[False, True]).drop_duplicates(publish.KEY)
+    top = ctr.sort_values(["ctr_smoothed", "creative_id"], ascending=[False, True]).drop_duplicates(KEY)
     logged = served[served["origin"] == "logged"]
     assert ("p01", 0) in logged.index and len(logged) == len(served) - len(chosen)
-    assert logged["creative_id"].to_dict() == top.set_index(publish.KEY)["creative_id"].loc[logged.index].to_dict()
+    assert logged["creative_id"].to_dict() == top.set_index(KEY)["creative_id"].loc[logged.index].to_dict()
     assert logged["grm_score"].isna().all() and logged["gmllm_version"].isna().all()
     assert (served["groups_ds"] == DS).all()
     assert f"{len(targets)} targets, 3 generated, {len(targets) - 3} logged (the group's best), 0 without" in printed
@@ -153,7 +155,7 @@ def test_the_night_records_what_it_served(spark, night):
 def test_a_rerun_gives_the_same_rows(spark, night, run_stage):
     cfg, _, _ = night
     before = _served(spark, cfg)
-    run_stage(publish.evaluate_and_publish, cfg)
+    run_stage(evaluate_and_publish, cfg)
     pd.testing.assert_frame_equal(_served(spark, cfg), before)
 
 
@@ -281,7 +283,7 @@ def test_the_night_registers_its_serving_model_pinned_to_the_night(spark, night,
     placed = metrics.set_index("metric")["value"]
     assert placed["member_agreement_rows"] == 12 * 40 and 0 <= placed["member_agreement"] <= 1
     # A rerun of the night on the same rows serves with the same version.
-    run_stage(publish.evaluate_and_publish, cfg)
+    run_stage(evaluate_and_publish, cfg)
     assert len(client.search_model_versions("name = 'osmf-serving'")) == 1
 
 
@@ -347,7 +349,7 @@ def test_the_closed_loop_view_splits_the_next_days_traffic_into_served_and_contr
     assert covered["reason_share", "member"] == pytest.approx(7 / 9)
     tables.write_metrics(spark, cfg, day, coverage.STAGE, coverage.coverage(spark, cfg, day), "test")
     page = _Page()
-    page.feed(Path(report.rebuild(JobContext("report", cfg, DS, "test"))).read_text())
+    page.feed(Path(rebuild(JobContext("report", cfg, DS, "test"))).read_text())
     text = " ".join(" ".join(page.text).split())
     assert (
         "2026-11-04's traffic, answered by this night's osmf-serving: of the impressions on products it "

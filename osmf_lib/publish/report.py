@@ -27,6 +27,7 @@ from osmf_lib import artifacts, browser, tables, tracking
 from osmf_lib.config import Config
 from osmf_lib.images import ImageError, ImageLimits, read_image
 from osmf_lib.job import JobContext, StageError
+from osmf_lib.night import GMLLM, GRM, PAAG, SERVING
 from osmf_lib.render import CONTACT_SHEET, product_folder
 from osmf_lib.tables import (
     EVAL_METRICS,
@@ -38,7 +39,7 @@ from osmf_lib.tables import (
     SERVING_CREATIVES,
 )
 
-MODELS = ("osmf-paag", "osmf-grm", "osmf-gmllm", "osmf-serving")
+MODELS = tuple(model.name for model in (PAAG, GRM, GMLLM, SERVING))
 ONE_DAY = timedelta(days=1)
 # The oracle's grade of the next day's audience (evaluate_publish): (metric, slice, format) per column.
 GRADE_COLUMNS = (

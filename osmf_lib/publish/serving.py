@@ -22,9 +22,8 @@ from pyspark.sql import functions as F
 
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
-from osmf_lib.grouping import LINEAGE
+from osmf_lib.inputs import LINEAGE, PRODUCT_FEATURES
 from osmf_lib.job import JobContext, StageError
-from osmf_lib.paag.stages import PRODUCT_FEATURES
 from osmf_lib.serving.model import (
     CREATIVE_COLUMNS,
     FALLBACK_COLUMNS,

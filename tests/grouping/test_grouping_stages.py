@@ -10,8 +10,19 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from osmf_lib import grouping, tables, tracking
+from osmf_lib import tables, tracking
 from osmf_lib.config import GroupingConfig
+from osmf_lib.grouping.clustering import (
+    GroupingError,
+    cluster_embeddings,
+    merge_small_groups,
+    nearest_centroids,
+    settle_groups,
+)
+from osmf_lib.grouping.groups import group_audiences, group_product
+from osmf_lib.grouping.profiles import anchor_counts, anchor_rows, attribute_summaries, describe
+from osmf_lib.grouping.stages import group_users
+from osmf_lib.inputs import check_groups
 from osmf_lib.job import JobContext, StageError, worker_error
 from osmf_lib.tables import GROUP_PROFILES, PAAG_EMBEDDINGS, USER_GROUPS, USERS
 
@@ -41,7 +52,7 @@ def audience(matrix: np.ndarray, product_id: str = "p1", **attributes: list) -> 
 @pytest.mark.parametrize("planted", [3, 5])
 def test_k_selection_finds_the_planted_clusters(planted: int) -> None:
     matrix, truth = blobs([80] * planted, seed=planted)
-    found = grouping.cluster_embeddings(matrix, CFG)
+    found = cluster_embeddings(matrix, CFG)
     assert found.k == planted
     assert adjusted_rand_score(truth, found.labels) == 1.0
     assert found.silhouette is not None and found.silhouette > 0.7
@@ -49,8 +60,8 @@ def test_k_selection_finds_the_planted_clusters(planted: int) -> None:
 
 def test_forced_k_skips_the_search() -> None:
     matrix, _ = blobs([80, 80, 80])
-    assert grouping.cluster_embeddings(matrix, CFG, k=2).k == 2
-    one = grouping.cluster_embeddings(matrix, CFG, k=1)
+    assert cluster_embeddings(matrix, CFG, k=2).k == 2
+    one = cluster_embeddings(matrix, CFG, k=1)
     assert (one.k, one.silhouette, set(one.labels)) == (1, None, {0})
     np.testing.assert_allclose(one.centroids, matrix.mean(axis=0, keepdims=True))
 
@@ -60,7 +71,7 @@ def test_small_groups_are_merged_into_the_nearest_and_numbered_by_size() -> None
     # A small satellite right next to the 60-blob: K=4 finds it, merging must fold it back in.
     satellite = matrix[truth == 0].mean(axis=0) + 3.0 + np.random.default_rng(2).normal(size=(12, matrix.shape[1]))
     matrix = np.vstack([matrix, satellite])
-    found = grouping.cluster_embeddings(matrix, CFG, k=4)
+    found = cluster_embeddings(matrix, CFG, k=4)
     sizes = np.bincount(found.labels)
     assert found.k == 3 and sizes.tolist() == [120, 90, 72]
     assert sizes.sum() == len(matrix)
@@ -70,7 +81,7 @@ def test_small_groups_are_merged_into_the_nearest_and_numbered_by_size() -> None
 
 def test_merge_renumbers_by_size_with_a_stable_tie_break() -> None:
     matrix = np.array([[0.0], [0.1], [5.0], [5.1], [5.2], [9.0], [9.1], [20.0]])
-    labels, centroids = grouping.merge_small_groups(matrix, np.array([7, 7, 3, 3, 3, 1, 1, 0]), min_size=2)
+    labels, centroids = merge_small_groups(matrix, np.array([7, 7, 3, 3, 3, 1, 1, 0]), min_size=2)
     # The lone point at 20 joins the group at 9; then groups of 2, 3 and 3 are ordered by size,
     # the two 3s by their first member.
     assert labels.tolist() == [2, 2, 0, 0, 0, 1, 1, 1]
@@ -83,11 +94,11 @@ def test_settling_a_merge_gives_every_member_its_nearest_centroid() -> None:
     # merging folds all of it into the group at 0, though its members above 5 are nearer 10.
     matrix = np.concatenate([rng.normal(0, 0.5, 60), rng.normal(10, 0.5, 60), np.linspace(4.0, 6.0, 10)])[:, None]
     planted = np.repeat([0, 1, 2], [60, 60, 10])
-    merged, centroids = grouping.merge_small_groups(matrix, planted, min_size=30)
-    assert (grouping.nearest_centroids(matrix, centroids)[0] != merged).sum() > 0
+    merged, centroids = merge_small_groups(matrix, planted, min_size=30)
+    assert (nearest_centroids(matrix, centroids)[0] != merged).sum() > 0
 
-    settled, centroids = grouping.settle_groups(matrix, planted, min_size=30)
-    nearest, distances = grouping.nearest_centroids(matrix, centroids)
+    settled, centroids = settle_groups(matrix, planted, min_size=30)
+    nearest, distances = nearest_centroids(matrix, centroids)
     np.testing.assert_array_equal(nearest, settled)
     np.testing.assert_allclose(centroids[settled[0]], matrix[settled == settled[0]].mean(axis=0))
     np.testing.assert_allclose(distances, np.abs(matrix[:, 0] - centroids[settled, 0]), atol=1e-6)
@@ -103,17 +114,17 @@ def test_every_member_is_nearest_to_its_own_stored_centroid(seed: int) -> None:
     # K forced to 5 with a large minimum group: some products merge (seeds 0 and 4 did, leaving 27
     # and 21 members nearer another centroid before settling), others do not.
     cfg = GroupingConfig(min_group_size=60, k_min=5, k_max=5)
-    assignments, profiles = grouping.group_product(audience(matrix), cfg)
+    assignments, profiles = group_product(audience(matrix), cfg)
     stored = np.array(profiles.sort_values("group_id")["centroid"].tolist(), dtype=np.float32)
     # group_product clusters the embeddings as stored (float32); user ids keep the rows' order.
-    nearest, distances = grouping.nearest_centroids(matrix.astype(np.float32).astype(np.float64), stored)
+    nearest, distances = nearest_centroids(matrix.astype(np.float32).astype(np.float64), stored)
     np.testing.assert_array_equal(nearest, assignments["group_id"].to_numpy())
     np.testing.assert_array_equal(distances, assignments["distance"].to_numpy())
 
 
 def test_a_small_audience_gets_one_group() -> None:
     matrix, _ = blobs([20, 20])
-    assignments, profiles = grouping.group_product(audience(matrix), CFG)
+    assignments, profiles = group_product(audience(matrix), CFG)
     assert set(assignments["group_id"]) == {0}
     assert len(profiles) == 1
     row = profiles.iloc[0]
@@ -122,27 +133,27 @@ def test_a_small_audience_gets_one_group() -> None:
 
 
 def test_anchor_counts_follow_the_ratio() -> None:
-    assert grouping.anchor_counts(10, (2, 3, 5)) == [2, 3, 5]
-    assert grouping.anchor_counts(20, (2, 3, 5)) == [4, 6, 10]
-    assert grouping.anchor_counts(4, (2, 3, 5)) == [1, 1, 2]
-    assert grouping.anchor_counts(1, (2, 3, 5)) == [0, 0, 1]
+    assert anchor_counts(10, (2, 3, 5)) == [2, 3, 5]
+    assert anchor_counts(20, (2, 3, 5)) == [4, 6, 10]
+    assert anchor_counts(4, (2, 3, 5)) == [1, 1, 2]
+    assert anchor_counts(1, (2, 3, 5)) == [0, 0, 1]
 
 
 def test_anchors_sit_at_the_requested_percentiles() -> None:
     distances = np.random.default_rng(3).permutation(np.linspace(0.0, 10.0, 1001))
-    rows = grouping.anchor_rows(distances, CFG)
+    rows = anchor_rows(distances, CFG)
     assert len(rows) == 10 and len(set(rows.tolist())) == 10
     picked = distances[rows]
     for chunk, target in zip(np.split(picked, [2, 5]), (1.5, 5.5, 9.5), strict=True):
         np.testing.assert_allclose(chunk, target, atol=0.03)
-    assert len(grouping.anchor_rows(distances[:3], CFG)) == 3
+    assert len(anchor_rows(distances[:3], CFG)) == 3
 
 
 def test_profiles_carry_anchors_and_are_deterministic() -> None:
     matrix, _ = blobs([100, 100], dim=4)
     frame = audience(matrix)
-    first = grouping.group_product(frame, CFG)
-    again = grouping.group_product(frame.sample(frac=1.0, random_state=5), CFG)
+    first = group_product(frame, CFG)
+    again = group_product(frame.sample(frac=1.0, random_state=5), CFG)
     pd.testing.assert_frame_equal(first[0], again[0])
     pd.testing.assert_frame_equal(first[1], again[1])
     assignments, profiles = first
@@ -165,7 +176,7 @@ def test_attribute_summary_finds_the_over_represented_values() -> None:
         age_band=[None] * 200,
         interests=[["sports", "books"] if w else ["sports"] for w in women],
     )
-    _, profiles = grouping.group_product(frame, CFG)
+    _, profiles = group_product(frame, CFG)
     by_value = {(s["attribute"], s["value"]): s for s in profiles.iloc[0]["attribute_summary"]}
     assert by_value["gender", "female"]["share"] == pytest.approx(0.9)
     assert by_value["gender", "female"]["lift"] == pytest.approx(1.8)
@@ -178,10 +189,10 @@ def test_attribute_summary_finds_the_over_represented_values() -> None:
 
 def test_missing_attributes_are_unknown() -> None:
     frame = pd.DataFrame({"gender": ["female", "female", None, None], "interests": [["toys"], ["toys"], None, []]})
-    summary = grouping.attribute_summaries(frame, np.array([0, 0, 1, 1]), CFG)
+    summary = attribute_summaries(frame, np.array([0, 0, 1, 1]), CFG)
     assert {(s["attribute"], s["value"]) for s in summary[1]} == {("gender", "unknown"), ("interests", "unknown")}
-    assert grouping.describe(summary[1]) == "broad audience"
-    assert grouping.describe(summary[0]) == "women, into toys"
+    assert describe(summary[1]) == "broad audience"
+    assert describe(summary[0]) == "women, into toys"
 
 
 @pytest.mark.parametrize(
@@ -199,7 +210,7 @@ def test_missing_attributes_are_unknown() -> None:
 )
 def test_describe(summary: list[tuple[str, str]], expected: str) -> None:
     items = [{"attribute": a, "value": v, "share": 0.5, "lift": 1.5} for a, v in summary]
-    assert grouping.describe(items, CFG.value_order) == expected
+    assert describe(items, CFG.value_order) == expected
 
 
 @pytest.mark.parametrize(
@@ -215,7 +226,7 @@ def test_bad_embeddings_name_the_product_and_user(bad: object, message: str) -> 
     frame = audience(np.ones((80, 2)), product_id="p9")
     frame.at[7, "embedding"] = bad
     with pytest.raises(ValueError, match=f"product p9: {message}"):
-        grouping.group_product(frame, CFG)
+        group_product(frame, CFG)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +278,7 @@ def _rows(df) -> list[dict]:
 def test_group_users_conforms_and_matches_the_pure_function(spark, spark_input, make_cfg) -> None:
     embeddings, users, p1 = spark_input
     cfg = make_cfg()
-    user_groups, profiles = grouping.group_users(embeddings, users, cfg, DS)
+    user_groups, profiles = group_audiences(embeddings, users, cfg, DS)
     for df, table in ((user_groups, USER_GROUPS), (profiles, GROUP_PROFILES)):
         assert _types(df) == _types(tables.conform(df, table)) == _types(spark.createDataFrame([], table.schema()))
     assigned, profiled = _rows(user_groups), _rows(profiles)
@@ -277,7 +288,7 @@ def test_group_users_conforms_and_matches_the_pure_function(spark, spark_input, 
     ]
     assert {r["product_id"] for r in profiled} == {"p1", "p2"}
 
-    expected_assigned, expected_profiles = grouping.group_product(p1, cfg.grouping)
+    expected_assigned, expected_profiles = group_product(p1, cfg.grouping)
     assert {r["paag_version"] for r in assigned + profiled} == {"osmf-paag/1"}
     got = [{k: v for k, v in r.items() if k not in ("ds", "paag_version")} for r in assigned if r["product_id"] == "p1"]
     assert got == expected_assigned.to_dict("records")
@@ -293,7 +304,7 @@ def test_group_users_conforms_and_matches_the_pure_function(spark, spark_input, 
         np.testing.assert_array_equal(row["centroid"], expected["centroid"])
 
     # A differently partitioned input is a new plan (no cached result to reuse) and new arrival order.
-    again_groups, again_profiles = grouping.group_users(embeddings.repartition(3), users.repartition(2), cfg, DS)
+    again_groups, again_profiles = group_audiences(embeddings.repartition(3), users.repartition(2), cfg, DS)
     assert _rows(again_groups) == assigned
     assert _rows(again_profiles) == profiled
 
@@ -303,11 +314,11 @@ def test_group_users_fails_naming_the_bad_row(spark, make_cfg) -> None:
     frame.at[1, "embedding"] = np.array([np.nan, 0.0], dtype=np.float32)
     embeddings = spark.createDataFrame(frame, PAAG_EMBEDDINGS.schema())
     users = spark.createDataFrame([], USERS.schema())
-    user_groups, _ = grouping.group_users(embeddings, users, make_cfg(), DS)
+    user_groups, _ = group_audiences(embeddings, users, make_cfg(), DS)
     with pytest.raises(Exception, match="product p7: user u00001 has a NaN") as caught:
         user_groups.collect()
     # What the job prints instead of the JVM's stack:
-    reason = worker_error(caught.value, grouping.GroupingError)
+    reason = worker_error(caught.value, GroupingError)
     assert reason == "product p7: user u00001 has a NaN or infinite value in its embedding"
 
 
@@ -322,18 +333,18 @@ def test_a_failure_between_the_two_writes_is_caught_and_a_rerun_mends_it(
 
     def group(k_max: int) -> None:
         with mlflow.start_run():
-            grouping.run(
+            group_users(
                 JobContext("group_users", cfg.model_copy(update={"grouping": GroupingConfig(k_max=k_max)}), DS, "t")
             )
 
     group(k_max=5)
-    grouping.check_groups(spark, cfg, DS)
+    check_groups(spark, cfg, DS)
     failing_writes(GROUP_PROFILES, "the driver died")
     with pytest.raises(RuntimeError, match="the driver died"):
         group(k_max=2)  # fewer groups for p1: user_groups now disagrees with the old profiles
     with pytest.raises(StageError, match="user_groups and group_profiles of ds=.* disagree .* rerun group_users"):
-        grouping.check_groups(spark, cfg, DS)
+        check_groups(spark, cfg, DS)
     monkeypatch.undo()
     group(k_max=2)
-    grouping.check_groups(spark, cfg, DS)
+    check_groups(spark, cfg, DS)
     assert tables.read(spark, GROUP_PROFILES, cfg, ds=DS).where("product_id = 'p1'").count() == 2
