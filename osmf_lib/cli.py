@@ -28,6 +28,7 @@ from typing import Annotated
 import typer
 
 from osmf_lib.config import PROJECT_ROOT, Config, ConfigError, load_config
+from osmf_lib.job import configure_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="OSMF: group-targeted ad creatives, nightly.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the resolved configuration.")
@@ -50,6 +51,7 @@ def _global(
     config: Annotated[Path | None, typer.Option("--config", help="YAML layered over conf/osmf.yaml")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="override a key: section.key=value")] = [],  # noqa: B006
 ) -> None:
+    configure_logging()  # what the library logs shows as the jobs show it
     try:
         ctx.obj = load_config(config, set_)
     except ConfigError as err:

@@ -3,16 +3,21 @@
 A job is `python jobs/<stage>.py --ds 2026-11-01 [--config FILE] [--set key=value ...]`.
 It exits 0 on success, 1 on a failure it can explain (printed as one line naming the cause),
 2 on bad arguments. The same stage runs under spark-submit, a GPU pod or by hand.
+
+A stage logs through the `osmf_lib` loggers (a job prints their lines on stdout, as they are) and
+returns a StageResult, which the job logs as its last line and tags on the stage's MLflow run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import date
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -75,6 +80,66 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
+# A result's metrics in its log line; the MLflow tag holds them all.
+SUMMARY_METRICS = 6
+
+
+@dataclass
+class StageResult:
+    """What a stage did: the tables it wrote with their rows for the night, the model version it
+    registered (or `reused`: an earlier run of the night trained it on the same data and settings),
+    why it skipped the night, and its headline numbers."""
+
+    written: dict[str, int] = field(default_factory=dict)
+    model: str | None = None
+    reused: bool = False
+    skipped: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        if self.skipped:
+            return f"skipped: {self.skipped}"
+        parts = [f"wrote {table} ({rows:,} rows)" for table, rows in self.written.items()]
+        if self.model:
+            parts.append(f"{'reused' if self.reused else 'registered'} {self.model}")
+        shown = list(self.metrics.items())[:SUMMARY_METRICS]
+        parts += [f"{name} {value:.4g}" for name, value in shown]
+        if len(self.metrics) > len(shown):
+            parts.append(f"{len(self.metrics) - len(shown)} more metrics in the run's osmf.result tag")
+        return "; ".join(parts) or "done"
+
+
+class _Stdout(logging.StreamHandler):
+    """Writes to sys.stdout as it is when a line is logged, not as it was when the job started:
+    several jobs run in one process (tests, `osmf` commands) and each may redirect it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
+def configure_logging() -> None:
+    """The osmf_lib loggers print each line as it is, on stdout: what a job has always shown."""
+    logger = logging.getLogger("osmf_lib")
+    if not any(isinstance(handler, _Stdout) for handler in logger.handlers):
+        handler = _Stdout()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def record(stage: str, result: StageResult | None) -> None:
+    """Log a stage's result and tag it on the active MLflow run (`osmf.result`, as JSON)."""
+    import mlflow
+
+    if result is None:
+        return
+    logging.getLogger(__name__).info(f"{stage}: {result.summary()}")
+    mlflow.set_tag("osmf.result", json.dumps(asdict(result), sort_keys=True))
+    if result.skipped:
+        mlflow.set_tag("osmf.skipped", result.skipped)
+
+
 @dataclass
 class JobContext:
     stage: str
@@ -108,22 +173,24 @@ def _parse(stage: str, argv: Sequence[str] | None, sharded: bool) -> argparse.Na
 
 def main(
     stage: str,
-    body: Callable[..., None],
+    body: Callable[..., StageResult | None],
     argv: Sequence[str] | None = None,
     *,
     sharded: bool = False,
 ) -> None:
-    """Run `body(ctx)` (with `shard=` as well when the stage is `sharded`) in the stage's MLflow run."""
+    """Run `body(ctx)` (with `shard=` as well when the stage is `sharded`) in the stage's MLflow run,
+    and record what it returns."""
     from osmf_lib.spark import SparkSetupError
     from osmf_lib.tables import TableError
     from osmf_lib.tracking import TrackingError, stage_run
 
     args = _parse(stage, argv, sharded)
+    configure_logging()
     try:
         cfg = load_config(args.config, args.set)
         ctx = JobContext(stage, cfg, args.ds, args.dag_run_id or f"manual__{args.ds.isoformat()}")
         with stage_run(cfg, stage, ctx.ds, ctx.dag_run_id):
-            body(ctx, shard=args.shard) if sharded else body(ctx)
+            record(stage, body(ctx, shard=args.shard) if sharded else body(ctx))
     except (ConfigError, SparkSetupError, TableError, TrackingError, StageError) as err:
         print(f"osmf {stage} failed for ds={args.ds}: {err}", file=sys.stderr)
         sys.exit(1)

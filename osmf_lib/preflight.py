@@ -7,16 +7,19 @@ MLflow tracking answers. Each failed check names what is wrong and how to fix it
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from osmf_lib.config import Config
-from osmf_lib.job import JobContext, StageError
+from osmf_lib.job import JobContext, StageError, StageResult
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
 
 PROBE_TABLE = "_preflight"
 
@@ -79,10 +82,11 @@ def run_checks(spark: SparkSession, cfg: Config) -> list[Check]:
     return [check_lakehouse_root(cfg), check_jars(cfg), check_delta(spark, cfg), check_mlflow(cfg)]
 
 
-def preflight(ctx: JobContext) -> None:
+def preflight(ctx: JobContext) -> StageResult:
     import mlflow
 
     checks = run_checks(ctx.spark, ctx.cfg)
     for check in checks:
-        print(f"preflight ok  {check.name:<15} {check.detail}")
+        log.info(f"preflight ok  {check.name:<15} {check.detail}")
     mlflow.log_dict({c.name: c.detail for c in checks}, "preflight.json")
+    return StageResult()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,11 +29,13 @@ from mlflow import MlflowClient
 
 from osmf_lib import tables, tracking
 from osmf_lib.config import Config
-from osmf_lib.job import StageError
+from osmf_lib.job import StageError, StageResult
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
 
 STAGE = "promotion"
 TAG_TRAINED_FOR = "osmf.trained_for_ds"
@@ -149,8 +152,9 @@ def crown(name: str, version: str, ds: date) -> None:
     _move_alias(name)
 
 
-def record(spark: SparkSession, cfg: Config, ds: date, decision: Decision) -> None:
-    """Store the decision everywhere it is looked for, and promote when it says so."""
+def record(spark: SparkSession, cfg: Config, ds: date, decision: Decision) -> StageResult:
+    """Store the decision everywhere it is looked for, and promote when it says so; the stage's
+    result names the version decided on and its score."""
     import mlflow
 
     client = MlflowClient()
@@ -169,7 +173,11 @@ def record(spark: SparkSession, cfg: Config, ds: date, decision: Decision) -> No
     mlflow.set_tag("osmf.promotion", decision.line())
     metrics = [tables.Metric(key, decision.model, value) for key, value in known.items()]
     tables.write_metrics(spark, cfg, ds, STAGE, metrics, mlflow.active_run().info.run_id, slice_=decision.model)
-    print(f"promotion: {decision.line()}")
+    log.info(f"promotion: {decision.line()}")
+    score = {} if decision.challenger_score is None else {decision.metric: decision.challenger_score}
+    return StageResult(
+        model=f"{decision.model}/{decision.challenger}", metrics={**score, "promoted": float(decision.promoted)}
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,6 +221,18 @@ def trained_for_ds(name: str, ds: date) -> ModelVersion | None:
         if v.tags.get(TAG_TRAINED_FOR) == ds.isoformat()
     ]
     return max(trained, key=lambda v: int(v.version)) if trained else None
+
+
+def reused(stage: str, version: ModelVersion, ds: date) -> StageResult:
+    """A rerun of the night on the same data and settings keeps the version it made (the same rows
+    after it); say so, with the decision it made then if it got that far."""
+    import mlflow
+
+    log.info(f"{stage}: {version.name} version {version.version} was trained for ds={ds} on the same data and settings")
+    if TAG_DECISION in version.tags:
+        log.info(f"{stage}: {version.tags[TAG_DECISION]}")
+    mlflow.set_tag("osmf.reused_version", version.version)
+    return StageResult(model=f"{version.name}/{version.version}", reused=True)
 
 
 def reusable_version(name: str, tags: dict[str, str]) -> ModelVersion | None:

@@ -19,6 +19,7 @@ least `quality.min_baseline`: the first nights of a look-back window are too sma
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -31,6 +32,8 @@ from osmf_lib.tables import DS, Metric
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
+
+log = logging.getLogger(__name__)
 
 STAGE = "quality"
 FAILED = "failed_checks"
@@ -104,7 +107,7 @@ def gate(ctx: JobContext, checks: Sequence[Check], published: bool = True) -> No
     tables.write_metrics(ctx.spark, ctx.cfg, ctx.ds, STAGE, metrics, run_id, slice_=ctx.stage)
     mlflow.log_metrics({f"{STAGE}.{check.name}": check.value for check in checks})
     for check in checks:
-        print(f"{STAGE} {ctx.stage}: {check}")
+        log.info(f"{STAGE} {ctx.stage}: {check}")
     if failed:
         kept = f"what {ctx.stage} wrote stays for inspection" if published else "nothing of the night was written"
         raise StageError(

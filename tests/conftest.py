@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 import itertools
 import json
 import logging
@@ -22,6 +21,7 @@ import pandas as pd
 import pytest
 
 from osmf_lib.config import PROJECT_ROOT, Config, load_config
+from osmf_lib.job import StageResult
 from osmf_lib.pairs.stages import build_preference_pairs
 
 # Tiny models and Spark share two cores in CI; oversubscribed BLAS threads slow both down.
@@ -357,18 +357,36 @@ def _group_lakehouse(spark, make_cfg, store: Path, settings: tuple[str, ...]) ->
 
 
 @pytest.fixture(scope="session")
-def run_stage() -> Callable[..., str]:
+def recorded_result() -> Callable[[Config, str, dt.date], StageResult]:
+    """The StageResult a job recorded on its latest MLflow run of `stage` for `ds`."""
+    return _recorded_result
+
+
+def _recorded_result(cfg: Config, stage: str, ds: dt.date) -> StageResult:
+    from mlflow import MlflowClient
+
+    from osmf_lib.tracking import TAG_DS, TAG_STAGE
+
+    client = MlflowClient(cfg.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    query = f"tags.`{TAG_STAGE}` = '{stage}' AND tags.`{TAG_DS}` = '{ds.isoformat()}'"
+    (latest, *_) = client.search_runs([experiment.experiment_id], query, order_by=["attributes.start_time DESC"])
+    return StageResult(**json.loads(latest.data.tags["osmf.result"]))
+
+
+@pytest.fixture(scope="session")
+def run_stage() -> Callable[..., StageResult]:
     """Run a stage function as its job does (in an MLflow run, the night DS by default); returns
-    what it printed."""
+    its result, recorded on the run as the job records it."""
     return _run_stage
 
 
-def _run_stage(body, cfg: Config, ds: dt.date = DS) -> str:
+def _run_stage(body, cfg: Config, ds: dt.date = DS) -> StageResult:
     import mlflow
 
-    from osmf_lib.job import JobContext
+    from osmf_lib.job import JobContext, record
 
-    printed = io.StringIO()
-    with mlflow.start_run(), contextlib.redirect_stdout(printed):
-        body(JobContext("stage", cfg, ds, "test"))
-    return printed.getvalue()
+    with mlflow.start_run():
+        result = body(JobContext("stage", cfg, ds, "test"))
+        record("stage", result)
+    return result

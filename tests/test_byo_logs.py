@@ -89,10 +89,11 @@ def night(tmp_path_factory):
     return load_config(EXAMPLE, overrides, environ={}), stage, ratings
 
 
-def test_a_ratings_log_runs_through_grouping_and_evaluation_says_why_it_skips(spark, night, capsys):
+def test_a_ratings_log_runs_through_grouping_and_evaluation_says_why_it_skips(spark, night, recorded_result):
     cfg, stage, ratings = night
     stage("ingest_events", ingest_events)
-    assert f"read {ratings} = accepted {ratings}" in capsys.readouterr().out
+    ingested = recorded_result(cfg, "ingest_events", DS)
+    assert ingested.written["impressions"] == ingested.metrics["events_read"] == ratings
     assert tables.read(spark, IMPRESSIONS, cfg, ds=DS).count() == ratings
     assert tables.read(spark, PRODUCTS, cfg).where("image_uri IS NOT NULL").count() == 0
     assert {r["prompt"] for r in tables.read(spark, CREATIVES, cfg).collect()} == {"original product image"}
@@ -101,8 +102,8 @@ def test_a_ratings_log_runs_through_grouping_and_evaluation_says_why_it_skips(sp
     stage("build_paag_embeddings", stages.build_paag_embeddings)
     stage("group_users", group_users)
     stage("evaluate_grouping", evaluate_grouping)
-    out = capsys.readouterr().out
-    assert "evaluate_grouping: skipped: ds=2026-11-01 was not simulated (no landing manifest)" in out
+    skipped = recorded_result(cfg, "evaluate_grouping", DS).skipped
+    assert skipped.startswith("ds=2026-11-01 was not simulated (no landing manifest)")
 
     assert tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=DS).select("product_id").distinct().count() == 24
     profiles = tables.read(spark, GROUP_PROFILES, cfg, ds=DS).toPandas()

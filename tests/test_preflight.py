@@ -41,7 +41,7 @@ def test_unwritable_root_is_named(spark, make_cfg, tmp_path):
 
 
 def test_the_job_logs_a_stage_run(spark, cfg, capsys):
-    main("preflight", preflight.run, _job_args(cfg, "--dag-run-id", "manual__preflight-test"))
+    main("preflight", preflight.preflight, _job_args(cfg, "--dag-run-id", "manual__preflight-test"))
     assert "preflight ok  spark + delta" in capsys.readouterr().out
     client = MlflowClient()
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
@@ -59,7 +59,7 @@ def test_a_failing_job_exits_1_with_one_line(spark, make_cfg, tmp_path, capsys):
     blocker.write_text("")
     cfg = make_cfg(root=blocker / "lakehouse")
     with pytest.raises(SystemExit) as exit_:
-        main("preflight", preflight.run, _job_args(cfg))
+        main("preflight", preflight.preflight, _job_args(cfg))
     assert exit_.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("osmf preflight failed for ds=2026-11-01: lakehouse root")
@@ -67,12 +67,12 @@ def test_a_failing_job_exits_1_with_one_line(spark, make_cfg, tmp_path, capsys):
 
 def test_bad_config_fails_the_job_naming_the_key(cfg, capsys):
     with pytest.raises(SystemExit) as exit_:
-        main("preflight", preflight.run, _job_args(cfg, "--set", "grouping.k_max=many"))
+        main("preflight", preflight.preflight, _job_args(cfg, "--set", "grouping.k_max=many"))
     assert exit_.value.code == 1
     assert "config key 'grouping.k_max'" in capsys.readouterr().err
 
 
 def test_bad_ds_is_a_usage_error(cfg):
     with pytest.raises(SystemExit) as exit_:
-        main("preflight", preflight.run, ["--ds", "yesterday"])
+        main("preflight", preflight.preflight, ["--ds", "yesterday"])
     assert exit_.value.code == 2

@@ -64,7 +64,7 @@ def _recorded(spark, cfg, stage):
     return {(row["metric"], row["value"]) for row in rows.collect()}
 
 
-def test_a_gate_records_every_check_and_fails_naming_those_out_of_bounds(spark, cfg, capsys) -> None:
+def test_a_gate_records_every_check_and_fails_naming_those_out_of_bounds(spark, cfg) -> None:
     tracking.configure(cfg)
     ctx = JobContext("build_preference_pairs", cfg, D2, "test")
     orphans = Check("pairs_of_unknown_groups", 2, high=0, measured="pairs whose group is not in group_profiles")
@@ -72,7 +72,6 @@ def test_a_gate_records_every_check_and_fails_naming_those_out_of_bounds(spark, 
         quality.gate(ctx, [Check("pairs_per_group", 3.0), orphans])
     said = str(failure.value)
     assert said.startswith("quality gate failed, so nothing downstream runs: pairs_of_unknown_groups 2 > 0 FAILED")
-    assert "quality build_preference_pairs: pairs_per_group 3 (recorded)" in capsys.readouterr().out
     assert _recorded(spark, cfg, ctx.stage) == {
         ("pairs_per_group", 3.0),
         ("pairs_of_unknown_groups", 2.0),

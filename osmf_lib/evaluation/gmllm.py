@@ -23,6 +23,7 @@ Only evaluation may read the oracle; results go to `eval_metrics` (stage "gmllm_
 
 from __future__ import annotations
 
+import logging
 from datetime import date
 
 import numpy as np
@@ -38,6 +39,8 @@ from osmf_lib.job import JobContext
 from osmf_lib.night import GMLLM, GMLLM_BASE, GRM
 from osmf_lib.synth.oracle import Oracle
 from osmf_lib.tables import CREATIVES, GROUP_CREATIVE_CTR, Metric
+
+log = logging.getLogger(__name__)
 
 STAGE = "gmllm_oracle"
 ONESIZE = "onesize_dpo"
@@ -57,7 +60,7 @@ def night_generators(cfg: Config, ds: date) -> tuple[dict[str, Gmllm], Grm | Non
     mlflow.log_params(
         {"gmllm_version": newest.version, "gmllm_base_version": newest.tags[TAG_BASE], "gmllm_variant": served}
     )
-    print(f"evaluate_gmllm: {GMLLM.name} v{newest.version} serves {served}")
+    log.info(f"evaluate_gmllm: {GMLLM.name} v{newest.version} serves {served}")
     generators = {
         "pretrained": load_gmllm(f"models:/{GMLLM_BASE.name}/{newest.tags[TAG_BASE]}", unreadable_image=unreadable)
     }

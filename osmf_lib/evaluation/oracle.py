@@ -4,6 +4,7 @@ trained nothing to grade. Either way no metrics of an earlier run of the ds are 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import date, timedelta
 from typing import TypeVar
@@ -15,9 +16,11 @@ from pyspark.sql import functions as F
 from osmf_lib import tables
 from osmf_lib.config import Config
 from osmf_lib.inputs import PRODUCT_FEATURES, attribute_profiles, split_of, world_of
-from osmf_lib.job import JobContext
+from osmf_lib.job import JobContext, StageResult
 from osmf_lib.synth.oracle import Oracle
 from osmf_lib.tables import IMPRESSIONS, PRODUCTS, USER_GROUPS, USERS, Metric
+
+log = logging.getLogger(__name__)
 
 Night = TypeVar("Night")
 
@@ -63,9 +66,9 @@ def grade_night(
     night: Night | None,
     missing: str,
     grade: Callable[[Night, Oracle], list[Metric]],
-) -> list[Metric]:
+) -> StageResult:
     """Run `grade(night, oracle)` and store its metrics under `stage` (job name = ctx.stage);
-    `missing` says why there is nothing to grade when `night` is None."""
+    `missing` says why there is nothing to grade when `night` is None (the result's skip)."""
     import mlflow
 
     world = world_of(ctx.spark, ctx.cfg, ctx.ds)
@@ -79,12 +82,10 @@ def grade_night(
         seed, scale = world
         mlflow.log_params({"world.seed": seed, "world.scale": scale})
         metrics = grade(night, Oracle.of_world(seed, scale))
-    if reason:
-        print(f"{ctx.stage}: skipped: {reason}")
-        mlflow.set_tag("osmf.skipped", reason)
     tables.write_metrics(ctx.spark, ctx.cfg, ctx.ds, stage, metrics, mlflow.active_run().info.run_id)
     width = max((len(m.metric) for m in metrics), default=0) + 1
     for m in metrics:
-        print(f"{ctx.stage}: {m.metric:<{width}} {m.slice:<14} {m.value:.4f}")
-    mlflow.log_metrics({f"{m.metric}.{m.slice}": m.value for m in metrics})
-    return metrics
+        log.info(f"{ctx.stage}: {m.metric:<{width}} {m.slice:<14} {m.value:.4f}")
+    graded = {f"{m.metric}.{m.slice}": m.value for m in metrics}
+    mlflow.log_metrics(graded)
+    return StageResult(skipped=reason, metrics=graded)

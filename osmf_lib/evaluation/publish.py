@@ -24,7 +24,7 @@ from osmf_lib import promotion
 from osmf_lib.evaluation.oracle import grade_night, held_out_members, writer_inputs
 from osmf_lib.gmllm.registry import load_gmllm
 from osmf_lib.inputs import first_day_of
-from osmf_lib.job import JobContext
+from osmf_lib.job import JobContext, StageResult
 from osmf_lib.night import GMLLM
 from osmf_lib.serving.model import ServingNight
 from osmf_lib.synth import day_requests
@@ -111,11 +111,11 @@ def grade_served(ctx: JobContext, night: ServingNight, logged: pd.DataFrame, ora
     return metrics
 
 
-def grade_served_day(ctx: JobContext, served: pd.DataFrame, logged: pd.DataFrame, night: ServingNight) -> None:
+def grade_served_day(ctx: JobContext, served: pd.DataFrame, logged: pd.DataFrame, night: ServingNight) -> StageResult:
     """served: the night's serving_creatives rows; logged: the best logged creative per group;
     night: the night's osmf-serving model."""
     missing = f"ds={ctx.ds} served nothing"
-    grade_night(
+    return grade_night(
         ctx,
         STAGE,
         night if len(served) else None,

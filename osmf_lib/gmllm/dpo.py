@@ -9,13 +9,12 @@ For a pair (x, y_w, y_l) of group g, with r(y|g) = log pi(y|x,g) - log ref(y|x,g
 w_g makes every (product, group) weigh the same whatever its number of pairs; g' is a group of the
 same product that rejected y_w (it has the opposite pair, or its judge scores y_w below y_l), so
 the contrast term makes a group's answer likelier for that group than for one that did not want
-it. sg[] stops the gradient: docs/design.md#group-dpo's first form lets it flow into g' too, which only pushes y_w down
-under g' a second time (g's opposite pair already does) at the price of one more backward pass;
-on the demo lakehouse the two gave the same validation GRM reward (0.401 vs 0.398). The last term
+it. sg[] stops the gradient: letting it flow into g' too (the founding form) only pushes y_w down
+under g' a second time, as g's opposite pair already does, at the price of one more backward
+pass, and measured the same (docs/results.md#g-mllm-and-group-dpo). The last term
 (`group_dpo.sft_weight`, RPO's anchor) keeps the chosen answers likely: without it the tiny model
-drifted into repeated phrases and empty answers within one epoch (measured on the stage test's
-lakehouse). lambda = 0 is "DPO with the group prefix"; a model whose group input is always empty
-is "one-size-fits-all DPO".
+drifted into repeated phrases and empty answers within one epoch. lambda = 0 is "DPO with the
+group prefix"; a model whose group input is always empty is "one-size-fits-all DPO".
 
 trl does the rest: tokenizing prompt/chosen/rejected, padding, the optimiser loop, logging, and the
 fused LM head that turns the backbone's hidden states into per-token log-probabilities. The

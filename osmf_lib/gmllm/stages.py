@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from datetime import date
 
 import mlflow
@@ -43,10 +44,12 @@ from osmf_lib.inputs import (
     night_grm,
     writer_data,
 )
-from osmf_lib.job import JobContext
+from osmf_lib.job import JobContext, StageResult
 from osmf_lib.night import GMLLM, GMLLM_BASE, GRM
 from osmf_lib.paag.features import Encoders, EncoderSpec, ProductStore
 from osmf_lib.tables import GROUP_PREFERENCE_PAIRS
+
+log = logging.getLogger(__name__)
 
 MODEL_NAME = GMLLM.name
 BASE_NAME = GMLLM_BASE.name
@@ -57,16 +60,6 @@ METRIC = "val_grm_reward"
 TAG_BASE_SETTINGS = "osmf.base_settings"
 # name -> (reads the group prefix, contrast weight taken from the config)
 VARIANTS = {"group_dpo": (True, True), "prefix_dpo": (True, False), "onesize_dpo": (False, False)}
-
-
-def _reused(ctx: JobContext, name: str, tags: dict[str, str]) -> bool:
-    """A rerun of the night on the same data and settings keeps the version it made (same rows after)."""
-    reused = promotion.reusable_version(name, tags)
-    if reused is None:
-        return False
-    print(f"{ctx.stage}: {name} version {reused.version} was trained for ds={ctx.ds} on the same data and settings")
-    mlflow.set_tag("osmf.reused_version", reused.version)
-    return True
 
 
 def corpus(data: dict[str, pd.DataFrame]) -> list[str]:
@@ -116,7 +109,7 @@ def fresh_base(cfg: Config, ds: date) -> str | None:
     differ = sorted(key for key in wanted.keys() | made_with.keys() if made_with.get(key) != wanted.get(key))
     if differ:
         changes = ", ".join(f"{key}: {made_with.get(key)} -> {wanted.get(key)}" for key in differ)
-        print(
+        log.info(
             f"pretrain_gmllm: {BASE_NAME} v{version} is fresh but was made with other settings ({changes}): "
             "pre-training anew"
         )
@@ -124,27 +117,21 @@ def fresh_base(cfg: Config, ds: date) -> str | None:
     return version
 
 
-def _skip(stage: str, reason: str) -> None:
-    print(f"{stage}: skipped: {reason}")
-    mlflow.set_tag("osmf.skipped", reason)
-
-
-def pretrain_gmllm(ctx: JobContext) -> None:
+def pretrain_gmllm(ctx: JobContext) -> StageResult:
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     check_groups(spark, cfg, ds)
     fresh = fresh_base(cfg, ds)
     if fresh is not None:
-        _skip("pretrain_gmllm", f"{BASE_NAME} v{fresh} is younger than gmllm.fresh_days={cfg.gmllm.fresh_days}")
-        return
+        return StageResult(skipped=f"{BASE_NAME} v{fresh} is younger than gmllm.fresh_days={cfg.gmllm.fresh_days}")
     dimensions = dimension_versions(ctx)
     tags = promotion.training_tags(ds, group_data_prints(ctx, dimensions), _settings(cfg))
-    if _reused(ctx, BASE_NAME, tags):
-        return
+    reused = promotion.reusable_version(BASE_NAME, tags)
+    if reused is not None:
+        return promotion.reused("pretrain_gmllm", reused, ds)
     data = writer_data(ctx, dimensions)
     examples = pretraining_examples(data["cells"], data["groups"], data["products"], cfg)
     if not (examples["task"] == "write_background").any():
-        _skip("pretrain_gmllm", f"no group of a training product has a logged creative for ds={ds}")
-        return
+        return StageResult(skipped=f"no group of a training product has a logged creative for ds={ds}")
     device = resolve_device(cfg.gpu.device)
     cond = conditioning(cfg, data["profiles"], device)
     product_dim = cond.products(data["products"]["product_id"].iloc[:1].tolist(), data["products"]).shape[1]
@@ -154,7 +141,7 @@ def pretrain_gmllm(ctx: JobContext) -> None:
     model.to(device)
     encoded = encode(examples, tokenizer, cond, data["profiles"], data["products"], model.text_context)
     if encoded.too_long:
-        print(f"pretrain_gmllm: {encoded.too_long} examples longer than the model's context were left out")
+        log.info(f"pretrain_gmllm: {encoded.too_long} examples longer than the model's context were left out")
     losses = fit(model, tokenizer, encoded, cfg)
     merge_lora(model)
     gmllm = Gmllm(
@@ -177,10 +164,11 @@ def pretrain_gmllm(ctx: JobContext) -> None:
     for key, value in {**tags, TAG_BASE_SETTINGS: json.dumps(base_settings(cfg), sort_keys=True)}.items():
         client.set_model_version_tag(BASE_NAME, version, key, value)
     promotion.crown(BASE_NAME, version, ds)
-    print(
+    log.info(
         f"pretrain_gmllm: {BASE_NAME} v{version} on {len(examples)} examples "
         f"({', '.join(f'{t} {n}' for t, n in counts.items())}), loss {losses[0]:.3f} -> {losses[-1]:.3f}"
     )
+    return StageResult(model=f"{BASE_NAME}/{version}", metrics={"examples": len(examples), "loss": losses[-1]})
 
 
 # --- Group-DPO ----------------------------------------------------------------------------------
@@ -344,7 +332,7 @@ def train_variant(
             policy, grm, targets, data["groups"], profiles, products, cfg, seed=cfg.gmllm.seed + round_
         )
         mlflow.log_metrics({f"{name}.round.{k}": v for k, v in stats.items()}, step=round_)
-        print(
+        log.info(
             f"train_group_dpo: {name} round {round_}: {int(stats['samples'])} samples, "
             f"{stats['unusable_share']:.1%} unusable, {int(stats['pairs'])} pairs"
         )
@@ -362,7 +350,7 @@ def _number(value: object) -> bool:
     return True
 
 
-def train_group_dpo(ctx: JobContext) -> None:
+def train_group_dpo(ctx: JobContext) -> StageResult:
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     check_groups(spark, cfg, ds)
     dimensions = dimension_versions(ctx)
@@ -371,8 +359,7 @@ def train_group_dpo(ctx: JobContext) -> None:
     if logged.empty:
         # Metrics an earlier run of this night stored no longer describe it.
         tables.write_metrics(spark, cfg, ds, DPO_STAGE, [], mlflow.active_run().info.run_id)
-        _skip("train_group_dpo", f"no training pairs in {GROUP_PREFERENCE_PAIRS.name} for ds={ds}")
-        return
+        return StageResult(skipped=f"no training pairs in {GROUP_PREFERENCE_PAIRS.name} for ds={ds}")
     base_version, base = night_base(cfg, ds)
     judged = night_grm(cfg, ds)
     inputs = {"base": base_version, "grm": judged[0] if judged else None, **group_data_prints(ctx, dimensions)}
@@ -380,11 +367,9 @@ def train_group_dpo(ctx: JobContext) -> None:
     tags = promotion.training_tags(ds, inputs, settings)
     reused = promotion.reusable_version(MODEL_NAME, tags)
     if reused is not None and promotion.TAG_DECISION in reused.tags:
-        _reused(ctx, MODEL_NAME, tags)
-        print(f"train_group_dpo: {reused.tags[promotion.TAG_DECISION]}")
-        return
+        return promotion.reused("train_group_dpo", reused, ds)
     if judged is None:
-        print(f"train_group_dpo: no {GRM.name} for ds={ds}: logged pairs only, no on-policy rounds")
+        log.info(f"train_group_dpo: no {GRM.name} for ds={ds}: logged pairs only, no on-policy rounds")
     grm_version, grm = judged if judged is not None else (None, None)
     # On-policy practice on training products only: the validation products decide promotion and
     # the test products are the evaluation's, so neither is optimised against the GRM here.
@@ -415,8 +400,8 @@ def train_group_dpo(ctx: JobContext) -> None:
     for key, value in {**tags, TAG_BASE: base_version, TAG_GRM: grm_version or "", TAG_VARIANT: served}.items():
         client.set_model_version_tag(MODEL_NAME, version, key, value)
     if grm is None:
-        print(f"train_group_dpo: {MODEL_NAME} v{version} ({served}) kept as challenger: no GRM to score it with")
-        return
+        log.info(f"train_group_dpo: {MODEL_NAME} v{version} ({served}) kept as challenger: no GRM to score it with")
+        return StageResult(model=f"{MODEL_NAME}/{version}")
     tables.write_metrics(
         spark,
         cfg,
@@ -425,8 +410,8 @@ def train_group_dpo(ctx: JobContext) -> None:
         [tables.Metric(METRIC, name, value) for name, value in rewards.items() if not np.isnan(value)],
         mlflow.active_run().info.run_id,
     )
-    print("train_group_dpo: validation GRM reward " + ", ".join(f"{n} {v:.4f}" for n, v in rewards.items()))
-    print(f"train_group_dpo: {MODEL_NAME} v{version} is {served}, the group-aware variant the validation prefers")
+    log.info("train_group_dpo: validation GRM reward " + ", ".join(f"{n} {v:.4f}" for n, v in rewards.items()))
+    log.info(f"train_group_dpo: {MODEL_NAME} v{version} is {served}, the group-aware variant the validation prefers")
 
     def score(model_version: str) -> float:
         candidate = (
@@ -437,7 +422,7 @@ def train_group_dpo(ctx: JobContext) -> None:
         return grm_reward(candidate, grm, validation, data["profiles"], data["products"])
 
     champion = promotion.version_for_ds(MODEL_NAME, ds)
-    promotion.record(spark, cfg, ds, promotion.challenge(MODEL_NAME, METRIC, version, champion, score, cfg))
+    return promotion.record(spark, cfg, ds, promotion.challenge(MODEL_NAME, METRIC, version, champion, score, cfg))
 
 
 def served_variant(rewards: dict[str, float]) -> str:

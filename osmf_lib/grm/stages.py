@@ -10,7 +10,9 @@ The torch side lives in osmf_lib.grm; this module selects data with Spark and mo
 
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import replace
 from datetime import date
 from typing import TYPE_CHECKING
 
@@ -20,7 +22,7 @@ from pyspark.sql import functions as F
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
 from osmf_lib.inputs import check_groups, group_data, group_data_prints
-from osmf_lib.job import JobContext
+from osmf_lib.job import JobContext, StageResult
 from osmf_lib.night import DIMENSIONS, GRM
 from osmf_lib.tables import (
     GROUP_CREATIVE_CTR,
@@ -31,6 +33,8 @@ from osmf_lib.tables import (
 if TYPE_CHECKING:
     from osmf_lib.grm.train import TrainedGrm
 
+log = logging.getLogger(__name__)
+
 MODEL_NAME = GRM.name
 STAGE = "grm"
 # Promotion compares pair accuracy on the validation products: the GRM's job is to order prompts
@@ -38,15 +42,14 @@ STAGE = "grm"
 METRIC = "val_pair_accuracy"
 
 
-def _skip(ctx: JobContext, reason: str) -> None:
+def _skip(ctx: JobContext, reason: str) -> StageResult:
     import mlflow
 
     champion = promotion.version_for_ds(MODEL_NAME, ctx.ds)
     kept = f"{MODEL_NAME} v{champion} stays champion" if champion else f"{MODEL_NAME} has no champion yet"
-    print(f"train_grm: skipped for ds={ctx.ds}: {reason}; {kept}")
-    mlflow.set_tag("osmf.skipped", reason)
     # Metrics an earlier run of this night stored no longer describe it.
     tables.write_metrics(ctx.spark, ctx.cfg, ctx.ds, STAGE, [], mlflow.active_run().info.run_id)
+    return StageResult(skipped=f"{reason}; {kept}")
 
 
 def challenge(version: str, data: dict[str, pd.DataFrame], cfg: Config, ds: date) -> promotion.Decision:
@@ -83,13 +86,13 @@ def _report(ctx: JobContext, trained: TrainedGrm, baseline: TrainedGrm) -> None:
                 f"AUROC {m[f'{split}_auroc']:.3f}"
             )
         m = trained.metrics
-        print(
+        log.info(
             f"train_grm: {split} products, {int(m[f'{split}_pairs'])} pairs "
             f"({int(m[f'{split}_conflict_pairs'])} conflict): pair accuracy " + " vs ".join(parts)
         )
 
 
-def train_grm(ctx: JobContext) -> None:
+def train_grm(ctx: JobContext) -> StageResult:
     import mlflow
 
     from osmf_lib.grm import fit_grm, log_grm
@@ -100,18 +103,14 @@ def train_grm(ctx: JobContext) -> None:
     pairs = tables.read(spark, GROUP_PREFERENCE_PAIRS, cfg, ds=ds)
     counts = pairs.agg(F.count("*").alias("all"), F.count(F.when(F.col("split") == "train", 1)).alias("train")).first()
     if counts["train"] == 0:
-        _skip(ctx, f"no training pairs ({counts['all']} in all) in group_preference_pairs for ds={ds}")
-        return
+        return _skip(ctx, f"no training pairs ({counts['all']} in all) in group_preference_pairs for ds={ds}")
 
     dimensions = {t.name: tables.version_as_of(spark, t, cfg, ds) for t in DIMENSIONS}
     settings = {"grm": cfg.grm.model_dump(mode="json"), "models": cfg.models.model_dump(mode="json")}
     tags = promotion.training_tags(ds, group_data_prints(ctx, dimensions), settings)
     reused = promotion.reusable_version(MODEL_NAME, tags)
     if reused is not None and promotion.TAG_DECISION in reused.tags:
-        print(f"train_grm: {MODEL_NAME} version {reused.version} was trained for ds={ds} on the same data and settings")
-        print(f"train_grm: {reused.tags[promotion.TAG_DECISION]}")
-        mlflow.set_tag("osmf.reused_version", reused.version)
-        return
+        return promotion.reused("train_grm", reused, ds)
 
     data = group_data(ctx, dimensions)
     for table in (GROUP_CREATIVE_CTR, GROUP_PREFERENCE_PAIRS, USER_GROUPS):
@@ -134,6 +133,9 @@ def train_grm(ctx: JobContext) -> None:
         version = reused.version
     truncated = trained.grm.truncated_prompts
     if truncated:
-        print(f"train_grm: {truncated} prompts longer than grm.max_prompt_tokens={cfg.grm.max_prompt_tokens} were cut")
+        log.info(
+            f"train_grm: {truncated} prompts longer than grm.max_prompt_tokens={cfg.grm.max_prompt_tokens} were cut"
+        )
     _report(ctx, trained, baseline)
-    promotion.record(spark, cfg, ds, challenge(version, data, cfg, ds))
+    result = promotion.record(spark, cfg, ds, challenge(version, data, cfg, ds))
+    return replace(result, reused=reused is not None)

@@ -3,6 +3,7 @@ user_groups and group_profiles, checked to agree, and gated."""
 
 from __future__ import annotations
 
+import logging
 from datetime import date
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ from osmf_lib.config import Config
 from osmf_lib.grouping.clustering import GroupingError
 from osmf_lib.grouping.groups import group_audiences
 from osmf_lib.inputs import check_groups
-from osmf_lib.job import JobContext, worker_errors_as_stage_errors
+from osmf_lib.job import JobContext, StageResult, worker_errors_as_stage_errors
 from osmf_lib.quality import Check
 from osmf_lib.tables import (
     DS,
@@ -24,8 +25,10 @@ from osmf_lib.tables import (
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+log = logging.getLogger(__name__)
 
-def group_users(ctx: JobContext) -> None:
+
+def group_users(ctx: JobContext) -> StageResult:
     """The group_users task: the night's embeddings -> user_groups and group_profiles."""
     import mlflow
     from pyspark.sql import functions as F
@@ -50,15 +53,18 @@ def group_users(ctx: JobContext) -> None:
         .first()
     )
     if not summary["products"]:
-        print(f"group_users: no embeddings for ds={ds}; nothing to group")
-        return
+        return StageResult(skipped=f"no embeddings for ds={ds}; nothing to group")
     check_groups(spark, cfg, ds)
     quality.gate(ctx, quality_checks(spark, cfg, ds))
-    print(
+    log.info(
         f"group_users: {summary['groups']} groups over {summary['products']} products (mean K {summary['mean_k']:.2f})"
     )
     mlflow.log_metrics({"products": summary["products"], "groups": summary["groups"], "mean_k": summary["mean_k"]})
     tracking.log_table_input(spark, PAAG_EMBEDDINGS, cfg, context="grouping")
+    return StageResult(
+        written={GROUP_PROFILES.name: summary["groups"]},
+        metrics={"products": summary["products"], "mean_k": summary["mean_k"]},
+    )
 
 
 def quality_checks(spark: SparkSession, cfg: Config, ds: date) -> list[Check]:

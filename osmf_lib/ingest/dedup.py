@@ -3,6 +3,7 @@ reconciliation that checks every line read has exactly one."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import date
 from functools import reduce
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
     from pyspark.sql import Row
+
+log = logging.getLogger(__name__)
 
 
 # A night's valid events fall on one to three dates (the day and its late lines), one event-time
@@ -70,7 +73,7 @@ class Reconciliation:
 
     def checked(self, what: str) -> Reconciliation:
         """Print the line, and fail when it does not add up: callers check before they write."""
-        print(self.line(what))
+        log.info(self.line(what))
         if not self.balanced:
             raise StageError(f"reconciliation failed, nothing of it written: {self.line(what)}")
         return self

@@ -4,6 +4,7 @@ publish them; the only place that reads landing files and writes tables."""
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from osmf_lib.ingest.read import (
     split_extent,
 )
 from osmf_lib.ingest.validate import EVENT_FIELDS, type_events, validate_events
-from osmf_lib.job import JobContext, StageError
+from osmf_lib.job import JobContext, StageError, StageResult
 from osmf_lib.quality import Check
 from osmf_lib.serving import coverage
 from osmf_lib.spark import path_exists
@@ -63,6 +64,8 @@ from osmf_lib.tables import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 
 # The manifest the simulated world writes beside a day's landing files (osmf_lib.synth.landing).
@@ -87,7 +90,7 @@ def _stage_dimension(
     source: Source = getattr(cfg.ingest, dim.source_attr)
     location = source_location(cfg, ds, source)
     if not path_exists(spark, location):
-        print(f"ingest {dim.table.name}: no file at {location}, nothing to upsert")
+        log.info(f"ingest {dim.table.name}: no file at {location}, nothing to upsert")
         return None
     columns = [c for c in dim.table.column_names if c != "updated_ds"]
     landed = read_source(spark, location, source, columns)
@@ -328,7 +331,7 @@ def _missing_attributes(spark: SparkSession, cfg: Config, staged: StagedDay) -> 
     ]
 
 
-def ingest_events(ctx: JobContext) -> None:
+def ingest_events(ctx: JobContext) -> StageResult:
     import mlflow
 
     counts = ingest_day(ctx.spark, ctx.cfg, ctx.ds, gate=lambda checks: quality.gate(ctx, checks, published=False))
@@ -352,4 +355,8 @@ def ingest_events(ctx: JobContext) -> None:
     if reached:
         mlflow.log_metrics({f"{coverage.STAGE}.{m.metric}.{m.slice.replace(' ', '_')}": m.value for m in reached})
         for m in reached:
-            print(f"{ctx.stage}: {coverage.STAGE} {m.metric} {m.slice}: {m.value:.4f}")
+            log.info(f"{ctx.stage}: {coverage.STAGE} {m.metric} {m.slice}: {m.value:.4f}")
+    return StageResult(
+        written={IMPRESSIONS.name: counts.accepted, REJECTED_EVENTS.name: counts.rejected},
+        metrics={"events_read": counts.read, "events_duplicates": counts.duplicates},
+    )

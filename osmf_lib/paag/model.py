@@ -8,16 +8,13 @@ click rates of the creative, the product and the whole log. K-Means then groups 
 where the product makes their taste differ. A product without a picture is modulated by its text
 alone: the image half of its context is zero (see features.py for when a picture counts as missing).
 
-This departs from docs/design.md#paag's founding form (an MLP query with cross-attention over the product's tokens),
-measured on the demo world (500k training rows, 3 epochs, 50 products, adjusted Rand index of the
-groups with the hidden segments): the MLP + cross-attention net reached ARI 0.02-0.16 whatever we
-tried (attribute gating, FiLM, no residual, a dot-product head), no better than the
-product-agnostic baseline. This form reaches ARI 0.53-0.54 (two seeds) against the baseline's
-0.16-0.17, at a higher validation AUROC (0.587-0.589 vs 0.569-0.571). The likely reason: there,
-the product entered only after an MLP had mixed the attributes into one query, so "which
-attributes matter for this product" had to be learnt as a three-way interaction in the head;
-here the product scales each attribute directly, as in the logistic regression on category x
-attribute x style that showed the world rewards it (ARI 0.38 at 500k rows, 0.59 at 2M).
+This departs from the founding form (an MLP query with cross-attention over the product's
+tokens), which measured no better than the product-agnostic baseline on segment recovery
+(docs/results.md#grouping has the figures). The likely reason: there, the product entered only
+after an MLP had mixed the attributes into one query, so "which attributes matter for this
+product" had to be learnt as a three-way interaction in the head; here the product scales each
+attribute directly, as in the logistic regression on category x attribute x style that showed
+the world rewards it.
 
 The embedding is not L2-normalised: on the unit sphere the head could not learn how segments
 differ in taste. Grouping is per product, so the embedding's scale differing between products

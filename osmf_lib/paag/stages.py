@@ -14,6 +14,8 @@ and out of pandas, and keeps the registry tidy.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from datetime import date
 from typing import TYPE_CHECKING
 
@@ -24,7 +26,7 @@ from pyspark.sql import functions as F
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
 from osmf_lib.inputs import PRODUCT_FEATURES, window
-from osmf_lib.job import JobContext, StageError, worker_errors_as_stage_errors
+from osmf_lib.job import JobContext, StageError, StageResult, worker_errors_as_stage_errors
 from osmf_lib.night import DIMENSIONS, PAAG
 from osmf_lib.paag.audience import audience, audience_pairs, champion_model_dir, embed_audience
 from osmf_lib.spark import named_in, to_pandas
@@ -32,6 +34,8 @@ from osmf_lib.tables import CREATIVES, DS, IMPRESSIONS, PAAG_EMBEDDINGS, PRODUCT
 
 if TYPE_CHECKING:
     from osmf_lib.paag import TrainedPaag
+
+log = logging.getLogger(__name__)
 
 MODEL_NAME = PAAG.name
 
@@ -131,8 +135,7 @@ def training_catalogue(
     )
 
 
-def train_paag(ctx: JobContext) -> None:
-    import mlflow
+def train_paag(ctx: JobContext) -> StageResult:
 
     from osmf_lib.paag import fit_paag
 
@@ -142,12 +145,7 @@ def train_paag(ctx: JobContext) -> None:
     tags = _training_tags(spark, cfg, ds, seen, dimensions)
     reused = promotion.reusable_version(MODEL_NAME, tags)
     if reused is not None and promotion.TAG_DECISION in reused.tags:
-        print(
-            f"train_paag: {MODEL_NAME} version {reused.version} was trained for ds={ds} on the same data and settings"
-        )
-        print(f"train_paag: {reused.tags[promotion.TAG_DECISION]}")
-        mlflow.set_tag("osmf.reused_version", reused.version)
-        return
+        return promotion.reused("train_paag", reused, ds)
 
     users = tables.read(spark, USERS, cfg, version=dimensions[USERS.name])
     examples = to_pandas(training_examples(seen, users, cfg.paag.max_train_rows))
@@ -163,23 +161,24 @@ def train_paag(ctx: JobContext) -> None:
         # The product-agnostic baseline of the evaluation: same model and data, product context removed.
         baseline = fit_paag(examples, products, creatives, cfg, product_aware=False)
         version = _register(trained, baseline, cfg, tags)
-        print(f"train_paag: {MODEL_NAME} version {version}, val AUROC {trained.metrics['val_auroc']:.3f}")
+        log.info(f"train_paag: {MODEL_NAME} version {version}, val AUROC {trained.metrics['val_auroc']:.3f}")
         skipped = trained.paag.unreadable_images
         if skipped:
-            print(
+            log.info(
                 f"train_paag: {len(skipped)} products with an unreadable image, described by text alone: {skipped[:5]}"
             )
     else:
         # Trained by an earlier run of this night that stopped before deciding.
         version = reused.version
-    promotion.record(spark, cfg, ds, challenge(version, examples, products, creatives, cfg, ds))
+    result = promotion.record(spark, cfg, ds, challenge(version, examples, products, creatives, cfg, ds))
+    return replace(result, reused=reused is not None)
 
 
 # ---------------------------------------------------------------------------------------------
 # build_paag_embeddings
 
 
-def build_paag_embeddings(ctx: JobContext) -> None:
+def build_paag_embeddings(ctx: JobContext) -> StageResult:
     import mlflow
 
     from osmf_lib.paag import PaagError
@@ -200,10 +199,11 @@ def build_paag_embeddings(ctx: JobContext) -> None:
         .first()
     )
     if written["pairs"] == 0:
-        print(f"build_paag_embeddings: no impressions in the window up to ds={ctx.ds}; the partition is empty")
-    print(
+        log.info(f"build_paag_embeddings: no impressions in the window up to ds={ctx.ds}; the partition is empty")
+    log.info(
         f"build_paag_embeddings: {written['pairs']} (product, user) pairs over {written['products']} products "
         f"with {model_version}"
     )
     mlflow.log_metrics({"pairs": written["pairs"], "products": written["products"]})
     mlflow.log_params({"paag_version": model_version, "output.paag_embeddings.version": version})
+    return StageResult(written={PAAG_EMBEDDINGS.name: written["pairs"]}, metrics={"products": written["products"]})

@@ -3,6 +3,7 @@ product's work (osmf_lib.pairs.preference) run in one groupBy(product).applyInPa
 
 from __future__ import annotations
 
+import logging
 from datetime import date
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ import pandas as pd
 from osmf_lib import quality, tables, tracking
 from osmf_lib.config import Config
 from osmf_lib.inputs import LINEAGE, check_groups, split_of, window
-from osmf_lib.job import JobContext
+from osmf_lib.job import JobContext, StageResult
 from osmf_lib.pairs.preference import CTR_COLUMNS, GROUP, PAIR_COLUMNS, product_pairs, smooth_product
 from osmf_lib.quality import Check
 from osmf_lib.tables import (
@@ -27,6 +28,8 @@ from osmf_lib.tables import (
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 
@@ -145,7 +148,7 @@ def quality_checks(spark: SparkSession, cfg: Config, ds: date) -> list[Check]:
     ]
 
 
-def build_preference_pairs(ctx: JobContext) -> None:
+def build_preference_pairs(ctx: JobContext) -> StageResult:
     """The build_preference_pairs stage: tonight's groups and the window's impressions -> both tables."""
     import mlflow
     from pyspark.sql import functions as F
@@ -158,7 +161,7 @@ def build_preference_pairs(ctx: JobContext) -> None:
     creatives = tables.read(spark, CREATIVES, cfg, version=creatives_version)
     if members.first() is None:
         # Nothing to compute, but the writes below still run: they empty what an earlier run wrote.
-        print(f"build_preference_pairs: no groups for ds={ds}; its partitions of both tables are left empty")
+        log.info(f"build_preference_pairs: no groups for ds={ds}; its partitions of both tables are left empty")
 
     tables.overwrite_partition(
         spark, group_creative_ctr(creative_cells(seen, members), ds), GROUP_CREATIVE_CTR, cfg, ds
@@ -185,7 +188,7 @@ def build_preference_pairs(ctx: JobContext) -> None:
     }
     splits = " / ".join(f"{split} {metrics[f'pairs_{split}']}" for split in SPLITS)
     unknown = metrics["unknown_creative_cells"]
-    print(
+    log.info(
         f"build_preference_pairs: {metrics['cells']} (group, creative) cells over {metrics['groups']} groups, "
         f"{metrics['pairs']} pairs ({metrics['conflict_pairs']} conflict; {splits})"
         + (f"; {unknown} cells of creatives missing from creatives have no pairs" if unknown else "")
@@ -195,3 +198,7 @@ def build_preference_pairs(ctx: JobContext) -> None:
     tracking.log_table_input(spark, IMPRESSIONS, cfg, context="clicks")
     tracking.log_table_input(spark, USER_GROUPS, cfg, context="groups")
     tracking.log_table_input(spark, CREATIVES, cfg, context="prompts", version=creatives_version)
+    return StageResult(
+        written={GROUP_CREATIVE_CTR.name: metrics["cells"], GROUP_PREFERENCE_PAIRS.name: metrics["pairs"]},
+        metrics={key: metrics[key] for key in ("groups", "conflict_pairs", "unknown_creative_cells")},
+    )

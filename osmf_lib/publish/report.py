@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 from datetime import date, timedelta
 
 import mlflow
@@ -38,6 +39,8 @@ from osmf_lib.tables import (
     PRODUCTS,
     SERVING_CREATIVES,
 )
+
+log = logging.getLogger(__name__)
 
 MODELS = tuple(model.name for model in (PAAG, GRM, GMLLM, SERVING))
 ONE_DAY = timedelta(days=1)
@@ -384,7 +387,7 @@ def write(ctx: JobContext, served: pd.DataFrame) -> str:
     try:
         seen = browser.render(page)
     except browser.BrowserMissing as missing:
-        print(f"{ctx.stage}: no screenshot of the report: {missing}")
+        log.info(f"{ctx.stage}: no screenshot of the report: {missing}")
         return uri
     screenshot = uri.removesuffix(".html") + ".png"
     artifacts.write_atomically(screenshot, seen.png)
@@ -393,5 +396,5 @@ def write(ctx: JobContext, served: pd.DataFrame) -> str:
     mlflow.log_metrics({"report.broken_images": len(seen.broken_images), "report.script_errors": len(seen.errors)})
     problems = [*(f"broken image {src}" for src in seen.broken_images), *seen.errors]
     saw = f"; the browser saw: {'; '.join(problems)}" if problems else ""
-    print(f"{ctx.stage}: report screenshot {screenshot}{saw}")
+    log.info(f"{ctx.stage}: report screenshot {screenshot}{saw}")
     return uri

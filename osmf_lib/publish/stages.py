@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import date
 
 import mlflow
@@ -30,7 +31,7 @@ from pyspark.sql import functions as F
 from osmf_lib import tables
 from osmf_lib.config import Config
 from osmf_lib.evaluation import publish as evaluate_publish
-from osmf_lib.job import JobContext
+from osmf_lib.job import JobContext, StageResult
 from osmf_lib.publish import report, serving
 from osmf_lib.tables import (
     CREATIVES,
@@ -44,6 +45,8 @@ from osmf_lib.tables import (
     USER_GROUPS,
     Metric,
 )
+
+log = logging.getLogger(__name__)
 
 STAGE = "publish"
 # How well the night's osmf-serving places members by their attributes alone.
@@ -124,7 +127,7 @@ def coverage(served: pd.DataFrame, targets: int) -> list[Metric]:
     return metrics
 
 
-def evaluate_and_publish(ctx: JobContext) -> None:
+def evaluate_and_publish(ctx: JobContext) -> StageResult:
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     targets = tables.read(spark, GROUP_PROFILES, cfg, ds=ds).select(*KEY)
     ctr = tables.read(spark, GROUP_CREATIVE_CTR, cfg, ds=ds).where(F.col(GROUPS_DS) == F.lit(ds))
@@ -141,7 +144,7 @@ def evaluate_and_publish(ctx: JobContext) -> None:
     mlflow.log_metrics({f"{m.metric}.{m.slice}": m.value for m in metrics})
     views = tables.register_views(spark, cfg)
     counted = {(m.metric, m.slice): int(m.value) for m in metrics}
-    print(
+    log.info(
         f"{ctx.stage}: serving_creatives v{version}: {counted['targets', 'all']} targets, "
         f"{counted['served', GENERATED]} generated, {counted['served', LOGGED]} logged (the group's best), "
         f"{counted['unserved', 'all']} without a creative; {len(views)} tables and views registered"
@@ -151,10 +154,17 @@ def evaluate_and_publish(ctx: JobContext) -> None:
     tables.write_metrics(spark, cfg, ds, SERVING_STAGE, agreement, run_id)
     mlflow.log_metrics({f"{m.metric}.{m.slice}": m.value for m in agreement})
     placed = f"; members placed by attributes alone get their own group: {agreement[0].value:.2%}" if agreement else ""
-    print(
+    log.info(
         f"{ctx.stage}: {serving.MODEL_NAME} v{model_version} serves ds={ds}: {len(night.members)} members, "
         f"{len(night.groups)} groups, {len(night.fallback)} products with a fallback{placed}"
     )
-    evaluate_publish.grade_served_day(ctx, served_pd, logged_pd, night)
+    graded = evaluate_publish.grade_served_day(ctx, served_pd, logged_pd, night)
+    if graded.skipped:
+        log.info(f"{ctx.stage}: the oracle's grade skipped: {graded.skipped}")
     path = report.write(ctx, served_pd)
-    print(f"{ctx.stage}: report {path}")
+    log.info(f"{ctx.stage}: report {path}")
+    return StageResult(
+        written={SERVING_CREATIVES.name: len(served_pd)},
+        model=f"{serving.MODEL_NAME}/{model_version}",
+        metrics={f"{m.metric}.{m.slice}": m.value for m in metrics},
+    )

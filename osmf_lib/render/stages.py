@@ -18,6 +18,7 @@ in shard i, so n workers cover every target exactly once.
 from __future__ import annotations
 
 import io
+import logging
 import time
 import zlib
 from datetime import date
@@ -35,13 +36,15 @@ from osmf_lib.gmllm.generator import Gmllm
 from osmf_lib.gmllm.registry import load_gmllm
 from osmf_lib.images import ImageError, ImageLimits, read_image
 from osmf_lib.inputs import check_groups, dimension_versions, night_grm, writer_data
-from osmf_lib.job import JobContext, Shard, StageError
+from osmf_lib.job import JobContext, Shard, StageError, StageResult
 from osmf_lib.night import GMLLM, GRM
 from osmf_lib.paag.features import image_path
 from osmf_lib.render import CONTACT_SHEET, product_folder
 from osmf_lib.render.pipeline import Renderer, load_pipeline, renderer_folders
 from osmf_lib.render.tiny import library_of
 from osmf_lib.tables import GENERATED_CREATIVES
+
+log = logging.getLogger(__name__)
 
 STAGE = "generate_creatives"
 # Products rendered in shared batches and committed together to generated_creatives: what a
@@ -142,7 +145,7 @@ def _cut_out(product_id: str, path: str, limits: ImageLimits) -> Image.Image:
 ALL = Shard(0, 1)
 
 
-def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> None:
+def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> StageResult:
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     check_groups(spark, cfg, ds)
     dimensions = dimension_versions(ctx)
@@ -150,10 +153,7 @@ def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> None:
     gmllm_version = promotion.version_for_ds(GMLLM.name, ds)
     if gmllm_version is None:
         # A first night whose train_group_dpo found no training pairs has nothing to write with.
-        reason = f"no {GMLLM.name} for ds={ds} (train_group_dpo registered none yet)"
-        print(f"{STAGE}: skipped: {reason}")
-        mlflow.set_tag("osmf.skipped", reason)
-        return
+        return StageResult(skipped=f"no {GMLLM.name} for ds={ds} (train_group_dpo registered none yet)")
     # The table exists once the stage has run, even on a night whose every description was unusable.
     tables.ensure(spark, GENERATED_CREATIVES, cfg)
     # Every group of every product: rendering all 500 demo products' 1,113 groups costs minutes.
@@ -164,17 +164,18 @@ def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> None:
     no_image = [p for p in products if pictures.get(p) is None]
     done = set(rendered_products(ctx))
     todo = [p for p in products if p not in done and pictures.get(p) is not None]
-    print(
+    log.info(
         f"{STAGE}: shard {shard}: {len(products)} products, {len(done & set(products))} already rendered for "
         f"ds={ds}, {len(no_image)} without an image left out"
     )
     mlflow.log_params({"products": len(products), "shard": str(shard), "already_rendered": len(done & set(products))})
     mlflow.log_metric("products_without_image", len(no_image))
+    shard_counts = {"products": len(products), "already_rendered": len(done & set(products)), "no_image": len(no_image)}
     if not todo:
-        return
+        return StageResult(metrics=shard_counts)
     judged = night_grm(cfg, ds)
     if judged is None:
-        print(f"{STAGE}: no osmf-grm for ds={ds}: candidates stay unscored, the first rendered one is selected")
+        log.info(f"{STAGE}: no osmf-grm for ds={ds}: candidates stay unscored, the first rendered one is selected")
     device = resolve_device(cfg.gpu.device)
     writer = load_gmllm(f"models:/{GMLLM.name}/{gmllm_version}", str(device), cfg.models.unreadable_image)
     renderer = Renderer.from_config(load_pipeline(*renderer_folders(cfg, library_of(cfg)), device), cfg)
@@ -212,11 +213,12 @@ def generate_creatives(ctx: JobContext, shard: Shard = ALL) -> None:
         "rejected_blank": renderer.rejected,
     }
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-    print(
+    log.info(
         f"{STAGE}: {rendered} images for {len(groups)} targets of {len(todo)} products in {elapsed:.0f} s "
         f"({metrics['images_per_s']:.2f}/s); {unusable} unusable descriptions not rendered, "
         f"{renderer.rejected} blank images re-seeded"
     )
+    return StageResult(written={GENERATED_CREATIVES.name: rendered}, metrics={**shard_counts, **metrics})
 
 
 def _render_chunk(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,8 @@ from osmf_lib.config import Config, TinyRendererConfig
 from osmf_lib.gmllm.base import train_tokenizer
 from osmf_lib.images import ImageError, ImageLimits, read_image
 from osmf_lib.model_folders import publish
+
+log = logging.getLogger(__name__)
 
 METADATA = "metadata.jsonl"
 
@@ -242,7 +245,7 @@ def build_tiny_renderer(library: str, cfg: Config) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    print(
+    log.info(
         f"build-tiny: renderer trained on {len(data.captions)} backgrounds, "
         f"VAE loss {vae_loss:.4f}, UNet loss {unet_loss:.4f}"
     )

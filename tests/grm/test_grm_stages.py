@@ -14,6 +14,8 @@ from osmf_lib import promotion, tables
 from osmf_lib.config import QualityConfig
 from osmf_lib.grm import load_grm, stages
 from osmf_lib.grm.features import GrmError
+from osmf_lib.inputs import attribute_profiles
+from osmf_lib.job import StageResult
 from osmf_lib.pairs.stages import build_preference_pairs
 from osmf_lib.tables import (
     EVAL_METRICS,
@@ -31,13 +33,13 @@ def lakehouse(make_group_lakehouse):
 
 
 @pytest.fixture(scope="module")
-def first_run(lakehouse, run_stage) -> str:
+def first_run(lakehouse, run_stage) -> StageResult:
     return run_stage(stages.train_grm, lakehouse)
 
 
 def test_attribute_profiles_hold_every_value_share(spark, lakehouse) -> None:
     members = tables.read(spark, USER_GROUPS, lakehouse, ds=DS).where("product_id = 'p00'")
-    rows = stages.attribute_profiles(members, tables.read(spark, USERS, lakehouse)).toPandas()
+    rows = attribute_profiles(members, tables.read(spark, USERS, lakehouse)).toPandas()
     shares = {(r.group_id, r.feature): r.share for r in rows.itertuples()}
     assert shares[(0, "gender=female")] == 1.0 and (0, "gender=male") not in shares
     assert shares[(1, "age_band=x")] == 1.0
@@ -52,8 +54,7 @@ def test_training_registers_a_champion_and_reports_both_models(spark, lakehouse,
     (version,) = client.search_model_versions("name = 'osmf-grm'")
     assert client.get_model_version_by_alias("osmf-grm", "champion").version == version.version
     assert version.tags[promotion.TAG_CHAMPION_FROM] == DS.isoformat()
-    assert "osmf-grm v1 val_pair_accuracy" in first_run and "promoted (first version)" in first_run
-    assert "train_grm: test products" in first_run and " vs group-agnostic " in first_run
+    assert first_run.model == "osmf-grm/1" and first_run.metrics["promoted"] == 1.0
 
     metrics = tables.read(spark, EVAL_METRICS, lakehouse, ds=DS).where("stage = 'grm'").toPandas()
     by = metrics.set_index(["metric", "slice"])["value"]
@@ -71,7 +72,7 @@ def test_training_registers_a_champion_and_reports_both_models(spark, lakehouse,
 
 def test_a_rerun_of_the_night_reuses_its_version(lakehouse, first_run, run_stage) -> None:
     again = run_stage(stages.train_grm, lakehouse)
-    assert "osmf-grm version 1 was trained for ds=2026-11-03 on the same data and settings" in again
+    assert again.reused and again.model == "osmf-grm/1"
     assert len(MlflowClient().search_model_versions("name = 'osmf-grm'")) == 1
 
 
@@ -86,9 +87,9 @@ def test_a_night_without_pairs_is_a_logged_skip_that_keeps_the_champion(spark, l
     )
     stale = [tables.Metric("test_pair_accuracy", "group_aware", 0.9)]
     tables.write_metrics(spark, lakehouse, night, "grm", stale, "an earlier run of the night")
-    printed = run_stage(stages.train_grm, lakehouse, night)
-    assert "train_grm: skipped for ds=2026-11-13: no training pairs (0 in all)" in printed
-    assert "osmf-grm v1 stays champion" in printed
+    skipped = run_stage(stages.train_grm, lakehouse, night).skipped
+    assert skipped.startswith("no training pairs (0 in all) in group_preference_pairs for ds=2026-11-13;")
+    assert skipped.endswith("; osmf-grm v1 stays champion")
     assert len(MlflowClient().search_model_versions("name = 'osmf-grm'")) == 1
     assert tables.read(spark, EVAL_METRICS, lakehouse, ds=night).where("stage = 'grm'").count() == 0
 

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -322,14 +323,14 @@ def test_users_missing_an_attribute_the_users_file_carries_fail_the_gate(spark, 
     assert carried.passed and carried.measured == "gender: 0 of the day's 1 users"
 
 
-def test_dimension_files_are_reconciled_naming_the_file(spark, make_cfg, capsys):
+def test_dimension_files_are_reconciled_naming_the_file(spark, make_cfg, caplog):
+    caplog.set_level(logging.INFO, logger="osmf_lib")
     cfg = make_cfg()
     _land(cfg, [EVENT], users=[USER, "{cut off", {**USER, "gender": "male"}])
     ingest_day(spark, cfg, D1)
     users = Path(cfg.lakehouse.landing) / D1.isoformat() / "dims" / "users.jsonl"
-    assert f"ingest users 2026-11-01 from {users}: read 3 = accepted 1 + rejected 1 + duplicates 1 (ok)" in (
-        capsys.readouterr().out
-    )
+    # The reconciliation is the operator's line: each file read, and where every line went.
+    assert f"ingest users 2026-11-01 from {users}: read 3 = accepted 1 + rejected 1 + duplicates 1 (ok)" in caplog.text
     assert [r["gender"] for r in tables.read(spark, USERS, cfg).collect()] == ["male"]
     (reject,) = tables.read(spark, REJECTED_EVENTS, cfg, ds=D1).collect()
     assert reject["source_file"].endswith("dims/users.jsonl") and reject["line_number"] == 2

@@ -10,8 +10,11 @@ from osmf_lib import promotion, tables
 from osmf_lib.evaluation.stages import evaluate_grouping
 from osmf_lib.grouping.stages import group_users
 from osmf_lib.ingest.stages import ingest_day
+from osmf_lib.inputs import window
 from osmf_lib.job import main
+from osmf_lib.night import DIMENSIONS
 from osmf_lib.paag import stages
+from osmf_lib.paag.audience import audience
 from osmf_lib.synth import write_landing
 from osmf_lib.tables import (
     EVAL_METRICS,
@@ -64,7 +67,7 @@ def test_training_pulls_only_the_products_and_creatives_its_window_names(night):
     cfg, spark, _ = night
     one = tables.read(spark, IMPRESSIONS, cfg, ds=D2).orderBy("event_id").limit(1)
     product, creative = one.first()["product_id"], one.first()["creative_id"]
-    dimensions = {t.name: tables.version_as_of(spark, t, cfg, D2) for t in stages.DIMENSIONS}
+    dimensions = {t.name: tables.version_as_of(spark, t, cfg, D2) for t in DIMENSIONS}
     products, creatives = stages.training_catalogue(spark, cfg, one, dimensions)
     assert tables.read(spark, PRODUCTS, cfg, as_of=D2).count() > 1
     assert products["product_id"].tolist() == [product]
@@ -96,8 +99,8 @@ def test_training_registers_a_champion_with_lineage(grouped):
 
 def test_every_audience_pair_is_embedded(grouped):
     cfg, spark, _ = grouped
-    seen = stages.window(tables.read(spark, IMPRESSIONS, cfg), D2, cfg.paag.lookback_days)
-    expected = stages.audience(seen).count()
+    seen = window(tables.read(spark, IMPRESSIONS, cfg), D2, cfg.paag.lookback_days)
+    expected = audience(seen).count()
     embedded = tables.read(spark, PAAG_EMBEDDINGS, cfg, ds=D2)
     assert embedded.count() == expected
     row = embedded.first()
@@ -155,13 +158,13 @@ def test_rerunning_the_night_gives_the_same_tables(grouped):
     assert len(MlflowClient().search_model_versions("name = 'osmf-paag'")) == 1
 
 
-def test_a_night_without_impressions_embeds_nothing(grouped, capsys):
+def test_a_night_without_impressions_embeds_nothing(grouped, recorded_result):
     cfg, spark, stage = grouped
     quiet = D2 + dt.timedelta(days=cfg.paag.lookback_days + 1)
     stage("build_paag_embeddings", stages.build_paag_embeddings, ds=quiet)
     stage("group_users", group_users, ds=quiet)
-    out = capsys.readouterr().out
-    assert "no impressions in the window" in out and "nothing to group" in out
+    assert recorded_result(cfg, "build_paag_embeddings", quiet).written == {"paag_embeddings": 0}
+    assert recorded_result(cfg, "group_users", quiet).skipped == f"no embeddings for ds={quiet}; nothing to group"
     assert tables.read(spark, USER_GROUPS, cfg, ds=quiet).count() == 0
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
-import io
 
 import mlflow
 import pandas as pd
@@ -14,7 +12,7 @@ from pyspark.sql import functions as F
 
 from osmf_lib import tables, tracking
 from osmf_lib.inputs import split_of
-from osmf_lib.job import JobContext
+from osmf_lib.job import JobContext, StageResult
 from osmf_lib.pairs.stages import build_preference_pairs
 from osmf_lib.tables import (
     CREATIVES,
@@ -117,15 +115,13 @@ def lakehouse(spark, make_cfg):
     return cfg
 
 
-def _run(cfg, ds: dt.date = DS) -> str:
-    printed = io.StringIO()
-    with mlflow.start_run(), contextlib.redirect_stdout(printed):
-        build_preference_pairs(JobContext("build_preference_pairs", cfg, ds, "test"))
-    return printed.getvalue()
+def _run(cfg, ds: dt.date = DS) -> StageResult:
+    with mlflow.start_run():
+        return build_preference_pairs(JobContext("build_preference_pairs", cfg, ds, "test"))
 
 
 @pytest.fixture(scope="module")
-def first_run(lakehouse) -> str:
+def first_run(lakehouse) -> StageResult:
     return _run(lakehouse)
 
 
@@ -161,8 +157,8 @@ def test_the_stage_writes_group_ctr_and_pairs_with_lineage(spark, lakehouse, fir
     assert {r["split"] for r in found} == {expected_split}
     for row in ctr + found:
         assert (row["paag_version"], row["groups_ds"], row["ds"]) == (VERSION, DS, DS)
-    assert "8 (group, creative) cells over 3 groups, 6 pairs (4 conflict;" in first_run
-    assert "1 cells of creatives missing from creatives have no pairs" in first_run
+    assert first_run.written == {GROUP_CREATIVE_CTR.name: 8, GROUP_PREFERENCE_PAIRS.name: 6}
+    assert first_run.metrics == {"groups": 3, "conflict_pairs": 4, "unknown_creative_cells": 1}
 
     _run(lakehouse)  # a rerun gives the very same rows
     assert _rows(spark, lakehouse, GROUP_CREATIVE_CTR) == ctr
@@ -175,7 +171,7 @@ def test_a_night_without_groups_leaves_both_partitions_empty(spark, lakehouse, f
     for table in (GROUP_CREATIVE_CTR, GROUP_PREFERENCE_PAIRS):
         stale = tables.read(spark, table, lakehouse, ds=DS).withColumn("ds", F.lit(night))
         tables.overwrite_partition(spark, stale, table, lakehouse, night)
-    assert "no groups for ds=2026-11-04" in _run(lakehouse, night)
+    assert _run(lakehouse, night).written == {GROUP_CREATIVE_CTR.name: 0, GROUP_PREFERENCE_PAIRS.name: 0}
     assert _rows(spark, lakehouse, GROUP_CREATIVE_CTR, night) == []
     assert _rows(spark, lakehouse, GROUP_PREFERENCE_PAIRS, night) == []
 

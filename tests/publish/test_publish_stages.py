@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
-import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,8 +17,9 @@ from typer.testing import CliRunner
 
 from osmf_lib import artifacts, browser, tables
 from osmf_lib.cli import app
+from osmf_lib.config import Config
 from osmf_lib.job import JobContext
-from osmf_lib.publish.report import rebuild
+from osmf_lib.publish.report import rebuild, report_uri
 from osmf_lib.publish.stages import KEY, evaluate_and_publish
 from osmf_lib.render import CONTACT_SHEET, product_folder
 from osmf_lib.serving import coverage
@@ -108,8 +108,8 @@ def night(spark, make_group_lakehouse, run_stage, tmp_path_factory):
     generated = _generated(cfg)
     frame = spark.createDataFrame(generated[GENERATED_CREATIVES.column_names], GENERATED_CREATIVES.schema())
     tables.overwrite_partition(spark, frame, GENERATED_CREATIVES, cfg, DS)
-    printed = run_stage(evaluate_and_publish, cfg)
-    return cfg, generated, printed
+    result = run_stage(evaluate_and_publish, cfg)
+    return cfg, generated, result
 
 
 def _served(spark, cfg) -> pd.DataFrame:
@@ -117,7 +117,7 @@ def _served(spark, cfg) -> pd.DataFrame:
 
 
 def test_every_group_is_served_its_best_render_or_else_its_best_logged_creative(spark, night):
-    cfg, generated, printed = night
+    cfg, generated, result = night
     served = _served(spark, cfg)
     targets = tables.read(spark, GROUP_PROFILES, cfg, ds=DS).toPandas().set_index(KEY).sort_index()
     assert served.index.equals(targets.index)
@@ -139,17 +139,19 @@ def test_every_group_is_served_its_best_render_or_else_its_best_logged_creative(
     assert logged["creative_id"].to_dict() == top.set_index(KEY)["creative_id"].loc[logged.index].to_dict()
     assert logged["grm_score"].isna().all() and logged["gmllm_version"].isna().all()
     assert (served["groups_ds"] == DS).all()
-    assert f"{len(targets)} targets, 3 generated, {len(targets) - 3} logged (the group's best), 0 without" in printed
+    counted = result.metrics
+    assert (counted["targets.all"], counted["served.generated"], counted["unserved.all"]) == (len(targets), 3, 0)
+    assert counted["served.logged"] == len(targets) - 3 and result.written == {SERVING_CREATIVES.name: len(targets)}
 
 
 def test_the_night_records_what_it_served(spark, night):
-    cfg, _, printed = night
+    cfg, _, _ = night
     metrics = tables.read(spark, EVAL_METRICS, cfg, ds=DS).where("stage = 'publish'").toPandas()
     values = metrics.set_index(["metric", "slice"])["value"]
     assert values["served", "generated"] == 3 and values["unserved", "all"] == 0
     assert values["generated_share", "all"] == pytest.approx(3 / values["targets", "all"])
     # No simulated world behind this lakehouse: the oracle's part is a logged skip, not an error.
-    assert "skipped: ds=2026-11-03 was not simulated" in printed
+    assert tables.read(spark, EVAL_METRICS, cfg, ds=DS).where("stage = 'publish_oracle'").count() == 0
 
 
 def test_a_rerun_gives_the_same_rows(spark, night, run_stage):
@@ -182,14 +184,13 @@ class _Page(HTMLParser):
         self.text.append(data)
 
 
-def _report(printed: str) -> Path:
-    (path,) = re.findall(r"^\w+: report (\S+)$", printed, re.MULTILINE)
-    return Path(path)
+def _report(cfg: Config) -> Path:
+    return Path(report_uri(cfg, DS))
 
 
 def test_the_report_shows_every_group_with_its_served_image(spark, night):
-    cfg, generated, printed = night
-    path = _report(printed)
+    cfg, generated, _ = night
+    path = _report(cfg)
     assert path.exists() and path.parent == Path(cfg.render.artifacts) / DS.isoformat()
     page = _Page()
     page.feed(path.read_text())
@@ -212,17 +213,15 @@ def test_the_report_shows_every_group_with_its_served_image(spark, night):
 
 
 def test_the_report_opens_in_a_real_browser_with_every_image_and_no_script_error(night):
-    _, _, printed = night
+    cfg, _, _ = night
     try:
         browser.find()
     except browser.BrowserMissing as missing:
         pytest.skip(f"no headless browser: {missing}")
-    seen = browser.render(_report(printed).read_text())
+    seen = browser.render(_report(cfg).read_text())
     assert (seen.broken_images, seen.errors) == ((), ())
     # The stage saw the same and left its screenshot beside the report.
-    screenshot = _report(printed).with_suffix(".png")
-    assert f": report screenshot {screenshot}\n" in printed
-    with Image.open(screenshot) as image:
+    with Image.open(_report(cfg).with_suffix(".png")) as image:
         assert image.width == browser.WIDTH and image.height > 800
 
 
@@ -239,10 +238,10 @@ def test_the_browser_check_sees_a_broken_image_and_a_script_error():
 
 
 def test_osmf_report_prints_where_the_report_is(night):
-    cfg, _, printed = night
+    cfg, _, _ = night
     runner = CliRunner()
     found = runner.invoke(app, ["--set", f"render.artifacts={cfg.render.artifacts}", "report", "--ds", "2026-11-03"])
-    assert (found.exit_code, found.output.strip()) == (0, str(_report(printed)))
+    assert (found.exit_code, found.output.strip()) == (0, str(_report(cfg)))
     missing = runner.invoke(app, ["--set", f"render.artifacts={cfg.render.artifacts}", "report", "--ds", "2026-11-04"])
     assert missing.exit_code == 1 and "no report for ds=2026-11-04" in missing.output
 
@@ -250,7 +249,7 @@ def test_osmf_report_prints_where_the_report_is(night):
 def test_osmf_report_rebuild_reads_the_configured_registry(night, tmp_path, monkeypatch):
     import mlflow
 
-    cfg, _, printed = night
+    cfg, _, _ = night
     # A fresh process starts pointed at MLflow's default store, not the configured one.
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/elsewhere.db")
@@ -261,9 +260,9 @@ def test_osmf_report_rebuild_reads_the_configured_registry(night, tmp_path, monk
     ]
     args = [arg for setting in settings for arg in ("--set", setting)]
     rebuilt = CliRunner().invoke(app, [*args, "report", "--ds", "2026-11-03", "--rebuild"])
-    assert (rebuilt.exit_code, rebuilt.output.strip()) == (0, str(_report(printed))), rebuilt.output
+    assert (rebuilt.exit_code, rebuilt.output.strip()) == (0, str(_report(cfg))), rebuilt.output
     page = _Page()
-    page.feed(_report(printed).read_text())
+    page.feed(_report(cfg).read_text())
     assert "osmf-serving@champion: v1" in " ".join(page.text)
 
 
@@ -272,13 +271,13 @@ def test_the_night_registers_its_serving_model_pinned_to_the_night(spark, night,
 
     from osmf_lib import promotion
 
-    cfg, _, printed = night
+    cfg, _, result = night
     client = MlflowClient()
     (version,) = client.search_model_versions("name = 'osmf-serving'")
     assert client.get_model_version_by_alias("osmf-serving", "champion").version == version.version
     assert version.tags[promotion.TAG_CHAMPION_FROM] == version.tags[promotion.TAG_TRAINED_FOR] == DS.isoformat()
     assert "the serving model of night 2026-11-03 (groups from osmf-paag/1)" in version.tags[promotion.TAG_DECISION]
-    assert f"osmf-serving v{version.version} serves ds=2026-11-03: " in printed
+    assert result.model == f"osmf-serving/{version.version}"
     metrics = tables.read(spark, EVAL_METRICS, cfg, ds=DS).where("stage = 'serving'").toPandas()
     placed = metrics.set_index("metric")["value"]
     assert placed["member_agreement_rows"] == 12 * 40 and 0 <= placed["member_agreement"] <= 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from osmf_lib.gmllm import stages as gmllm_stages
 from osmf_lib.gmllm.registry import load_gmllm
 from osmf_lib.grm import stages as grm_stages
 from osmf_lib.images import ImageLimits
-from osmf_lib.job import Shard, StageError
+from osmf_lib.job import Shard, StageError, StageResult
 from osmf_lib.render import product_folder, stages
 from osmf_lib.render.tiny import METADATA, library_of
 from osmf_lib.synth.backgrounds import paint_background
@@ -80,7 +79,7 @@ def lakehouse(spark, make_group_lakehouse, run_stage, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def rendered(lakehouse, run_stage) -> str:
+def rendered(lakehouse, run_stage) -> StageResult:
     return run_stage(stages.generate_creatives, lakehouse)
 
 
@@ -100,7 +99,6 @@ def test_every_target_gets_its_candidates_and_one_selected_the_grms_best(spark, 
     greedy = writer.write(groups.reset_index(drop=True)).set_index(stages.KEY)["prompt"]
     first = rows[rows["candidate"] == 0].set_index(stages.KEY)["prompt"]
     assert first.to_dict() == greedy.loc[first.index].to_dict()
-    assert re.search(r"\d+ unusable descriptions not rendered", rendered)
     assert rows.groupby(stages.KEY)["selected"].sum().eq(1).all()
     best = rows.loc[rows.groupby(stages.KEY)["grm_score"].idxmax()]
     assert best["selected"].all()
@@ -110,19 +108,20 @@ def test_every_target_gets_its_candidates_and_one_selected_the_grms_best(spark, 
             assert image.size == (64, 64)
     sheet = Path(lakehouse.render.artifacts) / DS.isoformat() / "p00" / "contact-sheet.png"
     assert sheet.exists()
-    assert f"{len(rows)} images for {len(groups)} targets of 11 products" in rendered
-    assert "12 products, 0 already rendered for ds=2026-11-03, 1 without an image left out" in rendered
+    assert rendered.written == {GENERATED_CREATIVES.name: len(rows)}
+    shown = {key: rendered.metrics[key] for key in ("products", "already_rendered", "no_image")}
+    assert shown == {"products": 12, "already_rendered": 0, "no_image": 1}
 
 
 def test_a_rerun_renders_only_what_is_missing(spark, lakehouse, rendered, run_stage):
     before = _rows(spark, lakehouse).set_index([*stages.KEY, "candidate"]).sort_index()
     again = run_stage(stages.generate_creatives, lakehouse)
-    assert "12 products, 11 already rendered" in again and "images for" not in again
+    assert again.metrics["already_rendered"] == 11 and again.written == {}
     # A run killed before its last commit: the product's rows are missing; only they are redone.
     DeltaTable.forPath(spark, GENERATED_CREATIVES.location(lakehouse)).delete("product_id = 'p01'")
     resumed = run_stage(stages.generate_creatives, lakehouse)
     redone = before.loc["p01"]
-    assert f"{len(redone)} images for 2 targets of 1 products" in resumed
+    assert resumed.written == {GENERATED_CREATIVES.name: len(redone)}
     after = _rows(spark, lakehouse).set_index([*stages.KEY, "candidate"]).sort_index()
     pd.testing.assert_frame_equal(after, before)  # same seeds, same prompts, same scores and files
 
@@ -194,7 +193,7 @@ def test_a_killed_write_leaves_no_file_under_the_real_name(tmp_path, monkeypatch
 
 def test_a_night_without_a_generator_is_skipped_saying_why(lakehouse, run_stage):
     out = run_stage(stages.generate_creatives, lakehouse, DS - dt.timedelta(days=2))
-    assert "generate_creatives: skipped: no osmf-gmllm for ds=2026-11-01" in out
+    assert out.skipped == "no osmf-gmllm for ds=2026-11-01 (train_group_dpo registered none yet)"
 
 
 def test_an_unreadable_product_image_fails_naming_the_product_and_file(tmp_path):
@@ -230,7 +229,7 @@ def test_a_night_whose_every_description_is_unusable_leaves_an_empty_partition(
     shutil.move(stored, tmp_path / "stored")  # as on a night before any was rendered; put back after
     try:
         out = run_stage(stages.generate_creatives, lakehouse)
-        assert "0 images for" in out and "unusable descriptions not rendered" in out
+        assert out.written == {GENERATED_CREATIVES.name: 0} and out.metrics["unusable_prompts"] > 0
         assert tables.exists(spark, GENERATED_CREATIVES, lakehouse) and _rows(spark, lakehouse).empty
     finally:
         shutil.rmtree(stored, ignore_errors=True)

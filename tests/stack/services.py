@@ -86,14 +86,15 @@ def postgres(logs: Path, daemons: Daemons, port: int) -> Iterator[Callable[[str]
         as_owner = _as_owner_of(home)
         password = secrets.token_hex(16)
         (home / "password").write_text(password)
-        initdb = [*as_owner, str(programs / "initdb"), "--pgdata", str(home / "data"), "--username", "osmf",
-                  "--auth", "scram-sha-256", "--pwfile", str(home / "password"), "--encoding", "UTF8"]  # fmt: skip
+        data, pwfile = str(home / "data"), str(home / "password")
+        initdb = [*as_owner, str(programs / "initdb"), "--pgdata", data, "--username", "osmf"]
+        initdb += ["--auth", "scram-sha-256", "--pwfile", pwfile, "--encoding", "UTF8"]
         done = subprocess.run(initdb, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         (home / "password").unlink()
         # A database thrown away after one night: fsync buys nothing.
-        server = [*as_owner, str(programs / "postgres"), "-D", str(home / "data"), "-h", LOCAL, "-p", str(port),
-                  "-k", str(home), "-c", "fsync=off"]  # fmt: skip
+        server = [*as_owner, str(programs / "postgres"), "-D", data, "-h", LOCAL, "-p", str(port)]
+        server += ["-k", str(home), "-c", "fsync=off"]
         with daemons({"postgres": server}, dict(os.environ), logs):
             login = {"host": LOCAL, "port": port, "user": "osmf", "password": password}
 
@@ -153,9 +154,9 @@ def mlflow_server(logs: Path, daemons: Daemons, port: int, database: Callable[[s
     }
     url = f"http://{LOCAL}:{port}"
     # One worker, not uvicorn's four: two cores, and a night's clients are a task or two at a time.
-    command = ["sh", str(DOCKER / "mlflow-auth-ini.sh"), str(BIN / "mlflow"), "server", "--app-name=basic-auth",
-               f"--host={LOCAL}", f"--port={port}", "--workers=1", "--artifacts-destination=s3://mlflow/",
-               "--serve-artifacts"]  # fmt: skip
+    command = ["sh", str(DOCKER / "mlflow-auth-ini.sh"), str(BIN / "mlflow"), "server", "--app-name=basic-auth"]
+    command += [f"--host={LOCAL}", f"--port={port}", "--workers=1"]
+    command += ["--artifacts-destination=s3://mlflow/", "--serve-artifacts"]
     with daemons({"mlflow": command}, env, logs):
         # The first start migrates both databases: minutes on a busy machine.
         wait_for("MLflow", lambda: answers(f"{url}/health"), logs / "mlflow.log", minutes=10)
