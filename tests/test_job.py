@@ -19,24 +19,26 @@ def test_a_result_says_what_was_written_registered_or_why_it_skipped():
 
 
 @pytest.fixture
-def tracking_store(tmp_path):
+def experiment(tmp_path):
+    """An experiment of a store of its own; the process's tracking URI is put back after."""
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    yield
+    # By id: an earlier test in this process may have made another store's experiment the active one.
+    yield mlflow.MlflowClient().create_experiment("stage-results")
     mlflow.set_tracking_uri(before)
 
 
-def test_a_recorded_result_is_a_tag_on_the_stage_run(tracking_store, caplog):
+def test_a_recorded_result_is_a_tag_on_the_stage_run(experiment, caplog):
     caplog.set_level(logging.INFO, logger="osmf_lib")
     result = StageResult(written={"user_groups": 40}, skipped=None, metrics={"groups": 4.0})
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=experiment) as run:
         record("group_users", result)
         record("group_users", None)  # a stage that returns nothing records nothing
     tags = mlflow.get_run(run.info.run_id).data.tags
     assert StageResult(**json.loads(tags["osmf.result"])) == result
     assert "osmf.skipped" not in tags
     assert "group_users: wrote user_groups (40 rows); groups 4" in caplog.text
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=experiment) as run:
         record("train_grm", StageResult(skipped="no training pairs"))
     assert mlflow.get_run(run.info.run_id).data.tags["osmf.skipped"] == "no training pairs"
 
