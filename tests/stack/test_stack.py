@@ -157,7 +157,8 @@ def night(stack: Stack) -> Night:
     logical_date = f"{NIGHT.isoformat()}T00:00:00+00:00"
     triggered = requests.post(f"{dag}/dagRuns", json={"logical_date": logical_date}, headers=token, timeout=60)
     assert triggered.ok, triggered.text
-    # 37 minutes on the 2-core machine beside other work, 46 and still running on a busier day.
+    # Far more than the idle night (docs/development.md#what-the-tests-cost): a busy 2-core machine
+    # has taken twice as long and more.
     run = _succeeded(stack.airflow, NIGHT, stack.logs, minutes=120)
     return _task_logs(stack.airflow, run["run_id"])
 
