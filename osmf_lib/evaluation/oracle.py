@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import date
 from typing import TypeVar
 
 import pandas as pd
@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 
 from osmf_lib import tables
 from osmf_lib.config import Config
-from osmf_lib.inputs import PRODUCT_FEATURES, attribute_profiles, split_of, world_of
+from osmf_lib.inputs import PRODUCT_FEATURES, attribute_profiles, split_of, window, world_of
 from osmf_lib.job import JobContext, StageResult
 from osmf_lib.synth.oracle import Oracle
 from osmf_lib.tables import IMPRESSIONS, PRODUCTS, USER_GROUPS, USERS, Metric
@@ -50,10 +50,8 @@ def held_out_audiences(spark: SparkSession, cfg: Config, ds: date) -> tuple[Data
     the product in the look-back window, repeated by their impressions, and their count (the
     weight of the group): the audience a background is graded on."""
     members = held_out_members(spark, cfg, ds)
-    window = F.col("ds").between(F.lit(ds - timedelta(days=cfg.paag.lookback_days - 1)), F.lit(ds))
-    seen = (
-        tables.read(spark, IMPRESSIONS, cfg).where(window).groupBy("product_id", "user_id").agg(F.count("*").alias("n"))
-    )
+    impressions = window(tables.read(spark, IMPRESSIONS, cfg), ds, cfg.paag.lookback_days)
+    seen = impressions.groupBy("product_id", "user_id").agg(F.count("*").alias("n"))
     shown = members.join(seen, ["product_id", "user_id"]).toPandas()
     shown = shown.loc[shown.index.repeat(shown["n"])]
     audiences = shown.groupby(["product_id", "group_id"])["user_id"].agg(list)

@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
-from osmf_lib.inputs import check_groups, group_data, group_data_prints
+from osmf_lib.inputs import check_groups, dimension_versions, group_data, group_data_prints
 from osmf_lib.job import JobContext, StageResult
 from osmf_lib.night import DIMENSIONS, GRM
 from osmf_lib.tables import (
@@ -105,7 +105,7 @@ def train_grm(ctx: JobContext) -> StageResult:
     if counts["train"] == 0:
         return _skip(ctx, f"no training pairs ({counts['all']} in all) in group_preference_pairs for ds={ds}")
 
-    dimensions = {t.name: tables.version_as_of(spark, t, cfg, ds) for t in DIMENSIONS}
+    dimensions = dimension_versions(ctx)
     settings = {"grm": cfg.grm.model_dump(mode="json"), "models": cfg.models.model_dump(mode="json")}
     tags = promotion.training_tags(ds, group_data_prints(ctx, dimensions), settings)
     reused = promotion.reusable_version(MODEL_NAME, tags)

@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
-from osmf_lib.inputs import PRODUCT_FEATURES, window
+from osmf_lib.inputs import PRODUCT_FEATURES, dimension_versions, window
 from osmf_lib.job import JobContext, StageError, StageResult, worker_errors_as_stage_errors
 from osmf_lib.night import DIMENSIONS, PAAG
 from osmf_lib.paag.audience import audience, audience_pairs, champion_model_dir, embed_audience
@@ -140,7 +140,7 @@ def train_paag(ctx: JobContext) -> StageResult:
     from osmf_lib.paag import fit_paag
 
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
-    dimensions = {t.name: tables.version_as_of(spark, t, cfg, ds) for t in DIMENSIONS}
+    dimensions = dimension_versions(ctx)
     seen = window(tables.read(spark, IMPRESSIONS, cfg), ds, cfg.paag.lookback_days)
     tags = _training_tags(spark, cfg, ds, seen, dimensions)
     reused = promotion.reusable_version(MODEL_NAME, tags)
