@@ -21,15 +21,18 @@ export PYSPARK_DRIVER_PYTHON := $(PY)
 
 # `make demo` simulates these days at this scale, ingests the earlier ones (one Airflow task
 # each), runs the whole nightly DAG for the last one, then answers the next day's requests with
-# that night's osmf-serving, shows the answers to a share of the traffic and ingests the day (the
-# closed loop's coverage and A/B test), and writes the night's report again to show them.
+# that night's osmf-serving and shows the answers to a share of the traffic (the closed loop).
+# With NIGHTS=N the served day is the next night's, N times over; the last served day is
+# ingested (its coverage and A/B test), the night over night table printed (osmf nights) and the
+# last night's report written again to show them.
 DEMO_SCALE ?= demo
 DEMO_DAYS ?= 3
+NIGHTS ?= 1
 
 .PHONY: help setup jars airflow-init demo test test-slow test-stack lint lock mlflow-ui airflow-ui clean small-model browser postgres
 
 help:
-	@echo "make demo   set up (if needed) and run the nightly DAG on the embedded default"
+	@echo "make demo   set up (if needed) and run the nightly DAG on the embedded default (NIGHTS=5: five nights of the closed loop)"
 	@echo "make test   set up (if needed) and run the whole test suite"
 	@echo "make test-slow     the slow tests make test leaves out (a Spark cluster, the night twice, S3A)"
 	@echo "make test-stack    a tiny night on the compose profile's services run as processes (PostgreSQL, S3, MLflow, Spark, Airflow)"
@@ -91,22 +94,27 @@ demo: export OSMF_CONFIG = conf/demo.yaml
 demo: $(SETUP_DONE)
 	$(OSMF) synth --scale $(DEMO_SCALE) --days $(DEMO_DAYS)
 	set -o pipefail; export AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "'"$$($(OSMF) config get spark.master)"'"}'; \
-	days=($$($(OSMF) synth --list-days --days $(DEMO_DAYS))); last=$${days[-1]}; \
-	for ds in "$${days[@]}"; do \
-		if [ "$$ds" = "$$last" ]; then run="dags test osmf_nightly $$ds"; else run="tasks test osmf_nightly ingest_events $$ds"; fi; \
-		echo "== airflow $$run"; \
-		$(BIN)/airflow $$run > var/airflow/demo-$$ds.log 2>&1 \
-			|| { tail -n 40 var/airflow/demo-$$ds.log; echo "osmf_nightly failed for $$ds; log: var/airflow/demo-$$ds.log"; exit 1; }; \
-		grep -h -o -E "$(STAGE_LINES)" var/airflow/demo-$$ds.log | sed 's/ *\[airflow.*//' || true; \
+	airflow_run() { \
+		echo "== airflow $$1 $$2"; \
+		$(BIN)/airflow $$1 $$2 > var/airflow/demo-$$2.log 2>&1 \
+			|| { tail -n 40 var/airflow/demo-$$2.log; echo "osmf_nightly failed for $$2; log: var/airflow/demo-$$2.log"; exit 1; }; \
+		grep -h -o -E "$(STAGE_LINES)" var/airflow/demo-$$2.log | sed 's/ *\[airflow.*//' || true; \
+	}; \
+	days=($$($(OSMF) synth --list-days --days $(DEMO_DAYS))); night=$${days[-1]}; \
+	for ds in "$${days[@]:0:$${#days[@]}-1}"; do airflow_run "tasks test osmf_nightly ingest_events" $$ds; done; \
+	for n in $$(seq 1 $(NIGHTS)); do \
+		airflow_run "dags test osmf_nightly" $$night; \
+		next=$$($(OSMF) synth --list-days --start $$night --days 2 | tail -n 1); \
+		echo "== closed loop: $$next's requests answered by night $$night's osmf-serving (osmf synth serve)"; \
+		$(OSMF) synth serve --ds $$night 2> var/airflow/demo-serve.log | tail -n 1 \
+			|| { tail -n 40 var/airflow/demo-serve.log; echo "osmf synth serve failed; log: var/airflow/demo-serve.log"; exit 1; }; \
+		last=$$night; night=$$next; \
 	done; \
-	next=$$($(OSMF) synth --list-days --start $$last --days 2 | tail -n 1); \
-	echo "== closed loop: $$next's requests answered by night $$last's osmf-serving (osmf synth serve), then ingest_events $$next"; \
-	$(OSMF) synth serve --ds $$last 2> var/airflow/demo-serve.log | tail -n 1 \
-		|| { tail -n 40 var/airflow/demo-serve.log; echo "osmf synth serve failed; log: var/airflow/demo-serve.log"; exit 1; }; \
-	$(BIN)/airflow tasks test osmf_nightly ingest_events $$next > var/airflow/demo-$$next.log 2>&1 \
-		|| { tail -n 40 var/airflow/demo-$$next.log; echo "ingest_events failed for $$next; log: var/airflow/demo-$$next.log"; exit 1; }; \
-	$(OSMF) sql "SELECT metric, slice, round(value, 4) AS value FROM eval_metrics WHERE stage = 'serving_coverage' AND ds = '$$next' ORDER BY metric, slice" 2> /dev/null; \
+	airflow_run "tasks test osmf_nightly ingest_events" $$night; \
+	$(OSMF) sql "SELECT metric, slice, round(value, 4) AS value FROM eval_metrics WHERE stage = 'serving_coverage' AND ds = '$$night' ORDER BY metric, slice" 2> /dev/null; \
 	$(OSMF) sql "SELECT * FROM closed_loop_ab" 2> /dev/null; \
+	echo "== night over night (osmf nights)"; \
+	$(OSMF) nights 2> /dev/null; \
 	echo "report      $$($(OSMF) report --ds $$last --rebuild)  (open it in a browser)"
 	$(OSMF) where
 

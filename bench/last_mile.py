@@ -115,7 +115,8 @@ def main() -> None:
         .drop_duplicates(KEY)
         .set_index(KEY)["prompt"]
     )
-    served = tables.read(ctx.spark, SERVING_CREATIVES, cfg, ds=ds).toPandas().set_index(KEY)
+    # The groups' best: the creatives explored beside them are not what best-of-N chose.
+    served = tables.read(ctx.spark, SERVING_CREATIVES, cfg, ds=ds).where("selected").toPandas().set_index(KEY)
 
     def probability(model, frame):
         return 1 / (1 + np.exp(-model.score(frame.reset_index()[[*KEY, "prompt"]], profiles)))

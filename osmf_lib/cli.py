@@ -235,6 +235,24 @@ def models_build_small(ctx: typer.Context) -> None:
 
 
 @app.command()
+def nights(ctx: typer.Context) -> None:
+    """Night over night: what each published night served (oracle CTR of the next day's held-out
+    traffic, headroom captured), its closed loop, its pairs with generated creatives and its models."""
+    from osmf_lib.evaluation.nights import night_table
+    from osmf_lib.spark import SparkSetupError, get_spark
+    from osmf_lib.tables import TableError
+
+    cfg: Config = ctx.obj
+    try:
+        table = night_table(get_spark(cfg, app_name="osmf-nights"), cfg)
+    except (SparkSetupError, TableError) as err:
+        _fail(str(err))
+    if table.empty:
+        _fail("no night has published yet: run the nightly DAG first")
+    typer.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-"))
+
+
+@app.command()
 def report(
     ctx: typer.Context,
     ds: Annotated[str, typer.Option(help="the night, e.g. 2026-11-03")],

@@ -458,6 +458,13 @@ class PublishConfig(Section):
     # Members that osmf-serving places again by their attributes alone (a stable sample), to
     # measure how often they get their own group back; PAAG embeds them on the CPU.
     agreement_rows: PositiveInt = 50_000
+    # Exploration: the share of each group's traffic that goes to its other rendered candidates,
+    # split among them by Thompson sampling (osmf_lib/publish/explore.py); the rest goes to the
+    # best. The next night's pairs learn only about prompts someone was shown. Below one half, so
+    # the best keeps most of a group's traffic; 0 serves the best alone.
+    explore_share: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.2
+    # Posterior draws per group that estimate each candidate's chance of being the best.
+    explore_draws: PositiveInt = 2_000
 
 
 class QualityConfig(Section):

@@ -193,7 +193,8 @@ NIGHT: tuple[Task, ...] = (
         "evaluate_and_publish",
         "spark",
         HOUR,
-        "one creative per (product, group); `osmf-serving`, which places any user in the night's groups; "
+        "each group's creatives with their traffic shares (its best, and the candidates it explores); "
+        "`osmf-serving`, which places any user in the night's groups; "
         "the views; the night's HTML report (`osmf report --ds D`)",
         # The report shows the night's metrics, every task's, and the models' champions.
         reads=(

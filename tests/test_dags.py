@@ -401,7 +401,10 @@ def _the_night_is_whole(spark, cfg, night: date) -> None:
         unknown = tables.read(spark, table, cfg, ds=night).select(*group).distinct().exceptAll(profiles)
         assert unknown.count() == 0, f"{table.name} holds groups that group_profiles does not"
     served = tables.read(spark, SERVING_CREATIVES, cfg, ds=night)
-    assert served.count() == served.select(*group).distinct().count()
+    # One best per group; the group's traffic, explored candidates included, adds up.
+    assert served.where("selected").count() == served.select(*group).distinct().count()
+    totals = served.groupBy(*group).sum("traffic_share").toPandas()["sum(traffic_share)"]
+    assert totals.to_numpy() == pytest.approx(1.0)
     images = tables.read(spark, GENERATED_CREATIVES, cfg, ds=night).select("image_uri").collect()
     assert all(artifacts.exists(row["image_uri"]) for row in images)
     stages = {row["stage"] for row in tables.read(spark, EVAL_METRICS, cfg, ds=night).select("stage").collect()}

@@ -4,7 +4,10 @@ The audience is the next day's traffic on a stable sample of held-out (test-spli
 world's logging policy draws it: every impression is placed by the night's osmf-serving exactly as
 the ad server places it (a member by its group, anyone else by its attributes), and gets the
 creative served to that group. Per group and audience, the oracle CTR of that creative is set
-against the group's best logged one, weighted by impressions. Slices: `members` (users the night
+against the group's best logged one and against the ceiling, the oracle's best prompt for the
+group's audience, weighted by impressions: `headroom_captured` = (served - best logged) /
+(ceiling - best logged). Each impression is graded with the creative osmf-serving drew for it, so
+the grade is weighted by the traffic shares, exploration included. Slices: `members` (users the night
 grouped), `newcomers` (placed by their attributes), `generated` (groups served a generated
 creative) and everyone (no suffix). A method that wins for members and loses for newcomers shows it
 here. `greedy_lift_kept`: the share of the lift of the served generator's greedy descriptions (of
@@ -29,10 +32,10 @@ from osmf_lib.night import GMLLM
 from osmf_lib.serving.model import ServingNight
 from osmf_lib.synth import day_requests
 from osmf_lib.synth.oracle import Oracle
-from osmf_lib.tables import ASSIGNED, GENERATED, MEMBER, SERVING_CREATIVES, Metric
+from osmf_lib.tables import ASSIGNED, GENERATED, GROUP_PROFILES, MEMBER, Metric
 
 STAGE = "publish_oracle"
-KEY = list(SERVING_CREATIVES.keys)
+KEY = list(GROUP_PROFILES.keys)
 AUDIENCES = {MEMBER: "members", ASSIGNED: "newcomers"}
 
 
@@ -84,6 +87,9 @@ def grade_served(ctx: JobContext, night: ServingNight, logged: pd.DataFrame, ora
     shown = shown.join(best, on=KEY, how="inner")
     if shown.empty:
         return [Metric("impressions", "test", 0.0)]
+    audiences = shown.groupby(KEY)["user_id"].agg(list)
+    ceiling = pd.Series([oracle.best_prompt(p, users) for (p, _), users in audiences.items()], index=audiences.index)
+    shown = shown.join(ceiling.rename("ceiling"), on=KEY)
     greedy = greedy_descriptions(ctx, shown[KEY].drop_duplicates().reset_index(drop=True))
     if greedy is not None:
         shown = shown.join(greedy.rename("greedy"), on=KEY)
@@ -100,12 +106,18 @@ def grade_served(ctx: JobContext, night: ServingNight, logged: pd.DataFrame, ora
         if rows.empty:
             continue
         served, logged_ctr = _oracle_ctr(oracle, rows, "prompt"), _oracle_ctr(oracle, rows, "best_logged")
+        ceiling_ctr = _oracle_ctr(oracle, rows, "ceiling")
         metrics += [
             Metric("impressions", f"test{suffix}", float(len(rows))),
             Metric("oracle_ctr", f"served{suffix}", served),
             Metric("oracle_ctr", f"best_logged{suffix}", logged_ctr),
+            Metric("oracle_ctr", f"ceiling{suffix}", ceiling_ctr),
             Metric("lift_vs_best_logged", f"served{suffix}", served / logged_ctr - 1),
         ]
+        if ceiling_ctr > logged_ctr:
+            metrics.append(
+                Metric("headroom_captured", f"served{suffix}", (served - logged_ctr) / (ceiling_ctr - logged_ctr))
+            )
         if greedy is not None and suffix in ("", ".generated"):
             metrics.append(Metric("greedy_lift_kept", f"served{suffix}", _lift_kept(oracle, rows, served, logged_ctr)))
     return metrics

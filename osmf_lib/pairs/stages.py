@@ -18,12 +18,15 @@ from osmf_lib.quality import Check
 from osmf_lib.tables import (
     CREATIVES,
     DS,
+    GENERATED,
     GROUP_CREATIVE_CTR,
     GROUP_PREFERENCE_PAIRS,
     GROUP_PROFILES,
     GROUPS_DS,
     IMPRESSIONS,
+    LOGGED,
     USER_GROUPS,
+    Metric,
 )
 
 if TYPE_CHECKING:
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+STAGE = "build_preference_pairs"
 SPLITS = ("train", "validation", "test")
 
 
@@ -128,6 +132,31 @@ def dpo_examples(pairs: DataFrame, profiles: DataFrame, products: DataFrame) -> 
     )
 
 
+def pairs_by_origin(pairs: DataFrame, creatives: DataFrame) -> list[Metric]:
+    """The night's pairs counted by the origin of their two creatives (slice `chosen_over_rejected`,
+    e.g. `generated_over_logged`): how much the closed loop's own creatives teach the next models."""
+    from pyspark.sql import functions as F
+
+    def origin(side: str) -> DataFrame:
+        return creatives.select(
+            "product_id", F.col("creative_id").alias(f"{side}_creative_id"), F.col("origin").alias(side)
+        )
+
+    counted = (
+        pairs.join(origin("chosen"), ["product_id", "chosen_creative_id"])
+        .join(origin("rejected"), ["product_id", "rejected_creative_id"])
+        .groupBy("chosen", "rejected")
+        .count()
+        .collect()
+    )
+    found = {(row["chosen"], row["rejected"]): row["count"] for row in counted}
+    return [
+        Metric("pairs", f"{chosen}_over_{rejected}", float(found.get((chosen, rejected), 0)))
+        for chosen in (LOGGED, GENERATED)
+        for rejected in (LOGGED, GENERATED)
+    ]
+
+
 def quality_checks(spark: SparkSession, cfg: Config, ds: date) -> list[Check]:
     """The night's gate: pairs against the previous night's, pairs of a group that is not one of
     tonight's (none may be), and pairs per group with CTR cells (recorded)."""
@@ -161,7 +190,7 @@ def build_preference_pairs(ctx: JobContext) -> StageResult:
     creatives = tables.read(spark, CREATIVES, cfg, version=creatives_version)
     if members.first() is None:
         # Nothing to compute, but the writes below still run: they empty what an earlier run wrote.
-        log.info(f"build_preference_pairs: no groups for ds={ds}; its partitions of both tables are left empty")
+        log.info(f"{STAGE}: no groups for ds={ds}; its partitions of both tables are left empty")
 
     tables.overwrite_partition(
         spark, group_creative_ctr(creative_cells(seen, members), ds), GROUP_CREATIVE_CTR, cfg, ds
@@ -186,19 +215,27 @@ def build_preference_pairs(ctx: JobContext) -> StageResult:
         "unknown_creative_cells": unknown_creative_cells(ctr, creatives).count(),
         **written.asDict(),
     }
+    origins = pairs_by_origin(tables.read(spark, GROUP_PREFERENCE_PAIRS, cfg, ds=ds), creatives)
+    tables.write_metrics(spark, cfg, ds, STAGE, origins, mlflow.active_run().info.run_id)
+    by_origin = {f"{m.metric}.{m.slice}": m.value for m in origins}
+    with_generated = int(sum(m.value for m in origins if GENERATED in m.slice))
     splits = " / ".join(f"{split} {metrics[f'pairs_{split}']}" for split in SPLITS)
     unknown = metrics["unknown_creative_cells"]
     log.info(
-        f"build_preference_pairs: {metrics['cells']} (group, creative) cells over {metrics['groups']} groups, "
-        f"{metrics['pairs']} pairs ({metrics['conflict_pairs']} conflict; {splits})"
+        f"{STAGE}: {metrics['cells']} (group, creative) cells over {metrics['groups']} groups, "
+        f"{metrics['pairs']} pairs ({metrics['conflict_pairs']} conflict; {splits}; "
+        f"{with_generated} with a generated creative)"
         + (f"; {unknown} cells of creatives missing from creatives have no pairs" if unknown else "")
     )
-    mlflow.log_metrics(metrics)
+    mlflow.log_metrics({**metrics, **by_origin})
     quality.gate(ctx, quality_checks(spark, cfg, ds))
     tracking.log_table_input(spark, IMPRESSIONS, cfg, context="clicks")
     tracking.log_table_input(spark, USER_GROUPS, cfg, context="groups")
     tracking.log_table_input(spark, CREATIVES, cfg, context="prompts", version=creatives_version)
     return StageResult(
         written={GROUP_CREATIVE_CTR.name: metrics["cells"], GROUP_PREFERENCE_PAIRS.name: metrics["pairs"]},
-        metrics={key: metrics[key] for key in ("groups", "conflict_pairs", "unknown_creative_cells")},
+        metrics={
+            **{key: metrics[key] for key in ("groups", "conflict_pairs", "unknown_creative_cells")},
+            **by_origin,
+        },
     )

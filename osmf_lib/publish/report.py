@@ -3,7 +3,8 @@
 What a person wants first comes first: the headline numbers, then a picture grid (product x
 group: the creative each group is served, with its group's description), then the click-through
 rate by day (overall and, after nights that served generated creatives, of the served and the
-control arm) and who is served. Then a compact summary of the night's metrics, one small table
+control arm), the nights up to this one (what each served, against the best logged and the
+ceiling) and who is served. Then a compact summary of the night's metrics, one small table
 per stage, and the detail per product (the first `publish.report_products`, those with generated
 creatives first): its groups with their sizes, the prompt served, the candidates' GRM scores (the
 selected one marked) and the contact sheet. The full metric table closes the page, folded.
@@ -26,6 +27,7 @@ from pyspark.sql import functions as F
 
 from osmf_lib import artifacts, browser, tables, tracking
 from osmf_lib.config import Config
+from osmf_lib.evaluation.nights import night_table
 from osmf_lib.images import ImageError, ImageLimits, read_image
 from osmf_lib.job import JobContext, StageError
 from osmf_lib.night import GMLLM, GRM, PAAG, SERVING
@@ -159,6 +161,33 @@ def ctr_by_day(ctx: JobContext) -> dict[str, pd.Series]:
         for arm, name in (("served", "served creatives"), ("control", "their control")):
             series[name] = arms[arms["arm"] == arm].set_index("ds")["ctr"].astype(float)
     return series
+
+
+NIGHT_COLUMNS = ("night", "served", "best logged", "ceiling", "headroom", "generated", "explored", "generated pairs")
+
+
+def nights_section(ctx: JobContext) -> str:
+    """Night over night up to this one (osmf_lib/evaluation/nights.py): the oracle CTR of what each
+    night served against the best logged and the ceiling, and what it explored and learnt from."""
+    table = night_table(ctx.spark, ctx.cfg)
+    table = table[table["night"] <= ctx.ds.isoformat()].set_index("night", drop=False)
+    if table.empty:
+        return '<p class="muted">no night has published yet</p>'
+    chart = line_chart({name: table[name] for name in ("served", "best logged", "ceiling")})
+    models = [c for c in table.columns if c not in NIGHT_COLUMNS and not c.startswith("A/B")]
+    head = "".join(f"<th>{_e(c)}</th>" for c in (*NIGHT_COLUMNS, *models))
+    rows = "".join(
+        "<tr>"
+        + "".join(f"<td>{_e(_fraction(row[c]) if c in NIGHT_COLUMNS[1:-1] else row[c])}</td>" for c in NIGHT_COLUMNS)
+        + "".join(f"<td>{_e(row[c])}</td>" for c in models)
+        + "</tr>"
+        for _, row in table.iterrows()
+    )
+    return f"{chart}<table><tr>{head}</tr>{rows}</table>"
+
+
+def _fraction(value: float) -> str:
+    return "" if pd.isna(value) else f"{value:.2%}"
 
 
 def serving_section(ctx: JobContext) -> str:
@@ -352,6 +381,10 @@ creative; the other groups get their best logged creative.</p>
 {_grid(chosen, products, groups, served, side, limits)}
 <h2>Click-through rate by day</h2>
 {line_chart(ctr_by_day(ctx))}
+<h2>Night over night</h2>
+<p class="muted">Oracle CTR of what each night served its next day's held-out traffic, against the best
+logged creative and the ceiling (the oracle's best prompt per group); headroom captured between them.</p>
+{nights_section(ctx)}
 <h2>Who is served</h2>
 {serving_section(ctx)}
 <h2>Models</h2><ul>{used}{champions}</ul>
@@ -370,7 +403,7 @@ def rebuild(ctx: JobContext) -> str:
     """Write the night's report again from the lakehouse as it is now (after the next day was
     served and ingested, it shows that day's coverage and closed loop); returns where it is."""
     tracking.configure(ctx.cfg)
-    served = tables.read(ctx.spark, SERVING_CREATIVES, ctx.cfg, ds=ctx.ds).toPandas()
+    served = tables.read(ctx.spark, SERVING_CREATIVES, ctx.cfg, ds=ctx.ds).where("selected").toPandas()
     tables.register_views(ctx.spark, ctx.cfg)
     uri = report_uri(ctx.cfg, ctx.ds)
     artifacts.write_atomically(uri, build(ctx, served).encode())

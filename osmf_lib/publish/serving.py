@@ -47,7 +47,7 @@ from osmf_lib.tables import (
     Metric,
 )
 
-KEY = list(SERVING_CREATIVES.keys)
+KEY = list(GROUP_PROFILES.keys)
 EXAMPLE_ROWS = 3
 
 
@@ -86,7 +86,9 @@ def night_of(spark: SparkSession, cfg: Config, ds: date, served: DataFrame) -> S
 
     profiles = tables.read(spark, GROUP_PROFILES, cfg, ds=ds)
     paag_version = _paag_version(profiles, ds)
-    groups = profiles.select(*KEY, "centroid").join(served.select(*KEY, *CREATIVE_COLUMNS), KEY, "left")
+    groups = profiles.select(*KEY, "centroid").join(
+        served.select(*KEY, *CREATIVE_COLUMNS, "traffic_share"), KEY, "left"
+    )
     ctr = tables.read(spark, GROUP_CREATIVE_CTR, cfg, ds=ds).where(F.col(GROUPS_DS) == F.lit(ds))
     catalog = tables.read(spark, PRODUCTS, cfg, as_of=ds)
     fallback = product_fallback(ctr, tables.read(spark, CREATIVES, cfg, as_of=ds), catalog)
@@ -165,7 +167,7 @@ def member_agreement(spark: SparkSession, cfg: Config, ds: date, night: ServingN
     """Members placed by their attributes alone (no user id), as a newcomer would be: the share that
     gets its own group back, on a stable sample of at most `rows` members of products with several
     groups (a product with one group agrees by construction)."""
-    several = night.groups.groupby("product_id")["group_id"].transform("size") > 1
+    several = night.groups.groupby("product_id")["group_id"].transform("nunique") > 1
     split = set(night.groups.loc[several, "product_id"])
     members = night.members[night.members["product_id"].isin(split)]
     if members.empty:

@@ -1,9 +1,11 @@
 """evaluate_and_publish (docs/design.md#publish): what the night hands to the ad server, and how good it is.
 
-- **serving_creatives**: one creative per (product, group) of the night's groups: the rendered
-  best-of-N when generate_creatives made one, otherwise the group's best logged creative by
-  smoothed CTR (a product outside `gmllm.target_products`, or whose descriptions were all
-  unusable, still gets a creative). The `serving_lookup` view joins it with user_groups, so an
+- **serving_creatives**: the creatives of each (product, group) of the night's groups with their
+  share of its traffic. Where generate_creatives rendered candidates, the best-of-N gets
+  `1 - publish.explore_share` and the other candidates the rest, by Thompson sampling
+  (explore.py); otherwise the group's best logged creative by smoothed CTR gets all of it (a
+  product outside `gmllm.target_products`, or whose descriptions were all unusable, still gets a
+  creative). The `serving_lookup` view joins it with user_groups, so an
   analyst reads a member's (user, product) -> group -> creative by key.
 - **osmf-serving** (serving.py here; the model is osmf_lib/serving): the night's model for
   everyone else too. It places any user with attributes in the product's groups, and is
@@ -25,14 +27,13 @@ from datetime import date
 import mlflow
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from osmf_lib import tables
-from osmf_lib.config import Config
 from osmf_lib.evaluation import publish as evaluate_publish
 from osmf_lib.job import JobContext, StageResult
-from osmf_lib.publish import report, serving
+from osmf_lib.publish import explore, report, serving
 from osmf_lib.tables import (
     CREATIVES,
     GENERATED,
@@ -42,7 +43,6 @@ from osmf_lib.tables import (
     GROUPS_DS,
     LOGGED,
     SERVING_CREATIVES,
-    USER_GROUPS,
     Metric,
 )
 
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 STAGE = "publish"
 # How well the night's osmf-serving places members by their attributes alone.
 SERVING_STAGE = "serving"
-KEY = list(SERVING_CREATIVES.keys)
+KEY = list(GROUP_PROFILES.keys)
 
 
 def generated_creative_id(ds: F.Column, product_id: F.Column, group_id: F.Column, candidate: F.Column) -> F.Column:
@@ -72,56 +72,60 @@ def best_logged(ctr: DataFrame, creatives: DataFrame) -> DataFrame:
     )
 
 
-def serving_rows(targets: DataFrame, generated: DataFrame, logged: DataFrame, ds: date) -> DataFrame:
-    """One row per target (product, group) of the night: its selected generated creative, else its
-    best logged one; a target with neither gets no row. Columns: the serving_creatives contract."""
-    chosen = generated.where(F.col("selected") & F.col("image_uri").isNotNull()).select(
+def serving_rows(targets: DataFrame, rendered: DataFrame, logged: DataFrame, ds: date) -> DataFrame:
+    """The rows of each target (product, group) of the night: its rendered candidates with a share of
+    its traffic (`rendered`: explore.candidate_shares), else its best logged creative with all of
+    it; a target with neither gets no row. Columns: the serving_creatives contract."""
+    generated = rendered.where(F.col("traffic_share") > 0).select(
         *KEY,
-        generated_creative_id(F.col("ds"), F.col("product_id"), F.col("group_id"), F.col("candidate")).alias("g_id"),
-        F.col("prompt").alias("g_prompt"),
-        F.col("image_uri").alias("g_uri"),
+        generated_creative_id(F.col("ds"), F.col("product_id"), F.col("group_id"), F.col("candidate")).alias(
+            "creative_id"
+        ),
+        F.lit(GENERATED).alias("origin"),
+        "prompt",
+        "image_uri",
         "grm_score",
         "gmllm_version",
         "grm_version",
+        "traffic_share",
+        "selected",
     )
-    fallback = logged.select(
-        *KEY, F.col("creative_id").alias("l_id"), F.col("prompt").alias("l_prompt"), F.col("image_uri").alias("l_uri")
-    )
-    joined = targets.select(*KEY).join(chosen, KEY, "left").join(fallback, KEY, "left")
-    is_generated = F.col("g_id").isNotNull()
-    return joined.where(is_generated | F.col("l_id").isNotNull()).select(
+    fallback = logged.join(generated.select(*KEY).distinct(), KEY, "left_anti").select(
         *KEY,
-        F.coalesce("g_id", "l_id").alias("creative_id"),
-        F.when(is_generated, F.lit(GENERATED)).otherwise(F.lit(LOGGED)).alias("origin"),
-        F.coalesce("g_prompt", "l_prompt").alias("prompt"),
-        F.when(is_generated, F.col("g_uri")).otherwise(F.col("l_uri")).alias("image_uri"),
-        "grm_score",
-        "gmllm_version",
-        "grm_version",
-        F.lit(ds).alias(GROUPS_DS),
-        F.lit(ds).alias("ds"),
+        "creative_id",
+        F.lit(LOGGED).alias("origin"),
+        "prompt",
+        "image_uri",
+        F.lit(None).cast("double").alias("grm_score"),
+        F.lit(None).cast("string").alias("gmllm_version"),
+        F.lit(None).cast("string").alias("grm_version"),
+        F.lit(1.0).alias("traffic_share"),
+        F.lit(True).alias("selected"),
     )
-
-
-def lookup(spark: SparkSession, cfg: Config, ds: date) -> DataFrame:
-    """The night's user -> group -> creative: user_id, product_id, group_id, creative_id, prompt,
-    image_uri for every member of a served group (the serving_lookup view, pinned to one ds)."""
-    served = tables.read(spark, SERVING_CREATIVES, cfg, ds=ds)
-    members = tables.read(spark, USER_GROUPS, cfg).select(*KEY, "user_id", F.col("ds").alias(GROUPS_DS))
-    return served.join(members, [*KEY, GROUPS_DS]).select("user_id", *KEY, "creative_id", "prompt", "image_uri")
+    return (
+        targets.select(*KEY)
+        .join(generated.unionByName(fallback), KEY)
+        .withColumn(GROUPS_DS, F.lit(ds))
+        .withColumn("ds", F.lit(ds))
+    )
 
 
 def coverage(served: pd.DataFrame, targets: int) -> list[Metric]:
-    generated = int((served["origin"] == GENERATED).sum())
-    logged = int((served["origin"] == LOGGED).sum())
+    """Targets served a generated or a logged best, or nothing; what the rest of the traffic explores."""
+    best = served[served["selected"]]
+    generated = int((best["origin"] == GENERATED).sum())
+    logged = int((best["origin"] == LOGGED).sum())
+    explored = served[~served["selected"]]
     metrics = [
         Metric("targets", "all", float(targets)),
         Metric("served", GENERATED, float(generated)),
         Metric("served", LOGGED, float(logged)),
         Metric("unserved", "all", float(targets - generated - logged)),
         Metric("generated_share", "all", generated / targets if targets else 0.0),
+        Metric("explored", "candidates", float(len(explored))),
+        Metric("explore_share", "all", float(explored["traffic_share"].sum() / len(best)) if len(best) else 0.0),
     ]
-    scores = served.loc[served["origin"] == GENERATED, "grm_score"].dropna()
+    scores = best.loc[best["origin"] == GENERATED, "grm_score"].dropna()
     if len(scores):
         metrics.append(Metric("grm_probability", GENERATED, float(np.mean(1 / (1 + np.exp(-scores))))))
     return metrics
@@ -131,9 +135,11 @@ def evaluate_and_publish(ctx: JobContext) -> StageResult:
     spark, cfg, ds = ctx.spark, ctx.cfg, ctx.ds
     targets = tables.read(spark, GROUP_PROFILES, cfg, ds=ds).select(*KEY)
     ctr = tables.read(spark, GROUP_CREATIVE_CTR, cfg, ds=ds).where(F.col(GROUPS_DS) == F.lit(ds))
-    logged = best_logged(ctr, tables.read(spark, CREATIVES, cfg, as_of=ds))
+    creatives = tables.read(spark, CREATIVES, cfg, as_of=ds)
+    logged = best_logged(ctr, creatives)
     generated = tables.read_or_empty(spark, GENERATED_CREATIVES, cfg).where(F.col("ds") == F.lit(ds))
-    served = serving_rows(targets, generated, logged, ds)
+    rendered = explore.candidate_shares(generated, ctr, creatives, ds, cfg.publish)
+    served = serving_rows(targets, rendered, logged, ds)
     version = tables.overwrite_partition(spark, served, SERVING_CREATIVES, cfg, ds)
     stored = tables.read(spark, SERVING_CREATIVES, cfg, version=version, ds=ds)
     served_pd = stored.toPandas()
@@ -147,7 +153,8 @@ def evaluate_and_publish(ctx: JobContext) -> StageResult:
     log.info(
         f"{ctx.stage}: serving_creatives v{version}: {counted['targets', 'all']} targets, "
         f"{counted['served', GENERATED]} generated, {counted['served', LOGGED]} logged (the group's best), "
-        f"{counted['unserved', 'all']} without a creative; {len(views)} tables and views registered"
+        f"{counted['unserved', 'all']} without a creative, {counted['explored', 'candidates']} other candidates "
+        f"explored; {len(views)} tables and views registered"
     )
     model_version, night = serving.register_night(ctx, stored)
     agreement = serving.member_agreement(spark, cfg, ds, night, cfg.publish.agreement_rows)
@@ -156,12 +163,12 @@ def evaluate_and_publish(ctx: JobContext) -> StageResult:
     placed = f"; members placed by attributes alone get their own group: {agreement[0].value:.2%}" if agreement else ""
     log.info(
         f"{ctx.stage}: {serving.MODEL_NAME} v{model_version} serves ds={ds}: {len(night.members)} members, "
-        f"{len(night.groups)} groups, {len(night.fallback)} products with a fallback{placed}"
+        f"{len(night.groups.drop_duplicates(KEY))} groups, {len(night.fallback)} products with a fallback{placed}"
     )
     graded = evaluate_publish.grade_served_day(ctx, served_pd, logged_pd, night)
     if graded.skipped:
         log.info(f"{ctx.stage}: the oracle's grade skipped: {graded.skipped}")
-    path = report.write(ctx, served_pd)
+    path = report.write(ctx, served_pd[served_pd["selected"]])
     log.info(f"{ctx.stage}: report {path}")
     return StageResult(
         written={SERVING_CREATIVES.name: len(served_pd)},

@@ -19,6 +19,10 @@ own group. A missing or never-seen attribute value is PAAG's unknown index, as i
 product with one group needs no embedding: everyone is in group 0. A group without a served
 creative (none is, after publish) would get the product's fallback, with reason `fallback`.
 
+A group's creative is drawn by the traffic shares serving_creatives gives its creatives (its best
+and the candidates it explores), with a draw fixed per night, product and user
+(`request_draws`); a request without a user id gets the group's best.
+
 The product's best logged creative is the one with the highest smoothed CTR over all its groups'
 impressions in the look-back window (the product's empirical-Bayes prior of group_creative_ctr);
 a catalog product without impressions gets its lowest creative id.
@@ -41,14 +45,14 @@ from osmf_lib.paag.model import USER_ATTRIBUTES, Paag, require_columns
 from osmf_lib.tables import ASSIGNED, FALLBACK, MEMBER, UNKNOWN_PRODUCT
 
 CREATIVE_COLUMNS = ("creative_id", "origin", "prompt", "image_uri")
-# What the night serves: per (product, group) its centroid and creative; per catalog product its
-# fallback; per member its group.
-GROUP_COLUMNS = ("product_id", "group_id", "centroid", *CREATIVE_COLUMNS)
+# What the night serves: per (product, group) its centroid and its creatives with their shares of
+# its traffic; per catalog product its fallback; per member its group.
+GROUP_COLUMNS = ("product_id", "group_id", "centroid", *CREATIVE_COLUMNS, "traffic_share")
 FALLBACK_COLUMNS = ("product_id", *CREATIVE_COLUMNS)
 MEMBER_COLUMNS = ("product_id", "user_id", "group_id")
 OUTPUT_COLUMNS = ("group_id", *CREATIVE_COLUMNS, "paag_version", "groups_ds", "reason")
 PAAG_FOLDER = "paag"
-FORMAT = 1
+FORMAT = 2
 
 
 class ServingError(PaagError):
@@ -63,6 +67,14 @@ def member_keys(products: pd.Series | np.ndarray, users: pd.Series | np.ndarray)
     """
     joined = pd.Series(products, dtype=object).astype(str) + "\x1f" + pd.Series(users, dtype=object).astype(str)
     return pd.util.hash_array(joined.to_numpy(dtype=object))
+
+
+def request_draws(products: np.ndarray, users: np.ndarray, night: date) -> np.ndarray:
+    """A uniform draw in [0, 1) per (product, user), fixed for the night and new the next; 0 (the
+    group's best) without a user id."""
+    users = pd.Series(users, dtype=object)
+    keys = member_keys(products, users.astype(str) + "\x1f" + night.isoformat())
+    return np.where(users.isna(), 0.0, (keys >> np.uint64(11)).astype(np.float64) * 2.0**-53)
 
 
 @dataclass(frozen=True)
@@ -96,20 +108,39 @@ class ServingNight:
     @cached_property
     def _by_group(self) -> dict[str, np.ndarray]:
         """Per grouped product (rows of `_grouped`) and group: the centroid (inf where the product
-        has fewer groups: never nearest), the creative's columns, and the product's group count."""
-        rows = self._grouped.get_indexer(self.groups["product_id"])
-        groups = self.groups["group_id"].to_numpy(dtype=np.int64)
-        width = int(groups.max()) + 1 if len(groups) else 1
-        dim = len(self.groups["centroid"].iloc[0]) if len(self.groups) else 0
-        centroids = np.full((len(self._grouped), width, dim), np.inf, dtype=np.float32)
-        if len(self.groups):
-            centroids[rows, groups] = np.array(self.groups["centroid"].tolist(), dtype=np.float32)
-        table = {"centroid": centroids, "k": np.bincount(rows, minlength=len(self._grouped))}
-        for column in CREATIVE_COLUMNS:
-            values = np.full((len(self._grouped), width), None, dtype=object)
-            values[rows, groups] = self.groups[column].to_numpy(dtype=object)
-            table[column] = values
-        return table
+        has fewer groups: never nearest), and the product's group count."""
+        groups = self.groups.drop_duplicates(["product_id", "group_id"])
+        rows = self._grouped.get_indexer(groups["product_id"])
+        numbers = groups["group_id"].to_numpy(dtype=np.int64)
+        dim = len(groups["centroid"].iloc[0]) if len(groups) else 0
+        centroids = np.full((len(self._grouped), self._width, dim), np.inf, dtype=np.float32)
+        if len(groups):
+            centroids[rows, numbers] = np.array(groups["centroid"].tolist(), dtype=np.float32)
+        return {"centroid": centroids, "k": np.bincount(rows, minlength=len(self._grouped))}
+
+    @cached_property
+    def _width(self) -> int:
+        return int(self.groups["group_id"].max()) + 1 if len(self.groups) else 1
+
+    @cached_property
+    def _creatives(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Every group's creatives in one table ordered by (grouped product, group) and, within a
+        group, by share (largest first) and id -> (its group's slot, the slot plus the creative's
+        cumulative share of the group, the CREATIVE_COLUMNS). A draw u in [0, 1) of slot s is the
+        first row whose upper end exceeds s + u."""
+        served = self.groups[self.groups["creative_id"].notna()]
+        slot = self._grouped.get_indexer(served["product_id"]) * self._width + served["group_id"].to_numpy(
+            dtype=np.int64
+        )
+        share = served["traffic_share"].to_numpy(dtype=np.float64)
+        order = np.lexsort((served["creative_id"].to_numpy(dtype=str), -share, slot))
+        slot, share = slot[order], share[order]
+        total = pd.Series(share).groupby(slot).transform("sum").to_numpy()
+        cumulative = pd.Series(share / total).groupby(slot).cumsum().to_numpy()
+        last = np.append(slot[1:] != slot[:-1], True)[: len(slot)]
+        cumulative[last] = 1.0  # rounding never leaves a draw without a creative
+        columns = {c: served[c].to_numpy(dtype=object)[order] for c in CREATIVE_COLUMNS}
+        return slot, slot + cumulative, columns
 
     @cached_property
     def _fallback(self) -> tuple[pd.Index, dict[str, np.ndarray]]:
@@ -138,7 +169,7 @@ class ServingNight:
     def prepare(self) -> ServingNight:
         """Build the lookup indexes now (hashing a night's million members takes a second or two),
         so that a server's first request does not wait for them."""
-        _ = self._by_group, self._fallback, self._members
+        _ = self._by_group, self._creatives, self._fallback, self._members
         return self
 
     # --- answering ------------------------------------------------------------------------------
@@ -165,10 +196,7 @@ class ServingNight:
             group[placed] = self._nearest(requests.iloc[placed], grouped[placed])
         reason[todo] = ASSIGNED
 
-        creative = {c: np.full(n, None, dtype=object) for c in CREATIVE_COLUMNS}
-        served = np.flatnonzero(group >= 0)
-        for column in CREATIVE_COLUMNS:
-            creative[column][served] = table[column][grouped[served], group[served]]
+        creative = self._draw(grouped, group, products, requests)
         index, fallback = self._fallback
         at = index.get_indexer(products) if len(index) else np.full(n, -1)
         falls = (at >= 0) & pd.isna(creative["creative_id"])
@@ -185,6 +213,27 @@ class ServingNight:
             },
             columns=list(OUTPUT_COLUMNS),
         )
+
+    def _draw(self, grouped: np.ndarray, group: np.ndarray, products: np.ndarray, requests: pd.DataFrame) -> dict:
+        """Each placed request's creative, drawn by its group's traffic shares with a draw fixed by
+        (night, product, user): a user sees one creative of a product all day, and a bulk answer
+        and an HTTP answer agree. A request without a user id gets the group's best."""
+        n = len(products)
+        creative = {c: np.full(n, None, dtype=object) for c in CREATIVE_COLUMNS}
+        placed = np.flatnonzero(group >= 0)
+        slots, upper, columns = self._creatives
+        if not len(placed) or not len(slots):
+            return creative
+        users = (
+            requests["user_id"].to_numpy(dtype=object)[placed] if "user_id" in requests else np.full(len(placed), None)
+        )
+        u = request_draws(products[placed], users, self.groups_ds)
+        slot = grouped[placed] * self._width + group[placed]
+        at = np.searchsorted(upper, slot + u, side="right").clip(max=len(slots) - 1)
+        found = slots[at] == slot
+        for column in CREATIVE_COLUMNS:
+            creative[column][placed[found]] = columns[column][at[found]]
+        return creative
 
     def _nearest(self, requests: pd.DataFrame, products: np.ndarray) -> np.ndarray:
         """PAAG embeddings of the requests, each placed among its own product's centroids."""

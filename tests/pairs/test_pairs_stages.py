@@ -16,6 +16,7 @@ from osmf_lib.job import JobContext, StageResult
 from osmf_lib.pairs.stages import build_preference_pairs
 from osmf_lib.tables import (
     CREATIVES,
+    EVAL_METRICS,
     GROUP_CREATIVE_CTR,
     GROUP_PREFERENCE_PAIRS,
     GROUP_PROFILES,
@@ -92,6 +93,8 @@ def _world() -> dict[str, pd.DataFrame]:
         [("c1", "p1", "on a beach"), ("c2", "p1", "in a kitchen"), ("c3", "p1", "at night"), ("d1", "p2", "snow")],
         columns=["creative_id", "product_id", "prompt"],
     ).assign(image_uri=None, origin="logged", updated_ds=DS)
+    # c2 came back from the closed loop: OSMF generated it, and it is paired as logged ones are.
+    creatives.loc[creatives["creative_id"] == "c2", "origin"] = "generated"
     return {"impressions": frame, "user_groups": groups, "group_profiles": profiles, "creatives": creatives}
 
 
@@ -158,7 +161,15 @@ def test_the_stage_writes_group_ctr_and_pairs_with_lineage(spark, lakehouse, fir
     for row in ctr + found:
         assert (row["paag_version"], row["groups_ds"], row["ds"]) == (VERSION, DS, DS)
     assert first_run.written == {GROUP_CREATIVE_CTR.name: 8, GROUP_PREFERENCE_PAIRS.name: 6}
-    assert first_run.metrics == {"groups": 3, "conflict_pairs": 4, "unknown_creative_cells": 1}
+    by_origin = {"logged_over_logged": 2, "logged_over_generated": 2, "generated_over_logged": 2}
+    assert first_run.metrics == {
+        "groups": 3,
+        "conflict_pairs": 4,
+        "unknown_creative_cells": 1,
+        **{f"pairs.{pair}": by_origin.get(pair, 0) for pair in (*by_origin, "generated_over_generated")},
+    }
+    recorded = tables.read(spark, EVAL_METRICS, lakehouse, ds=DS).where("stage = 'build_preference_pairs'")
+    assert {r["slice"]: r["value"] for r in recorded.collect()} == {**by_origin, "generated_over_generated": 0}
 
     _run(lakehouse)  # a rerun gives the very same rows
     assert _rows(spark, lakehouse, GROUP_CREATIVE_CTR) == ctr

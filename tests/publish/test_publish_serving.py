@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 
 from osmf_lib import tables
 from osmf_lib.cli import app
+from osmf_lib.evaluation.nights import night_table
 from osmf_lib.grouping.stages import group_users
 from osmf_lib.ingest.stages import ingest_events
 from osmf_lib.job import main
@@ -104,25 +106,17 @@ def test_the_next_days_audience_is_graded_for_members_and_newcomers(night):
     )
 
 
+def _settings(cfg) -> list[str]:
+    """The osmf CLI's options that point it at this test's lakehouse and registry."""
+    settings = [f"lakehouse.root={cfg.lakehouse.root}", f"lakehouse.landing={cfg.lakehouse.landing}"]
+    return [arg for value in (*settings, f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}") for arg in ("--set", value)]
+
+
 @pytest.fixture(scope="module")
 def served_day(night):
     """`osmf synth serve` for D2, then D3 ingested, as `make demo` closes the loop."""
     cfg, _, stage = night
-    shown = CliRunner().invoke(
-        app,
-        [
-            "--set",
-            f"lakehouse.root={cfg.lakehouse.root}",
-            "--set",
-            f"lakehouse.landing={cfg.lakehouse.landing}",
-            "--set",
-            f"mlflow.tracking_uri={cfg.mlflow.tracking_uri}",
-            "synth",
-            "serve",
-            "--ds",
-            D2.isoformat(),
-        ],
-    )
+    shown = CliRunner().invoke(app, [*_settings(cfg), "synth", "serve", "--ds", D2.isoformat()])
     assert shown.exit_code == 0, shown.output
     stage("ingest_events", ingest_events, ds=D3)
     return shown.output
@@ -161,3 +155,18 @@ def test_a_rerun_of_publishing_serves_with_the_same_version(night):
     before = MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'")
     stage("evaluate_and_publish", evaluate_and_publish)
     assert len(MlflowClient().search_model_versions(f"name = '{MODEL_NAME}'")) == len(before) == 1
+
+
+def test_osmf_nights_tells_each_night_what_it_served_and_with_which_models(night, served_day):
+    cfg, spark, _ = night
+    table = night_table(spark, cfg).set_index("night")
+    assert table.index.tolist() == [D2.isoformat()]
+    row = table.loc[D2.isoformat()]
+    # Nothing was rendered: the best logged creatives are served, and none of the ceiling's headroom.
+    assert row["ceiling"] > row["served"] > 0 and row["served"] == pytest.approx(row["best logged"])
+    assert row["headroom"] == pytest.approx(0.0) and (row["generated"], row["explored"]) == (0.0, 0.0)
+    assert np.isnan(row["A/B served"]) and row["generated pairs"] == 0
+    assert (row["paag"], row["serving"], row["grm"], row["gmllm"]) == ("1*", "1*", "", "")
+    printed = CliRunner().invoke(app, [*_settings(cfg), "nights"])
+    assert printed.exit_code == 0, printed.output
+    assert D2.isoformat() in printed.output and "headroom" in printed.output

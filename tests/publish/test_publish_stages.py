@@ -113,12 +113,19 @@ def night(spark, make_group_lakehouse, run_stage, tmp_path_factory):
 
 
 def _served(spark, cfg) -> pd.DataFrame:
-    return tables.read(spark, SERVING_CREATIVES, cfg, ds=DS).toPandas().set_index(KEY).sort_index()
+    """Every row of the night's serving_creatives, by (product, group, creative)."""
+    return tables.read(spark, SERVING_CREATIVES, cfg, ds=DS).toPandas().set_index([*KEY, "creative_id"]).sort_index()
+
+
+def _best(spark, cfg) -> pd.DataFrame:
+    """The groups' best creatives, by (product, group)."""
+    served = _served(spark, cfg)
+    return served[served["selected"]].reset_index().set_index(KEY)
 
 
 def test_every_group_is_served_its_best_render_or_else_its_best_logged_creative(spark, night):
     cfg, generated, result = night
-    served = _served(spark, cfg)
+    served = _best(spark, cfg)
     targets = tables.read(spark, GROUP_PROFILES, cfg, ds=DS).toPandas().set_index(KEY).sort_index()
     assert served.index.equals(targets.index)
     chosen = generated[generated["selected"]].set_index(KEY)
@@ -141,7 +148,25 @@ def test_every_group_is_served_its_best_render_or_else_its_best_logged_creative(
     assert (served["groups_ds"] == DS).all()
     counted = result.metrics
     assert (counted["targets.all"], counted["served.generated"], counted["unserved.all"]) == (len(targets), 3, 0)
-    assert counted["served.logged"] == len(targets) - 3 and result.written == {SERVING_CREATIVES.name: len(targets)}
+    assert counted["served.logged"] == len(targets) - 3
+    assert result.written == {SERVING_CREATIVES.name: len(targets) + counted["explored.candidates"]}
+
+
+def test_the_rest_of_a_groups_traffic_explores_its_other_rendered_candidates(spark, night):
+    cfg, generated, result = night
+    served = _served(spark, cfg).reset_index()
+    explore = cfg.publish.explore_share
+    assert served.groupby(KEY)["traffic_share"].sum().to_numpy() == pytest.approx(1.0)
+    # p00/0 and p01/1 have a second rendered candidate: it gets the explored share. p00/1's only
+    # other candidate came out blank, and the logged groups have none: the best gets everything.
+    shares = served.set_index(KEY)["traffic_share"]
+    for group in (("p00", 0), ("p01", 1)):
+        mine = served.set_index(KEY).loc[[group]]
+        assert sorted(mine["traffic_share"]) == pytest.approx([explore, 1 - explore])
+        assert mine.loc[~mine["selected"], "prompt"].iat[0] in set(generated["prompt"])
+    assert shares.loc[[("p00", 1)]].tolist() == [1.0] and shares.loc[[("p01", 0)]].tolist() == [1.0]
+    assert result.metrics["explored.candidates"] == 2
+    assert result.metrics["explore_share.all"] == pytest.approx(2 * explore / served["selected"].sum())
 
 
 def test_the_night_records_what_it_served(spark, night):
@@ -165,9 +190,13 @@ def test_an_ad_server_reads_a_users_creative_by_key(spark, night):
     cfg, generated, _ = night
     tables.register_views(spark, cfg)
     member = spark.sql("SELECT user_id FROM user_groups WHERE product_id = 'p00' AND group_id = 0").first()["user_id"]
-    row = spark.sql(f"SELECT * FROM serving_lookup WHERE user_id = '{member}' AND product_id = 'p00'").collect()
-    best = generated[generated["selected"] & (generated["product_id"] == "p00") & (generated["group_id"] == 0)]
-    assert len(row) == 1 and row[0]["group_id"] == 0 and row[0]["image_uri"] == best["image_uri"].iat[0]
+    rows = spark.sql(f"SELECT * FROM serving_lookup WHERE user_id = '{member}' AND product_id = 'p00'").collect()
+    mine = generated[(generated["product_id"] == "p00") & (generated["group_id"] == 0)]
+    # The group's best and the candidate it explores, each with its share of the group's traffic.
+    assert {(row["group_id"], row["image_uri"], row["selected"]) for row in rows} == {
+        (0, uri, selected) for uri, selected in zip(mine["image_uri"], mine["selected"], strict=True)
+    }
+    assert sum(row["traffic_share"] for row in rows) == pytest.approx(1.0)
 
 
 class _Page(HTMLParser):

@@ -73,7 +73,7 @@ def night(make_cfg: Callable[..., Config]) -> ServingNight:
         groups.append(profiles[["product_id", "group_id", "centroid"]])
     groups = pd.concat(groups, ignore_index=True)
     groups["creative_id"] = [f"gen-{p}-{g}" for p, g in zip(groups["product_id"], groups["group_id"], strict=True)]
-    groups = groups.assign(origin="generated", prompt="a generated scene", image_uri="mem://x.png")
+    groups = groups.assign(origin="generated", prompt="a generated scene", image_uri="mem://x.png", traffic_share=1.0)
     fallback = creatives.assign(origin="logged", image_uri=None).drop_duplicates("product_id")
     return ServingNight(
         paag,

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from osmf_lib.paag.model import USER_ATTRIBUTES
-from osmf_lib.serving.model import OUTPUT_COLUMNS, ServingError, ServingNight
+from osmf_lib.serving.model import GROUP_COLUMNS, OUTPUT_COLUMNS, ServingError, ServingNight
 from osmf_lib.tables import ASSIGNED, FALLBACK, MEMBER, UNKNOWN_PRODUCT
 
 
@@ -115,10 +115,46 @@ def test_a_night_without_groups_needs_no_paag() -> None:
     fallback = pd.DataFrame(
         {"product_id": ["p"], "creative_id": ["c"], "origin": ["logged"], "prompt": ["x"], "image_uri": [None]}
     )
-    empty = pd.DataFrame(columns=["product_id", "group_id", "centroid", "creative_id", "origin", "prompt", "image_uri"])
+    empty = pd.DataFrame(columns=list(GROUP_COLUMNS))
     members = pd.DataFrame(columns=["product_id", "user_id", "group_id"])
     night = ServingNight(None, empty, fallback, members, paag_version=None, groups_ds=ds)
     answered = night.assign(pd.DataFrame({"product_id": ["p", "q"], "user_id": ["u", "v"]}))
     assert answered["reason"].tolist() == [FALLBACK, UNKNOWN_PRODUCT]
     with pytest.raises(ServingError, match="needs the PAAG model"):
-        ServingNight(None, night.fallback.assign(group_id=0, centroid=[[0.0]]), fallback, members, None, ds)
+        groups = night.fallback.assign(group_id=0, centroid=[[0.0]], traffic_share=1.0)
+        ServingNight(None, groups, fallback, members, None, ds)
+
+
+def _explored(night: ServingNight, shares: dict[str, float], groups_ds: dt.date | None = None) -> ServingNight:
+    """The night with p-two's groups each served several creatives at these traffic shares."""
+    two = night.groups[night.groups["product_id"] == "p-two"]
+    rows = [
+        two.assign(creative_id=two["creative_id"] + suffix, traffic_share=share) for suffix, share in shares.items()
+    ]
+    groups = pd.concat([night.groups[night.groups["product_id"] != "p-two"], *rows], ignore_index=True)
+    return ServingNight(
+        night.paag, groups, night.fallback, night.members, night.paag_version, groups_ds or night.groups_ds
+    )
+
+
+def test_a_groups_traffic_is_drawn_by_its_shares_and_a_user_keeps_their_draw(night: ServingNight) -> None:
+    explored = _explored(night, {"-best": 0.7, "-a": 0.2, "-b": 0.1})
+    crowd = pd.DataFrame({"product_id": "p-two", "user_id": [f"x{i}" for i in range(20_000)]})
+    answered = explored.assign(crowd)
+    shares = answered["creative_id"].str.extract(r"(-best|-a|-b)$")[0].value_counts(normalize=True)
+    assert shares.to_dict() == pytest.approx({"-best": 0.7, "-a": 0.2, "-b": 0.1}, abs=0.015)
+    # Each (product, user) keeps its creative for the night, whatever rows come with it.
+    again = explored.assign(crowd.iloc[::-1].reset_index(drop=True)).iloc[::-1].reset_index(drop=True)
+    pd.testing.assert_frame_equal(again, answered)
+    # The next night draws anew; a request without a user id gets the group's best.
+    later = _explored(night, {"-best": 0.7, "-a": 0.2, "-b": 0.1}, night.groups_ds + dt.timedelta(days=1))
+    moved = (later.assign(crowd)["creative_id"] != answered["creative_id"]).mean()
+    assert 0.3 < moved < 0.6
+    anonymous = explored.assign(pd.DataFrame({"product_id": ["p-two"] * 50}))
+    assert anonymous["creative_id"].str.endswith("-best").all()
+
+
+def test_a_group_served_alone_gets_all_its_traffic(night: ServingNight) -> None:
+    crowd = pd.DataFrame({"product_id": "p-two", "user_id": [f"x{i}" for i in range(2_000)]})
+    answered = _explored(night, {"-best": 1.0}).assign(crowd)
+    assert answered["creative_id"].str.endswith("-best").all()
