@@ -27,6 +27,7 @@ from pyspark.sql import functions as F
 
 from osmf_lib import artifacts, browser, tables, tracking
 from osmf_lib.config import Config
+from osmf_lib.evaluation.nights import MODELS as NIGHT_MODELS
 from osmf_lib.evaluation.nights import night_table
 from osmf_lib.images import ImageError, ImageLimits, read_image
 from osmf_lib.job import JobContext, StageError
@@ -163,31 +164,30 @@ def ctr_by_day(ctx: JobContext) -> dict[str, pd.Series]:
     return series
 
 
-NIGHT_COLUMNS = ("night", "served", "best logged", "ceiling", "headroom", "generated", "explored", "generated pairs")
+# The night-over-night table's columns as shown (per audience: `osmf nights`): fractions as
+# percentages, then counts and models.
+NIGHT_FRACTIONS = ("served", "best logged", "ceiling", "headroom", "generated", "explored")
+NIGHT_OTHERS = ("generated pairs", *NIGHT_MODELS, "variant")
 
 
 def nights_section(ctx: JobContext) -> str:
     """Night over night up to this one (osmf_lib/evaluation/nights.py): the oracle CTR of what each
     night served against the best logged and the ceiling, and what it explored and learnt from."""
     table = night_table(ctx.spark, ctx.cfg)
-    table = table[table["night"] <= ctx.ds.isoformat()].set_index("night", drop=False)
+    table = table[table["night"] <= ctx.ds.isoformat()].set_index("night")
     if table.empty:
         return '<p class="muted">no night has published yet</p>'
     chart = line_chart({name: table[name] for name in ("served", "best logged", "ceiling")})
-    models = [c for c in table.columns if c not in NIGHT_COLUMNS and not c.startswith("A/B")]
-    head = "".join(f"<th>{_e(c)}</th>" for c in (*NIGHT_COLUMNS, *models))
+    head = "".join(f"<th>{_e(c)}</th>" for c in ("night", *NIGHT_FRACTIONS, *NIGHT_OTHERS))
     rows = "".join(
-        "<tr>"
-        + "".join(f"<td>{_e(_fraction(row[c]) if c in NIGHT_COLUMNS[1:-1] else row[c])}</td>" for c in NIGHT_COLUMNS)
-        + "".join(f"<td>{_e(row[c])}</td>" for c in models)
+        f"<tr><td>{_e(night)}</td>"
+        + "".join(f"<td>{'' if pd.isna(row[c]) else format(row[c], '.2%')}</td>" for c in NIGHT_FRACTIONS)
+        + f"<td>{'' if pd.isna(row['generated pairs']) else int(row['generated pairs'])}</td>"
+        + "".join(f"<td>{_e(row[c])}</td>" for c in NIGHT_OTHERS[1:])
         + "</tr>"
-        for _, row in table.iterrows()
+        for night, row in table.iterrows()
     )
     return f"{chart}<table><tr>{head}</tr>{rows}</table>"
-
-
-def _fraction(value: float) -> str:
-    return "" if pd.isna(value) else f"{value:.2%}"
 
 
 def serving_section(ctx: JobContext) -> str:

@@ -235,7 +235,14 @@ def test_the_report_shows_every_group_with_its_served_image(spark, night):
             assert max(image.size) <= 4 * cfg.publish.thumbnail
     assert "publish" in text and "generated_share" in text
     # What a person wants first comes first; the full metric table last.
-    sections = ["Creatives", "Click-through rate by day", "Metrics by stage", "Products", "All metrics"]
+    sections = [
+        "Creatives",
+        "Click-through rate by day",
+        "Night over night",
+        "Metrics by stage",
+        "Products",
+        "All metrics",
+    ]
     assert [text.index(name) for name in sections] == sorted(text.index(name) for name in sections)
     assert "Members placed again by their attributes alone get their own group" in text
     assert "2026-11-04 has not been served and ingested yet" in text
