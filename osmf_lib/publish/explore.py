@@ -48,7 +48,7 @@ def traffic_shares(group: pd.DataFrame, explore: float, draws: int, seed: int) -
     best = group["selected"].to_numpy(dtype=bool)
     shares = best.astype(np.float64)
     others = np.flatnonzero(~best)
-    if not best.any():  # nothing was selected (no GRM and no first image): share alike
+    if not best.any():  # generate_creatives selects one whenever it rendered one; else share alike
         return np.full(len(group), 1 / len(group))
     if explore == 0 or not len(others):
         return shares
