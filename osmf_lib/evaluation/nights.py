@@ -42,8 +42,6 @@ ORACLE = {
 MODELS = {"paag": PAAG, "grm": GRM, "gmllm": GMLLM, "serving": SERVING}
 # The stages whose eval_metrics rows the table reads.
 PUBLISH_STAGE, PAIRS_STAGE = "publish", "build_preference_pairs"
-
-
 ONE_DAY = timedelta(days=1)
 
 
@@ -71,11 +69,12 @@ def _closed_loop(spark: SparkSession, cfg: Config) -> pd.DataFrame:
 
 def _versions(ds: date) -> dict[str, str]:
     """Each model's version for night ds, starred where night ds promoted it; the served variant."""
-    out = {}
+    out, tonight = {}, {}
     for column, model in MODELS.items():
         version, before = promotion.version_for_ds(model.name, ds), promotion.version_for_ds(model.name, ds - ONE_DAY)
+        tonight[model.name] = version
         out[column] = "" if version is None else f"{version}{'*' if version != before else ''}"
-    gmllm = promotion.version_for_ds(GMLLM.name, ds)
+    gmllm = tonight[GMLLM.name]
     out["variant"] = MlflowClient().get_model_version(GMLLM.name, gmllm).tags.get(TAG_VARIANT, "") if gmllm else ""
     return out
 

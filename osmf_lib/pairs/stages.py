@@ -200,22 +200,19 @@ def build_preference_pairs(ctx: JobContext) -> StageResult:
     tables.overwrite_partition(spark, preference_pairs(ctr, creatives, cfg, ds), GROUP_PREFERENCE_PAIRS, cfg, ds)
 
     cells = ctr.agg(F.count("*").alias("cells"), F.countDistinct("product_id", "group_id").alias("groups")).first()
-    written = (
-        tables.read(spark, GROUP_PREFERENCE_PAIRS, cfg, ds=ds)
-        .agg(
-            F.count("*").alias("pairs"),
-            F.count(F.when(F.col("conflict"), 1)).alias("conflict_pairs"),
-            *(F.count(F.when(F.col("split") == split, 1)).alias(f"pairs_{split}") for split in SPLITS),
-        )
-        .first()
-    )
+    stored = tables.read(spark, GROUP_PREFERENCE_PAIRS, cfg, ds=ds)
+    written = stored.agg(
+        F.count("*").alias("pairs"),
+        F.count(F.when(F.col("conflict"), 1)).alias("conflict_pairs"),
+        *(F.count(F.when(F.col("split") == split, 1)).alias(f"pairs_{split}") for split in SPLITS),
+    ).first()
     metrics = {
         "cells": cells["cells"],
         "groups": cells["groups"],
         "unknown_creative_cells": unknown_creative_cells(ctr, creatives).count(),
         **written.asDict(),
     }
-    origins = pairs_by_origin(tables.read(spark, GROUP_PREFERENCE_PAIRS, cfg, ds=ds), creatives)
+    origins = pairs_by_origin(stored, creatives)
     tables.write_metrics(spark, cfg, ds, STAGE, origins, mlflow.active_run().info.run_id)
     by_origin = {f"{m.metric}.{m.slice}": m.value for m in origins}
     with_generated = int(sum(m.value for m in origins if GENERATED in m.slice))

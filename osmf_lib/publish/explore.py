@@ -31,8 +31,9 @@ from pyspark.sql import functions as F
 
 from osmf_lib.config import PublishConfig
 from osmf_lib.pairs.preference import WEAK_PRIOR_STRENGTH
+from osmf_lib.tables import GROUP_PROFILES
 
-KEY = ["product_id", "group_id"]
+KEY = list(GROUP_PROFILES.keys)
 # A prior mean of exactly 0 or 1 is no Beta distribution.
 EDGE = 1e-6
 SHARE_SCHEMA = "product_id STRING, group_id INT, candidate INT, traffic_share DOUBLE"
