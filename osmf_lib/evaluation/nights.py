@@ -6,12 +6,15 @@ recorded (`osmf nights`, `make demo NIGHTS=N`, and the report's curve).
 | served, members, newcomers | publish_oracle: oracle CTR of what osmf-serving drew for next day's held-out traffic |
 | best logged, ceiling | publish_oracle: the groups' best logged creative, and the oracle's best prompt per group |
 | headroom | publish_oracle: (served - best logged) / (ceiling - best logged), all traffic |
+| best-only headroom | publish_oracle: the same had every impression taken its group's best (no exploring) |
+| candidate headroom | publish_oracle: the same for each group's best candidate by the oracle (perfect picking) |
 | generated | serving_coverage of the next day: share of all its impressions shown a generated creative |
 | explored | publish: share of the groups' traffic on candidates other than their best |
 | A/B served, control | closed_loop_ab of the next day: observed CTR of the two arms |
 | generated pairs | build_preference_pairs: the night's pairs with a generated creative on either side |
 | paag, grm, gmllm, serving | the registry version each model had for the night, `*` where the night promoted it |
 | variant | the Group-DPO variant osmf-gmllm registered for the night, by its validation reward |
+| onesize_dpo, prefix_dpo, group_dpo | gmllm_oracle: headroom of each variant's greedy description (test products) |
 
 The oracle columns exist only on a simulated world; on real logs they stay empty.
 """
@@ -26,6 +29,7 @@ from pyspark.sql import SparkSession
 
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.config import Config
+from osmf_lib.evaluation.gmllm import STAGE as GMLLM_ORACLE_STAGE
 from osmf_lib.evaluation.publish import STAGE as ORACLE_STAGE
 from osmf_lib.gmllm.registry import TAG_VARIANT
 from osmf_lib.night import GMLLM, GRM, PAAG, SERVING
@@ -40,6 +44,9 @@ ORACLE = {
     "ceiling": "ceiling",
 }
 MODELS = {"paag": PAAG, "grm": GRM, "gmllm": GMLLM, "serving": SERVING}
+# Does the variant the validation picks also win on the oracle, and does the contrast term start
+# to pay as the loop's data grows?
+DPO_VARIANTS = ("onesize_dpo", "prefix_dpo", "group_dpo")
 # The stages whose eval_metrics rows the table reads.
 PUBLISH_STAGE, PAIRS_STAGE = "publish", "build_preference_pairs"
 ONE_DAY = timedelta(days=1)
@@ -98,11 +105,14 @@ def night_table(spark: SparkSession, cfg: Config) -> pd.DataFrame:
         row |= {name: value(ds, ORACLE_STAGE, "oracle_ctr", key) for name, key in ORACLE.items()}
         row |= {
             "headroom": value(ds, ORACLE_STAGE, "headroom_captured", "served"),
+            "best-only headroom": value(ds, ORACLE_STAGE, "headroom_captured", "selected"),
+            "candidate headroom": value(ds, ORACLE_STAGE, "headroom_captured", "best_candidate"),
             "generated": value(served, COVERAGE_STAGE, "generated_share", "all"),
             "explored": value(ds, PUBLISH_STAGE, "explore_share", "all"),
             "A/B served": float(arms["served"]),
             "A/B control": float(arms["control"]),
             "generated pairs": float(generated_pairs.get(ds, nan)),
         }
+        row |= {name: value(ds, GMLLM_ORACLE_STAGE, "headroom_captured", name) for name in DPO_VARIANTS}
         rows.append(row | _versions(ds))
     return pd.DataFrame(rows)

@@ -12,8 +12,9 @@ grouped), `newcomers` (placed by their attributes), `generated` (groups served a
 creative) and everyone (no suffix). A method that wins for members and loses for newcomers shows it
 here. `greedy_lift_kept`: the share of the lift of the served generator's greedy descriptions (of
 the same groups, over the same audience) that what is served keeps, over everyone and over the
-generated part: what best-of-N, rendering and falling back lose, every night. A logged skip on
-real logs.
+generated part: what best-of-N, rendering and falling back lose, every night. `selected` and
+`best_candidate` split the gap to the ceiling into what exploring, picking and generating cost
+(`grade_served`). A logged skip on real logs.
 """
 
 from __future__ import annotations
@@ -77,10 +78,34 @@ def _lift_kept(oracle: Oracle, rows: pd.DataFrame, served: float, floor: float) 
     return (served - floor) / (greedy - floor) if greedy != floor else float("nan")
 
 
+def candidate_prompts(oracle: Oracle, audiences: pd.Series, creatives: pd.DataFrame, logged: pd.Series) -> pd.DataFrame:
+    """Per (product_id, group_id) of `audiences` (its users): `selected`, the prompt of the
+    creative with the largest traffic share, and `best_candidate`, the prompt among its creatives
+    and its best logged one (`logged`) that the oracle rates best for those users. creatives: the
+    serving model's GROUP_COLUMNS rows."""
+    rows = creatives.dropna(subset=["prompt"]).astype({"group_id": "int64"})
+    rows = rows.sort_values(["traffic_share", "creative_id"], ascending=[False, True])
+    prompts = rows.groupby(KEY, sort=False)["prompt"].agg(list).reindex(audiences.index)
+    out = pd.DataFrame({"selected": prompts.str[0].fillna(logged.reindex(audiences.index))})
+    out["best_candidate"] = [
+        max(
+            {*(served if isinstance(served, list) else []), logged[key]},
+            key=lambda prompt: (oracle.expected_ctr(key[0], prompt, users), prompt),
+        )
+        for (key, users), served in zip(audiences.items(), prompts, strict=True)
+    ]
+    return out
+
+
 def grade_served(ctx: JobContext, night: ServingNight, logged: pd.DataFrame, oracle: Oracle) -> list[Metric]:
     """Oracle CTR of what is served against the best logged creative, over the next day's audience;
     and against the served generator's greedy descriptions of the same groups: over everyone (the
-    mix of generated and logged creatives) and over the groups served a generated one."""
+    mix of generated and logged creatives) and over the groups served a generated one.
+
+    Between best logged and ceiling, three more rows split the gap: `selected` (every impression
+    on the group's largest-share creative: what exploring cost), `best_candidate` (on the one of
+    its creatives and its best logged one the oracle rates best: what picking cost) and the
+    ceiling (what generating cost)."""
     shown = next_day_audience(ctx, night, oracle)
     best = logged.set_index(KEY)["prompt"].rename("best_logged")
     shown = shown[shown["reason"].isin(AUDIENCES)].astype({"group_id": "int64"})
@@ -90,6 +115,7 @@ def grade_served(ctx: JobContext, night: ServingNight, logged: pd.DataFrame, ora
     audiences = shown.groupby(KEY)["user_id"].agg(list)
     ceiling = pd.Series([oracle.best_prompt(p, users) for (p, _), users in audiences.items()], index=audiences.index)
     shown = shown.join(ceiling.rename("ceiling"), on=KEY)
+    shown = shown.join(candidate_prompts(oracle, audiences, night.groups, best), on=KEY)
     greedy = greedy_descriptions(ctx, shown[KEY].drop_duplicates().reset_index(drop=True))
     if greedy is not None:
         shown = shown.join(greedy.rename("greedy"), on=KEY)
@@ -107,17 +133,20 @@ def grade_served(ctx: JobContext, night: ServingNight, logged: pd.DataFrame, ora
             continue
         served, logged_ctr = _oracle_ctr(oracle, rows, "prompt"), _oracle_ctr(oracle, rows, "best_logged")
         ceiling_ctr = _oracle_ctr(oracle, rows, "ceiling")
+        graded = {name: _oracle_ctr(oracle, rows, name) for name in ("selected", "best_candidate")}
         metrics += [
             Metric("impressions", f"test{suffix}", float(len(rows))),
             Metric("oracle_ctr", f"served{suffix}", served),
             Metric("oracle_ctr", f"best_logged{suffix}", logged_ctr),
             Metric("oracle_ctr", f"ceiling{suffix}", ceiling_ctr),
+            *(Metric("oracle_ctr", f"{name}{suffix}", value) for name, value in graded.items()),
             Metric("lift_vs_best_logged", f"served{suffix}", served / logged_ctr - 1),
         ]
         if ceiling_ctr > logged_ctr:
-            metrics.append(
-                Metric("headroom_captured", f"served{suffix}", (served - logged_ctr) / (ceiling_ctr - logged_ctr))
-            )
+            metrics += [
+                Metric("headroom_captured", f"{name}{suffix}", (value - logged_ctr) / (ceiling_ctr - logged_ctr))
+                for name, value in {"served": served, **graded}.items()
+            ]
         if greedy is not None and suffix in ("", ".generated"):
             metrics.append(Metric("greedy_lift_kept", f"served{suffix}", _lift_kept(oracle, rows, served, logged_ctr)))
     return metrics

@@ -27,8 +27,8 @@ from pyspark.sql import functions as F
 
 from osmf_lib import artifacts, browser, tables, tracking
 from osmf_lib.config import Config
+from osmf_lib.evaluation.nights import DPO_VARIANTS, night_table
 from osmf_lib.evaluation.nights import MODELS as NIGHT_MODELS
-from osmf_lib.evaluation.nights import night_table
 from osmf_lib.images import ImageError, ImageLimits, read_image
 from osmf_lib.job import JobContext, StageError
 from osmf_lib.night import GMLLM, GRM, PAAG, SERVING
@@ -164,15 +164,29 @@ def ctr_by_day(ctx: JobContext) -> dict[str, pd.Series]:
     return series
 
 
-# The night-over-night table's columns as shown (per audience: `osmf nights`): fractions as
-# percentages, then counts and models.
-NIGHT_FRACTIONS = ("served", "best logged", "ceiling", "headroom", "generated", "explored")
-NIGHT_OTHERS = ("generated pairs", *NIGHT_MODELS, "variant")
+# The night-over-night tables' columns as shown (per audience: `osmf nights`): fractions as
+# percentages, then counts and models; Group-DPO's variants get a table of their own.
+NIGHT_FRACTIONS = (
+    "served",
+    "best logged",
+    "ceiling",
+    "headroom",
+    "best-only headroom",
+    "candidate headroom",
+    "generated",
+    "explored",
+)
+NIGHT_OTHERS = ("generated pairs", *NIGHT_MODELS)
+
+
+def _percent(value: float) -> str:
+    return "" if pd.isna(value) else format(value, ".2%")
 
 
 def nights_section(ctx: JobContext) -> str:
     """Night over night up to this one (osmf_lib/evaluation/nights.py): the oracle CTR of what each
-    night served against the best logged and the ceiling, and what it explored and learnt from."""
+    night served against the best logged and the ceiling, what it explored and learnt from, and
+    which Group-DPO variant it picked against what each variant captured on the oracle."""
     table = night_table(ctx.spark, ctx.cfg)
     table = table[table["night"] <= ctx.ds.isoformat()].set_index("night")
     if table.empty:
@@ -181,13 +195,25 @@ def nights_section(ctx: JobContext) -> str:
     head = "".join(f"<th>{_e(c)}</th>" for c in ("night", *NIGHT_FRACTIONS, *NIGHT_OTHERS))
     rows = "".join(
         f"<tr><td>{_e(night)}</td>"
-        + "".join(f"<td>{'' if pd.isna(row[c]) else format(row[c], '.2%')}</td>" for c in NIGHT_FRACTIONS)
+        + "".join(f"<td>{_percent(row[c])}</td>" for c in NIGHT_FRACTIONS)
         + f"<td>{'' if pd.isna(row['generated pairs']) else int(row['generated pairs'])}</td>"
         + "".join(f"<td>{_e(row[c])}</td>" for c in NIGHT_OTHERS[1:])
         + "</tr>"
         for night, row in table.iterrows()
     )
-    return f"{chart}<table><tr>{head}</tr>{rows}</table>"
+    variants_head = "".join(f"<th>{_e(c)}</th>" for c in ("night", "picked", *DPO_VARIANTS))
+    variants = "".join(
+        f"<tr><td>{_e(night)}</td><td>{_e(row['variant'])}</td>"
+        + "".join(f"<td>{_percent(row[c])}</td>" for c in DPO_VARIANTS)
+        + "</tr>"
+        for night, row in table.iterrows()
+    )
+    return (
+        f"{chart}<table><tr>{head}</tr>{rows}</table>"
+        "<p>Group-DPO per night: the variant the validation picked, and the headroom each variant's "
+        "greedy description captures on the test products.</p>"
+        f"<table><tr>{variants_head}</tr>{variants}</table>"
+    )
 
 
 def serving_section(ctx: JobContext) -> str:

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from osmf_lib import tables
 from osmf_lib.cli import app
-from osmf_lib.evaluation.nights import night_table
+from osmf_lib.evaluation.gmllm import STAGE as GMLLM_ORACLE
+from osmf_lib.evaluation.nights import DPO_VARIANTS, night_table
 from osmf_lib.grouping.stages import group_users
 from osmf_lib.ingest.stages import ingest_events
 from osmf_lib.job import main
@@ -24,7 +25,7 @@ from osmf_lib.pairs.stages import build_preference_pairs
 from osmf_lib.publish.stages import evaluate_and_publish
 from osmf_lib.serving.registry import MODEL_NAME, load_serving
 from osmf_lib.synth import build_world, day_requests, write_landing
-from osmf_lib.tables import ASSIGNED, EVAL_METRICS, IMPRESSIONS, MEMBER, SERVING_ASSIGNMENTS, USER_GROUPS
+from osmf_lib.tables import ASSIGNED, EVAL_METRICS, IMPRESSIONS, MEMBER, SERVING_ASSIGNMENTS, USER_GROUPS, Metric
 
 D1, D2, D3 = dt.date(2026, 11, 1), dt.date(2026, 11, 2), dt.date(2026, 11, 3)
 FAST = ["paag.max_train_rows=20000", "paag.epochs=1", "evaluate.max_products=6", "grouping.silhouette_sample=500"]
@@ -99,8 +100,10 @@ def test_the_next_days_audience_is_graded_for_members_and_newcomers(night):
     for audience in ("", ".members", ".newcomers"):
         assert graded["impressions", f"test{audience}"] > 0
         assert graded["oracle_ctr", f"served{audience}"] > 0
-        # Nothing was rendered: every group is served its best logged creative.
+        # Nothing was rendered: every group is served its best logged creative, its only candidate.
         assert graded["lift_vs_best_logged", f"served{audience}"] == pytest.approx(0.0)
+        for row in ("selected", "best_candidate"):
+            assert graded["oracle_ctr", f"{row}{audience}"] == pytest.approx(graded["oracle_ctr", f"served{audience}"])
     assert (
         graded["impressions", "test"] == graded["impressions", "test.members"] + graded["impressions", "test.newcomers"]
     )
@@ -167,6 +170,12 @@ def test_osmf_nights_tells_each_night_what_it_served_and_with_which_models(night
     assert row["headroom"] == pytest.approx(0.0) and (row["generated"], row["explored"]) == (0.0, 0.0)
     assert np.isnan(row["A/B served"]) and row["generated pairs"] == 0
     assert (row["paag"], row["serving"], row["grm"], row["gmllm"]) == ("1*", "1*", "", "")
+    # Without a G-MLLM the night graded no DPO variant; once graded, each variant shows its own.
+    assert row[list(DPO_VARIANTS)].isna().all() and row["variant"] == ""
+    graded = [Metric("headroom_captured", n, v) for n, v in zip(DPO_VARIANTS, (0.1, 0.2, 0.3), strict=True)]
+    tables.write_metrics(spark, cfg, D2, GMLLM_ORACLE, [*graded, Metric("oracle_ctr", "group_dpo", 0.05)], "run")
+    row = night_table(spark, cfg).set_index("night").loc[D2.isoformat()]
+    assert row[list(DPO_VARIANTS)].tolist() == pytest.approx([0.1, 0.2, 0.3])
     printed = CliRunner().invoke(app, [*_settings(cfg), "nights"])
     assert printed.exit_code == 0, printed.output
     assert D2.isoformat() in printed.output and "headroom" in printed.output

@@ -239,6 +239,7 @@ def test_the_report_shows_every_group_with_its_served_image(spark, night):
         "Creatives",
         "Click-through rate by day",
         "Night over night",
+        "Group-DPO per night",
         "Metrics by stage",
         "Products",
         "All metrics",
