@@ -24,7 +24,8 @@ export PYSPARK_DRIVER_PYTHON := $(PY)
 # that night's osmf-serving and shows the answers to a share of the traffic (the closed loop).
 # With NIGHTS=N the served day is the next night's, N times over; the last served day is
 # ingested (its coverage and A/B test), the night over night table printed (osmf nights) and the
-# last night's report written again to show them.
+# last night's report written again to show them. A night whose osmf_nightly run succeeded is
+# not run again: a demo stopped midway continues where it stopped (remove var/ to start afresh).
 DEMO_SCALE ?= demo
 DEMO_DAYS ?= 3
 NIGHTS ?= 1
@@ -102,8 +103,13 @@ demo: $(SETUP_DONE)
 	}; \
 	days=($$($(OSMF) synth --list-days --days $(DEMO_DAYS))); night=$${days[-1]}; \
 	for ds in "$${days[@]:0:$${#days[@]}-1}"; do airflow_run "tasks test osmf_nightly ingest_events" $$ds; done; \
+	succeeded=$$($(BIN)/airflow dags list-runs osmf_nightly --state success -o plain 2> /dev/null | awk '{print substr($$5, 1, 10)}'); \
 	for n in $$(seq 1 $(NIGHTS)); do \
-		airflow_run "dags test osmf_nightly" $$night; \
+		if grep -qx "$$night" <<< "$$succeeded"; then \
+			echo "== night $$night: its osmf_nightly run succeeded before, not run again"; \
+		else \
+			airflow_run "dags test osmf_nightly" $$night; \
+		fi; \
 		next=$$($(OSMF) synth --list-days --start $$night --days 2 | tail -n 1); \
 		echo "== closed loop: $$next's requests answered by night $$night's osmf-serving (osmf synth serve)"; \
 		$(OSMF) synth serve --ds $$night 2> var/airflow/demo-serve.log | tail -n 1 \
