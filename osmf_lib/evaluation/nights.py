@@ -1,13 +1,15 @@
 """Night over night: does the closed loop learn? One row per published night, from what each night
-recorded (`osmf nights`, `make demo NIGHTS=N`, and the report's curve).
+recorded (`osmf nights`, `make demo NIGHTS=N`, and the report's curve; docs/design.md#night-over-night).
 
 | column | from |
 |---|---|
 | served, members, newcomers | publish_oracle: oracle CTR of what osmf-serving drew for next day's held-out traffic |
-| best logged, ceiling | publish_oracle: the groups' best logged creative, and the oracle's best prompt per group |
-| headroom | publish_oracle: (served - best logged) / (ceiling - best logged), all traffic |
-| best-only headroom | publish_oracle: the same had every impression taken its group's best (no exploring) |
-| candidate headroom | publish_oracle: the same for each group's best candidate by the oracle (perfect picking) |
+| best original, best logged | publish_oracle: the groups' best creative of the ad server's own, and of any origin |
+| ceiling | publish_oracle: the oracle's best prompt per group |
+| headroom | publish_oracle: (served - best original) / (ceiling - best original), all traffic: what OSMF adds |
+| best-only, candidates | publish_oracle: the same had every impression taken its group's best (no exploring), or |
+| | each group its best candidate by the oracle (perfect picking) |
+| over best logged | publish_oracle: (served - best logged) / (ceiling - best logged): what the night adds |
 | generated | serving_coverage of the next day: share of all its impressions shown a generated creative |
 | explored | publish: share of the groups' traffic on candidates other than their best |
 | A/B served, control | closed_loop_ab of the next day: observed CTR of the two arms |
@@ -40,6 +42,7 @@ ORACLE = {
     "served": "served",
     "members": "served.members",
     "newcomers": "served.newcomers",
+    "best original": "best_original",
     "best logged": "best_logged",
     "ceiling": "ceiling",
 }
@@ -104,9 +107,10 @@ def night_table(spark: SparkSession, cfg: Config) -> pd.DataFrame:
         row = {"night": ds.isoformat()}
         row |= {name: value(ds, ORACLE_STAGE, "oracle_ctr", key) for name, key in ORACLE.items()}
         row |= {
-            "headroom": value(ds, ORACLE_STAGE, "headroom_captured", "served"),
-            "best-only headroom": value(ds, ORACLE_STAGE, "headroom_captured", "selected"),
-            "candidate headroom": value(ds, ORACLE_STAGE, "headroom_captured", "best_candidate"),
+            "headroom": value(ds, ORACLE_STAGE, "headroom_over_original", "served"),
+            "best-only": value(ds, ORACLE_STAGE, "headroom_over_original", "selected"),
+            "candidates": value(ds, ORACLE_STAGE, "headroom_over_original", "best_candidate"),
+            "over best logged": value(ds, ORACLE_STAGE, "headroom_captured", "served"),
             "generated": value(served, COVERAGE_STAGE, "generated_share", "all"),
             "explored": value(ds, PUBLISH_STAGE, "explore_share", "all"),
             "A/B served": float(arms["served"]),

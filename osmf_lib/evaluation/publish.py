@@ -12,7 +12,9 @@ grouped), `newcomers` (placed by their attributes), `generated` (groups served a
 creative) and everyone (no suffix). A method that wins for members and loses for newcomers shows it
 here. `greedy_lift_kept`: the share of the lift of the served generator's greedy descriptions (of
 the same groups, over the same audience) that what is served keeps, over everyone and over the
-generated part: what best-of-N, rendering and falling back lose, every night. `selected` and
+generated part: what best-of-N, rendering and falling back lose, every night. After a closed loop
+the best logged creative may be one an earlier night generated, so `headroom_over_original` keeps
+the floor fixed at the group's best creative of the ad server's own; `selected` and
 `best_candidate` split the gap to the ceiling into what exploring, picking and generating cost
 (`grade_served`). A logged skip on real logs.
 """
@@ -97,21 +99,29 @@ def candidate_prompts(oracle: Oracle, audiences: pd.Series, creatives: pd.DataFr
     return out
 
 
-def grade_served(ctx: JobContext, night: ServingNight, logged: pd.DataFrame, oracle: Oracle) -> list[Metric]:
+def grade_served(
+    ctx: JobContext, night: ServingNight, logged: pd.DataFrame, original: pd.DataFrame, oracle: Oracle
+) -> list[Metric]:
     """Oracle CTR of what is served against the best logged creative, over the next day's audience;
     and against the served generator's greedy descriptions of the same groups: over everyone (the
     mix of generated and logged creatives) and over the groups served a generated one.
 
-    Between best logged and ceiling, three more rows split the gap: `selected` (every impression
-    on the group's largest-share creative: what exploring cost), `best_candidate` (on the one of
-    its creatives and its best logged one the oracle rates best: what picking cost) and the
-    ceiling (what generating cost)."""
+    Two floors: `best_logged` (the group's best creative in the logs, which after a closed loop may
+    be one an earlier night generated: what tonight adds) and `best_original` (its best creative
+    of origin logged, the ad server's own: what OSMF adds, the same floor every night);
+    `headroom_captured` is over the first, `headroom_over_original` over the second. Between the
+    floor and the ceiling, `selected` (every impression on the group's largest-share creative: what
+    exploring cost) and `best_candidate` (on the one of its creatives and its best logged one the
+    oracle rates best: what picking cost) split the gap; what is left is what generating cost."""
     shown = next_day_audience(ctx, night, oracle)
     best = logged.set_index(KEY)["prompt"].rename("best_logged")
     shown = shown[shown["reason"].isin(AUDIENCES)].astype({"group_id": "int64"})
     shown = shown.join(best, on=KEY, how="inner")
     if shown.empty:
         return [Metric("impressions", "test", 0.0)]
+    # A group whose own creatives were never shown in the window keeps the best logged as its floor.
+    shown = shown.join(original.set_index(KEY)["prompt"].rename("best_original"), on=KEY)
+    shown["best_original"] = shown["best_original"].fillna(shown["best_logged"])
     audiences = shown.groupby(KEY)["user_id"].agg(list)
     ceiling = pd.Series([oracle.best_prompt(p, users) for (p, _), users in audiences.items()], index=audiences.index)
     shown = shown.join(ceiling.rename("ceiling"), on=KEY)
@@ -131,35 +141,45 @@ def grade_served(ctx: JobContext, night: ServingNight, logged: pd.DataFrame, ora
     for suffix, rows in slices:
         if rows.empty:
             continue
-        served, logged_ctr = _oracle_ctr(oracle, rows, "prompt"), _oracle_ctr(oracle, rows, "best_logged")
-        ceiling_ctr = _oracle_ctr(oracle, rows, "ceiling")
-        graded = {name: _oracle_ctr(oracle, rows, name) for name in ("selected", "best_candidate")}
+        ctr = {
+            name: _oracle_ctr(oracle, rows, column)
+            for name, column in (
+                ("served", "prompt"),
+                ("selected", "selected"),
+                ("best_candidate", "best_candidate"),
+                ("best_logged", "best_logged"),
+                ("best_original", "best_original"),
+                ("ceiling", "ceiling"),
+            )
+        }
         metrics += [
             Metric("impressions", f"test{suffix}", float(len(rows))),
-            Metric("oracle_ctr", f"served{suffix}", served),
-            Metric("oracle_ctr", f"best_logged{suffix}", logged_ctr),
-            Metric("oracle_ctr", f"ceiling{suffix}", ceiling_ctr),
-            *(Metric("oracle_ctr", f"{name}{suffix}", value) for name, value in graded.items()),
-            Metric("lift_vs_best_logged", f"served{suffix}", served / logged_ctr - 1),
+            *(Metric("oracle_ctr", f"{name}{suffix}", value) for name, value in ctr.items()),
+            Metric("lift_vs_best_logged", f"served{suffix}", ctr["served"] / ctr["best_logged"] - 1),
         ]
-        if ceiling_ctr > logged_ctr:
-            metrics += [
-                Metric("headroom_captured", f"{name}{suffix}", (value - logged_ctr) / (ceiling_ctr - logged_ctr))
-                for name, value in {"served": served, **graded}.items()
-            ]
+        floors = {"headroom_captured": ctr["best_logged"], "headroom_over_original": ctr["best_original"]}
+        for metric, floor in floors.items():
+            if ctr["ceiling"] > floor:
+                metrics += [
+                    Metric(metric, f"{name}{suffix}", (ctr[name] - floor) / (ctr["ceiling"] - floor))
+                    for name in ("served", "selected", "best_candidate")
+                ]
         if greedy is not None and suffix in ("", ".generated"):
-            metrics.append(Metric("greedy_lift_kept", f"served{suffix}", _lift_kept(oracle, rows, served, logged_ctr)))
+            kept = _lift_kept(oracle, rows, ctr["served"], ctr["best_logged"])
+            metrics.append(Metric("greedy_lift_kept", f"served{suffix}", kept))
     return metrics
 
 
-def grade_served_day(ctx: JobContext, served: pd.DataFrame, logged: pd.DataFrame, night: ServingNight) -> StageResult:
-    """served: the night's serving_creatives rows; logged: the best logged creative per group;
-    night: the night's osmf-serving model."""
+def grade_served_day(
+    ctx: JobContext, served: pd.DataFrame, logged: pd.DataFrame, original: pd.DataFrame, night: ServingNight
+) -> StageResult:
+    """served: the night's serving_creatives rows; logged and original: the best logged creative
+    per group, of any origin and of origin logged; night: the night's osmf-serving model."""
     missing = f"ds={ctx.ds} served nothing"
     return grade_night(
         ctx,
         STAGE,
         night if len(served) else None,
         missing,
-        lambda model, oracle: grade_served(ctx, model, logged, oracle),
+        lambda model, oracle: grade_served(ctx, model, logged, original, oracle),
     )

@@ -168,11 +168,13 @@ def ctr_by_day(ctx: JobContext) -> dict[str, pd.Series]:
 # percentages, then counts and models; Group-DPO's variants get a table of their own.
 NIGHT_FRACTIONS = (
     "served",
+    "best original",
     "best logged",
     "ceiling",
     "headroom",
-    "best-only headroom",
-    "candidate headroom",
+    "best-only",
+    "candidates",
+    "over best logged",
     "generated",
     "explored",
 )
@@ -191,7 +193,7 @@ def nights_section(ctx: JobContext) -> str:
     table = table[table["night"] <= ctx.ds.isoformat()].set_index("night")
     if table.empty:
         return '<p class="muted">no night has published yet</p>'
-    chart = line_chart({name: table[name] for name in ("served", "best logged", "ceiling")})
+    chart = line_chart({name: table[name] for name in ("served", "best original", "best logged", "ceiling")})
     head = "".join(f"<th>{_e(c)}</th>" for c in ("night", *NIGHT_FRACTIONS, *NIGHT_OTHERS))
     rows = "".join(
         f"<tr><td>{_e(night)}</td>"

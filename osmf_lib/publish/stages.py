@@ -165,7 +165,8 @@ def evaluate_and_publish(ctx: JobContext) -> StageResult:
         f"{ctx.stage}: {serving.MODEL_NAME} v{model_version} serves ds={ds}: {len(night.members)} members, "
         f"{len(night.groups.drop_duplicates(KEY))} groups, {len(night.fallback)} products with a fallback{placed}"
     )
-    graded = evaluate_publish.grade_served_day(ctx, served_pd, logged_pd, night)
+    original = best_logged(ctr, creatives.where(F.col("origin") == LOGGED)).toPandas()
+    graded = evaluate_publish.grade_served_day(ctx, served_pd, logged_pd, original, night)
     if graded.skipped:
         log.info(f"{ctx.stage}: the oracle's grade skipped: {graded.skipped}")
     path = report.write(ctx, served_pd[served_pd["selected"]])

@@ -102,7 +102,7 @@ def test_the_next_days_audience_is_graded_for_members_and_newcomers(night):
         assert graded["oracle_ctr", f"served{audience}"] > 0
         # Nothing was rendered: every group is served its best logged creative, its only candidate.
         assert graded["lift_vs_best_logged", f"served{audience}"] == pytest.approx(0.0)
-        for row in ("selected", "best_candidate"):
+        for row in ("selected", "best_candidate", "best_original"):
             assert graded["oracle_ctr", f"{row}{audience}"] == pytest.approx(graded["oracle_ctr", f"served{audience}"])
     assert (
         graded["impressions", "test"] == graded["impressions", "test.members"] + graded["impressions", "test.newcomers"]
@@ -167,7 +167,9 @@ def test_osmf_nights_tells_each_night_what_it_served_and_with_which_models(night
     row = table.loc[D2.isoformat()]
     # Nothing was rendered: the best logged creatives are served, and none of the ceiling's headroom.
     assert row["ceiling"] > row["served"] > 0 and row["served"] == pytest.approx(row["best logged"])
-    assert row["headroom"] == pytest.approx(0.0) and (row["generated"], row["explored"]) == (0.0, 0.0)
+    assert row["best original"] == pytest.approx(row["best logged"])
+    assert row[["headroom", "best-only", "candidates", "over best logged"]].tolist() == pytest.approx([0.0] * 4)
+    assert (row["generated"], row["explored"]) == (0.0, 0.0)
     assert np.isnan(row["A/B served"]) and row["generated pairs"] == 0
     assert (row["paag"], row["serving"], row["grm"], row["gmllm"]) == ("1*", "1*", "", "")
     # Without a G-MLLM the night graded no DPO variant; once graded, each variant shows its own.
