@@ -16,7 +16,7 @@ recorded (`osmf nights`, `make demo NIGHTS=N`, and the report's curve; docs/desi
 | generated pairs | build_preference_pairs: the night's pairs with a generated creative on either side |
 | paag, grm, gmllm, serving | the registry version each model had for the night, `*` where the night promoted it |
 | variant | the Group-DPO variant osmf-gmllm registered for the night, by its validation reward |
-| onesize_dpo, prefix_dpo, group_dpo | gmllm_oracle: headroom of each variant's greedy description (test products) |
+| onesize_dpo, prefix_dpo, group_dpo | gmllm_oracle: oracle CTR of each variant's greedy descriptions (test products) |
 
 The oracle columns exist only on a simulated world; on real logs they stay empty.
 """
@@ -117,6 +117,6 @@ def night_table(spark: SparkSession, cfg: Config) -> pd.DataFrame:
             "A/B control": float(arms["control"]),
             "generated pairs": float(generated_pairs.get(ds, nan)),
         }
-        row |= {name: value(ds, GMLLM_ORACLE_STAGE, "headroom_captured", name) for name in DPO_VARIANTS}
+        row |= {name: value(ds, GMLLM_ORACLE_STAGE, "oracle_ctr", name) for name in DPO_VARIANTS}
         rows.append(row | _versions(ds))
     return pd.DataFrame(rows)

@@ -212,8 +212,8 @@ def nights_section(ctx: JobContext) -> str:
     )
     return (
         f"{chart}<table><tr>{head}</tr>{rows}</table>"
-        "<p>Group-DPO per night: the variant the validation picked, and the headroom each variant's "
-        "greedy description captures on the test products.</p>"
+        "<p>Group-DPO per night: the variant the validation picked, and the oracle CTR of each "
+        "variant's greedy descriptions on the test products.</p>"
         f"<table><tr>{variants_head}</tr>{variants}</table>"
     )
 

@@ -174,8 +174,8 @@ def test_osmf_nights_tells_each_night_what_it_served_and_with_which_models(night
     assert (row["paag"], row["serving"], row["grm"], row["gmllm"]) == ("1*", "1*", "", "")
     # Without a G-MLLM the night graded no DPO variant; once graded, each variant shows its own.
     assert row[list(DPO_VARIANTS)].isna().all() and row["variant"] == ""
-    graded = [Metric("headroom_captured", n, v) for n, v in zip(DPO_VARIANTS, (0.1, 0.2, 0.3), strict=True)]
-    tables.write_metrics(spark, cfg, D2, GMLLM_ORACLE, [*graded, Metric("oracle_ctr", "group_dpo", 0.05)], "run")
+    graded = [Metric("oracle_ctr", n, v) for n, v in zip(DPO_VARIANTS, (0.1, 0.2, 0.3), strict=True)]
+    tables.write_metrics(spark, cfg, D2, GMLLM_ORACLE, [*graded, Metric("headroom_captured", "group_dpo", 0.5)], "run")
     row = night_table(spark, cfg).set_index("night").loc[D2.isoformat()]
     assert row[list(DPO_VARIANTS)].tolist() == pytest.approx([0.1, 0.2, 0.3])
     printed = CliRunner().invoke(app, [*_settings(cfg), "nights"])
