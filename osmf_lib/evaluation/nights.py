@@ -7,8 +7,8 @@ recorded (`osmf nights`, `make demo NIGHTS=N`, and the report's curve; docs/desi
 | best original, best logged | publish_oracle: the groups' best creative of the ad server's own, and of any origin |
 | ceiling | publish_oracle: the oracle's best prompt per group |
 | headroom | publish_oracle: (served - best original) / (ceiling - best original), all traffic: what OSMF adds |
-| best-only, candidates | publish_oracle: the same had every impression taken its group's best (no exploring), or |
-| | each group its best candidate by the oracle (perfect picking) |
+| best-only | publish_oracle: the same had every impression taken its group's best (no exploring) |
+| candidates | publish_oracle: the same had each group taken its best candidate by the oracle (perfect picking) |
 | over best logged | publish_oracle: (served - best logged) / (ceiling - best logged): what the night adds |
 | generated | serving_coverage of the next day: share of all its impressions shown a generated creative |
 | explored | publish: share of the groups' traffic on candidates other than their best |
