@@ -371,8 +371,11 @@ class GmllmConfig(Section):
     batch_size: PositiveInt = 64
     learning_rate: PositiveFloat = 2e-3
     seed: Annotated[int, Field(ge=0)] = 0
-    # A pre-trained model younger than this is reused instead of pre-training again.
-    fresh_days: PositiveInt = 7
+    # A pre-trained base younger than this many nights is reused instead of pre-training again.
+    # Nightly: the base learns to write each group's best logged background, and the closed loop
+    # changes those every night (docs/design.md#g-mllm). Where pre-training costs hours, a longer
+    # period trades that for time.
+    fresh_days: PositiveInt = 1
     # Products whose groups the on-policy DPO rounds sample for: the top N by impressions.
     # (Rendering covers every product with groups.)
     target_products: PositiveInt = 200

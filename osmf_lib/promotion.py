@@ -112,12 +112,11 @@ def challenge(
 
 
 def version_for_ds(name: str, ds: date) -> str | None:
-    """The version that is champion for night `ds`: promoted on the latest night <= ds (newest wins ties)."""
-    promoted = [
-        (v.tags[TAG_CHAMPION_FROM], int(v.version))
-        for v in MlflowClient().search_model_versions(f"name = '{name}'")
-        if v.tags.get(TAG_CHAMPION_FROM, "9999-12-31") <= ds.isoformat()
-    ]
+    """The version that is champion for night `ds`: promoted on the latest night <= ds (newest wins
+    ties). A version that lost its night is champion of none, even for date.max."""
+    versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    nights = ((v.tags.get(TAG_CHAMPION_FROM), int(v.version)) for v in versions)
+    promoted = [(night, number) for night, number in nights if night is not None and night <= ds.isoformat()]
     return str(max(promoted)[1]) if promoted else None
 
 
@@ -231,6 +230,9 @@ def reused(stage: str, version: ModelVersion, ds: date) -> StageResult:
     log.info(f"{stage}: {version.name} version {version.version} was trained for ds={ds} on the same data and settings")
     if TAG_DECISION in version.tags:
         log.info(f"{stage}: {version.tags[TAG_DECISION]}")
+    if TAG_CHAMPION_FROM in version.tags:
+        # A run stopped between crowning the version and moving the alias left the alias behind.
+        _move_alias(version.name)
     mlflow.set_tag("osmf.reused_version", version.version)
     return StageResult(model=f"{version.name}/{version.version}", reused=True)
 

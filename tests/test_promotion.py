@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from osmf_lib import promotion, tables, tracking
 from osmf_lib.tables import EVAL_METRICS
 
-D1, D2, D3 = (dt.date(2026, 11, day) for day in (1, 2, 3))
+D1, D2, D3, D4 = (dt.date(2026, 11, day) for day in (1, 2, 3, 4))
 
 
 class Constant(mlflow.pyfunc.PythonModel):
@@ -81,6 +81,10 @@ def test_each_night_keeps_its_champion_and_a_backfill_never_moves_the_alias(spar
     assert not lost.promoted and promotion.version_for_ds(name, D3) == v2
     tags = MlflowClient().get_model_version(name, v4).tags
     assert "kept the champion" in tags[promotion.TAG_DECISION] and promotion.TAG_CHAMPION_FROM not in tags
+    # The night after a loss promotes again: the version that lost champions no night, date.max included.
+    v5, won = night(D4, 0.8, 0.7)
+    assert won.promoted and won.champion == v2 and promotion.version_for_ds(name, dt.date.max) == v5
+    assert tracking.alias_version(name) == v5
 
     stored = tables.read(spark, EVAL_METRICS, registry, ds=D2).where("stage = 'promotion'").toPandas()
     assert dict(zip(stored["metric"], stored["value"], strict=True)) == {
@@ -91,3 +95,15 @@ def test_each_night_keeps_its_champion_and_a_backfill_never_moves_the_alias(spar
         "promoted": 1.0,
     }
     assert set(stored["slice"]) == {name}
+
+
+def test_a_rerun_puts_back_the_alias_a_stopped_run_left_behind(registry):
+    name = "osmf-test"
+    with mlflow.start_run():
+        first, second = _version(name), _version(name)
+        promotion.crown(name, first, D1)
+        # Stopped after tagging the second version champion, before the alias moved.
+        MlflowClient().set_model_version_tag(name, second, promotion.TAG_CHAMPION_FROM, D2.isoformat())
+        assert tracking.alias_version(name) == first
+        promotion.reused("train_test", MlflowClient().get_model_version(name, second), D2)
+    assert tracking.alias_version(name) == second

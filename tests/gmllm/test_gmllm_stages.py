@@ -21,6 +21,8 @@ from osmf_lib.tables import EVAL_METRICS
 
 DS = dt.date(2026, 11, 3)  # the night of make_group_lakehouse
 SETTINGS = (
+    # A weekly base, so that a later night of the test can reuse the one pre-trained on DS.
+    "gmllm.fresh_days=7",
     "gmllm.epochs=20",
     "gmllm.batch_size=16",
     "gmllm.max_new_tokens=16",
@@ -59,6 +61,14 @@ def test_pretraining_registers_the_base_and_a_fresh_one_is_not_redone(lakehouse,
     again = run_stage(stages.pretrain_gmllm, lakehouse, DS + dt.timedelta(days=3))
     assert again.skipped == "osmf-gmllm-base v1 is younger than gmllm.fresh_days=7"
     assert len(client.search_model_versions("name = 'osmf-gmllm-base'")) == 1
+
+
+def test_by_default_every_night_pre_trains_its_own_base(lakehouse, pretrained):
+    nightly = lakehouse.model_copy(
+        update={"gmllm": lakehouse.gmllm.model_copy(update={"fresh_days": Config().gmllm.fresh_days})}
+    )
+    assert stages.fresh_base(nightly, DS) == "1"  # a rerun of the night keeps it
+    assert stages.fresh_base(nightly, DS + dt.timedelta(days=1)) is None
 
 
 def test_a_fresh_base_made_with_other_settings_is_no_base_for_this_config(lakehouse, pretrained, caplog):
