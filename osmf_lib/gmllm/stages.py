@@ -127,8 +127,8 @@ def pretrain_gmllm(ctx: JobContext) -> StageResult:
     tags = promotion.training_tags(ds, group_data_prints(ctx, dimensions), _settings(cfg))
     reused = promotion.reusable_version(BASE_NAME, tags)
     if reused is not None:
-        # Crowned again (a no-op if it was): a run may have stopped between registering and crowning it.
-        promotion.crown(BASE_NAME, reused.version, ds)
+        if promotion.TAG_CHAMPION_FROM not in reused.tags:  # a run stopped between registering and crowning it
+            promotion.crown(BASE_NAME, reused.version, ds)
         return promotion.reused("pretrain_gmllm", reused, ds)
     data = writer_data(ctx, dimensions)
     examples = pretraining_examples(data["cells"], data["groups"], data["products"], cfg)

@@ -63,6 +63,14 @@ def test_pretraining_registers_the_base_and_a_fresh_one_is_not_redone(lakehouse,
     assert len(client.search_model_versions("name = 'osmf-gmllm-base'")) == 1
 
 
+def test_a_rerun_crowns_a_base_a_stopped_run_left_uncrowned(lakehouse, pretrained, run_stage):
+    client = MlflowClient()
+    client.delete_model_version_tag("osmf-gmllm-base", "1", promotion.TAG_CHAMPION_FROM)
+    assert promotion.version_for_ds("osmf-gmllm-base", DS) is None
+    again = run_stage(stages.pretrain_gmllm, lakehouse)
+    assert again.reused and promotion.version_for_ds("osmf-gmllm-base", DS) == "1"
+
+
 def test_by_default_every_night_pre_trains_its_own_base(lakehouse, pretrained):
     nightly = lakehouse.model_copy(
         update={"gmllm": lakehouse.gmllm.model_copy(update={"fresh_days": Config().gmllm.fresh_days})}
